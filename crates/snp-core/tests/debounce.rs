@@ -1,0 +1,367 @@
+//! The debouncer on a virtual clock: window rules, the single in-flight batch, retries,
+//! bounds, and the guarantee that nothing offered is lost.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use snp_core::debounce::Offered;
+use snp_core::{
+    Backoff, Batch, DebounceConfig, Debouncer, Instant, MappingKey, Mappings, OfferError,
+};
+
+fn t(ms: u64) -> Instant {
+    Instant::from_millis(ms)
+}
+
+fn key(i: usize) -> MappingKey {
+    MappingKey::new("default", format!("com.example.Service{i}"))
+}
+
+fn no_jitter() -> DebounceConfig {
+    DebounceConfig {
+        retry: Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 6),
+        ..DebounceConfig::default()
+    }
+}
+
+/// Only the seed's window rules: no absorption of acknowledged repeats, no jitter.
+fn seed_rules() -> DebounceConfig {
+    DebounceConfig {
+        suppress_acked_for: Duration::ZERO,
+        ..no_jitter()
+    }
+}
+
+/// Polls every millisecond up to `until` and returns the batches with their times,
+/// completing each one successfully `latency` ms later.
+fn run(
+    d: &mut Debouncer,
+    offers: &[(u64, usize, &str)],
+    until: u64,
+    latency: u64,
+) -> Vec<(u64, Batch)> {
+    let mut out = Vec::new();
+    let mut in_flight: Option<(u64, Batch)> = None;
+    let mut offers = offers.iter().peekable();
+    for now in 0..=until {
+        while let Some((at, k, app)) = offers.peek() {
+            if *at != now {
+                break;
+            }
+            let key = key(*k);
+            d.offer(t(now), &key.namespace, &key.interface, app)
+                .unwrap();
+            offers.next();
+        }
+        if let Some((done, _)) = &in_flight {
+            if *done <= now {
+                let (_, b) = in_flight.take().unwrap();
+                assert!(d.complete(t(now), b.id, true).is_some());
+            }
+        }
+        if let Some(b) = d.poll(t(now)) {
+            assert!(in_flight.is_none(), "two batches in flight");
+            out.push((now, b.clone()));
+            in_flight = Some((now + latency, b));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_lone_registration_waits_for_the_first_check() {
+    let mut d = Debouncer::new(no_jitter());
+    d.offer(t(1000), "default", "com.example.A", "a").unwrap();
+    assert_eq!(d.next_wakeup(), Some(t(1200)));
+    assert!(d.poll(t(1199)).is_none());
+    let b = d.poll(t(1200)).unwrap();
+    assert_eq!(b.mappings.entries(), 1);
+    assert_eq!(d.next_wakeup(), None);
+}
+
+#[test]
+fn a_burst_goes_out_once_quiet() {
+    // Offers at 0, 50, ..., 400 ms: quiet from 400, so the batch goes at 500.
+    let offers: Vec<(u64, usize, &str)> = (0..9).map(|i| (i * 50, i as usize % 3, "app")).collect();
+    let batches = run(&mut Debouncer::new(seed_rules()), &offers, 3000, 10);
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].0, 500);
+    assert_eq!(batches[0].1.mappings.len(), 3);
+}
+
+#[test]
+fn an_endless_storm_is_cut_every_debounce_max() {
+    // One offer every 20 ms for 3.5 s: never quiet, so batches at 1000, then a new
+    // burst starts at the next offer (1020) and goes at 2020, and so on.
+    let offers: Vec<(u64, usize, &str)> =
+        (0..175).map(|i| (i * 20, i as usize % 7, "app")).collect();
+    let batches = run(&mut Debouncer::new(seed_rules()), &offers, 5000, 5);
+    let times: Vec<u64> = batches.iter().map(|(at, _)| *at).collect();
+    assert_eq!(times, vec![1000, 2020, 3040, 3580]);
+}
+
+#[test]
+fn completion_re_evaluates_at_once_where_the_seed_stalls() {
+    let mut d = Debouncer::new(no_jitter());
+    d.offer(t(0), "default", "com.example.A", "a").unwrap();
+    let first = d.poll(t(200)).unwrap();
+    // Offered while the first batch is in flight; due at 450 (first check) but the
+    // slot is busy until 2000.
+    d.offer(t(250), "default", "com.example.B", "b").unwrap();
+    assert!(d.poll(t(450)).is_none());
+    assert_eq!(
+        d.next_wakeup(),
+        None,
+        "waiting on the completion, not a timer"
+    );
+    d.complete(t(2000), first.id, true).unwrap();
+    assert_eq!(d.next_wakeup(), Some(t(450)));
+    let second = d.poll(t(2000)).expect("due immediately after completion");
+    assert!(second
+        .mappings
+        .contains(&MappingKey::new("default", "com.example.B"), "b"));
+}
+
+#[test]
+fn failed_batches_come_back_with_nacos_backoff() {
+    let mut d = Debouncer::new(no_jitter());
+    d.offer(t(0), "default", "com.example.A", "a").unwrap();
+    let mut now = 200;
+    let mut retries = Vec::new();
+    for _ in 0..8 {
+        let b = d.poll(t(now)).expect("due");
+        assert!(d.complete(t(now), b.id, false).is_none());
+        let at = d.next_wakeup().unwrap().as_millis();
+        retries.push(at - now);
+        assert!(d.poll(t(at - 1)).is_none());
+        now = at;
+    }
+    assert_eq!(
+        retries,
+        vec![1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+    );
+    let b = d.poll(t(now)).unwrap();
+    assert_eq!(d.complete(t(now), b.id, true).unwrap().entries(), 1);
+    assert_eq!(d.failures(), 0);
+    assert!(d.is_idle());
+}
+
+#[test]
+fn offers_during_backoff_join_the_retry() {
+    let mut d = Debouncer::new(no_jitter());
+    d.offer(t(0), "default", "com.example.A", "a").unwrap();
+    let b = d.poll(t(200)).unwrap();
+    d.complete(t(210), b.id, false);
+    d.offer(t(500), "default", "com.example.A", "b").unwrap();
+    d.offer(t(600), "default", "com.example.C", "c").unwrap();
+    let retry = d.poll(t(1210)).unwrap();
+    assert_eq!(retry.mappings.entries(), 3);
+}
+
+#[test]
+fn disabled_debounce_sends_each_registration_with_bounded_concurrency() {
+    let mut d = Debouncer::new(DebounceConfig {
+        enabled: false,
+        max_in_flight: 2,
+        ..no_jitter()
+    });
+    let mut batches = Vec::new();
+    for i in 0..3 {
+        let k = key(i);
+        d.offer(t(10), &k.namespace, &k.interface, "a").unwrap();
+        if let Some(b) = d.poll(t(10)) {
+            batches.push(b);
+        }
+    }
+    assert_eq!(batches.len(), 2);
+    assert!(batches.iter().all(|b| b.mappings.len() == 1));
+    assert!(d.poll(t(11)).is_none(), "limit of two in flight");
+    d.complete(t(12), batches[0].id, true);
+    let third = d.poll(t(12)).unwrap();
+    assert!(third.mappings.get(&key(2)).is_some());
+}
+
+#[test]
+fn pending_state_is_bounded_per_key() {
+    let mut d = Debouncer::new(DebounceConfig {
+        max_pending_keys: 2,
+        max_apps_per_key: 2,
+        ..no_jitter()
+    });
+    for _ in 0..1000 {
+        d.offer(t(0), "default", "com.example.A", "a").unwrap();
+    }
+    assert_eq!((d.pending_keys(), d.pending_entries()), (1, 1));
+    d.offer(t(0), "default", "com.example.A", "b").unwrap();
+    assert!(matches!(
+        d.offer(t(0), "default", "com.example.A", "c"),
+        Err(OfferError::TooManyApps { .. })
+    ));
+    d.offer(t(0), "default", "com.example.B", "a").unwrap();
+    assert_eq!(
+        d.offer(t(0), "default", "com.example.C", "a"),
+        Err(OfferError::PendingFull { limit: 2 })
+    );
+    // All or nothing for a multi-interface registration.
+    assert!(d
+        .offer_all(t(0), "default", "z", &["com.example.A", "com.example.D"])
+        .is_err());
+    assert_eq!(d.pending_entries(), 3);
+    assert!(!d.is_pending(&MappingKey::new("default", "com.example.A"), "z"));
+}
+
+#[test]
+fn acknowledged_mappings_are_absorbed_until_the_window_ends() {
+    let mut d = Debouncer::new(no_jitter());
+    d.offer(t(0), "default", "com.example.A", "a").unwrap();
+    let b = d.poll(t(200)).unwrap();
+    d.complete(t(220), b.id, true);
+    for ms in (300..60_000).step_by(1000) {
+        assert_eq!(
+            d.offer(t(ms), "default", "com.example.A", "a"),
+            Ok(Offered::Acknowledged)
+        );
+    }
+    assert!(d.is_idle());
+    assert_eq!(
+        d.offer(t(300), "default", "com.example.A", "other"),
+        Ok(Offered::Pending)
+    );
+    assert_eq!(
+        d.offer(t(60_220), "default", "com.example.A", "a"),
+        Ok(Offered::Pending)
+    );
+}
+
+#[test]
+fn oversized_pending_sets_go_out_in_capped_batches_back_to_back() {
+    let mut d = Debouncer::new(DebounceConfig {
+        max_batch_keys: 10,
+        ..no_jitter()
+    });
+    for i in 0..25 {
+        let k = key(i);
+        d.offer(t(0), &k.namespace, &k.interface, "a").unwrap();
+    }
+    let mut sizes = Vec::new();
+    let mut now = 200;
+    while let Some(b) = d.poll(t(now)) {
+        sizes.push(b.mappings.len());
+        d.complete(t(now), b.id, true);
+        now += 1;
+    }
+    assert_eq!(sizes, vec![10, 10, 5]);
+}
+
+#[test]
+fn flush_ignores_the_windows() {
+    let mut d = Debouncer::new(no_jitter());
+    d.offer(t(5), "default", "com.example.A", "a").unwrap();
+    d.flush();
+    assert!(d.poll(t(6)).is_some());
+}
+
+/// What the receiver holds after a run with random failures.
+fn storm(
+    offers: &[(u64, usize, u8)],
+    fail: &[bool],
+    latency: u64,
+    cfg: DebounceConfig,
+) -> (Mappings, Mappings, usize) {
+    let mut d = Debouncer::new(cfg);
+    let mut sent = Mappings::new();
+    let mut store = Mappings::new();
+    let mut in_flight: BTreeMap<u64, Vec<Batch>> = BTreeMap::new();
+    // The receiver fails by the pattern for a while, then recovers.
+    let mut fails = fail
+        .iter()
+        .copied()
+        .cycle()
+        .take(fail.len() * 2)
+        .chain(std::iter::repeat(false));
+    let mut batches = 0;
+    let mut i = 0;
+    let end = offers.last().map_or(0, |o| o.0) + 1_200_000;
+    for now in 0..end {
+        while i < offers.len() && offers[i].0 == now {
+            let (_, k, app) = offers[i];
+            let key = key(k);
+            let app = format!("app{app}");
+            d.offer(t(now), &key.namespace, &key.interface, &app)
+                .unwrap();
+            sent.insert(key, &app);
+            i += 1;
+        }
+        for b in in_flight.remove(&now).unwrap_or_default() {
+            let ok = !fails.next().unwrap_or(false);
+            if ok {
+                store.union(&b.mappings);
+            }
+            d.complete(t(now), b.id, ok);
+        }
+        while let Some(b) = d.poll(t(now)) {
+            batches += 1;
+            in_flight.entry(now + latency).or_default().push(b);
+            assert!(d.in_flight() <= 1);
+        }
+        if i == offers.len() && d.is_idle() {
+            break;
+        }
+    }
+    (sent, store, batches)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// With debouncing, every batch time obeys the rules, and a batch goes at the earliest
+    /// instant the rules allow.
+    #[test]
+    fn batch_times_obey_the_quiet_and_max_rules(gaps in proptest::collection::vec(0u64..300, 1..60)) {
+        let mut at = 0;
+        let offers: Vec<(u64, usize, &str)> = gaps.iter().enumerate().map(|(i, g)| { at += g; (at, i % 5, "a") }).collect();
+        let batches = run(&mut Debouncer::new(seed_rules()), &offers, at + 2000, 0);
+        let mut burst_start: Option<u64> = None;
+        let mut last = 0;
+        let mut oi = 0;
+        for now in 0..=at + 2000 {
+            while oi < offers.len() && offers[oi].0 == now {
+                burst_start.get_or_insert(now);
+                last = now;
+                oi += 1;
+            }
+            let due = burst_start.is_some_and(|s| now >= s + 200 && (now >= last + 100 || now >= s + 1000));
+            let sent = batches.iter().any(|(bt, _)| *bt == now);
+            prop_assert_eq!(due, sent, "at {} ms", now);
+            if sent { burst_start = None; }
+        }
+    }
+
+    /// Random failures and latencies: everything offered reaches the store, one batch at a time.
+    #[test]
+    fn nothing_is_lost_when_batches_fail(
+        gaps in proptest::collection::vec((0u64..200, 0usize..20, 0u8..4), 1..200),
+        fail in proptest::collection::vec(any::<bool>(), 1..16),
+        latency in 1u64..500,
+        jitter in 0.0f64..1.0,
+    ) {
+        let mut at = 0;
+        let offers: Vec<(u64, usize, u8)> = gaps.iter().map(|(g, k, a)| { at += g; (at, *k, *a) }).collect();
+        let cfg = DebounceConfig { retry: Backoff::default().with_jitter(jitter), seed: at, ..DebounceConfig::default() };
+        let (sent, store, _) = storm(&offers, &fail, latency, cfg);
+        prop_assert_eq!(store, sent);
+    }
+}
+
+#[test]
+fn a_storm_of_ten_thousand_becomes_a_handful_of_batches() {
+    // 10,000 registrations over 100 keys within 2 s.
+    let offers: Vec<(u64, usize, u8)> = (0..10_000u64)
+        .map(|i| (i / 5, (i % 100) as usize, (i % 3) as u8))
+        .collect();
+    let (sent, store, batches) = storm(&offers, &[false], 20, DebounceConfig::default());
+    assert_eq!(store, sent);
+    assert_eq!(store.entries(), 300);
+    assert!(batches <= 3, "{batches} batches");
+}

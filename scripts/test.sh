@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite: what CI runs (.ci/run calls exactly this).
+#
+#   1. installs missing tools (scripts/setup.sh);
+#   2. formatting and clippy with warnings denied;
+#   3. the wasm32-wasip1 build of the crates that run inside Envoy;
+#   4. every Rust test (unit, property, virtual-clock, and integration tests against real
+#      Envoy, real API server, and foreign gRPC clients);
+#   5. the Python end-to-end tests (grpcio, grpcurl) under tests/e2e.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+step() { printf '\n\033[1;32m==> %s\033[0m\n' "$*"; }
+
+step "setup"
+scripts/setup.sh
+export PATH="$root/.venv/bin:$root/target/tools:$PATH"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "wasm32-wasip1 build of snp-core and snp-proto"
+cargo build --locked --target wasm32-wasip1 -p snp-core -p snp-proto
+
+step "cargo test"
+cargo test --workspace --locked
+
+if [ -d tests/e2e ] && ls tests/e2e/test_*.py >/dev/null 2>&1; then
+  step "end-to-end tests (pytest)"
+  python -m pytest -q tests/e2e
+fi
