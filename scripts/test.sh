@@ -3,10 +3,12 @@
 #
 #   1. installs missing tools (scripts/setup.sh);
 #   2. formatting and clippy with warnings denied;
-#   3. the wasm32-wasip1 build of the crates that run inside Envoy;
-#   4. every Rust test (unit, property, virtual-clock, and integration tests against real
-#      Envoy, real API server, and foreign gRPC clients);
-#   5. the Python end-to-end tests (grpcio, grpcurl) under tests/e2e.
+#   3. the wasm32-wasip1 build of the crates that run inside Envoy, and the release .wasm;
+#   4. the shim binary and the Go-built Kubernetes API server the tests run against;
+#   5. every Rust test (unit, property, virtual-clock, and integration tests against the
+#      real API server);
+#   6. the Python end-to-end tests under tests/e2e: real Envoy loading the .wasm, the real
+#      shim binary, and clients this project did not write (grpcio, grpcurl).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -25,6 +27,17 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "wasm32-wasip1 build of snp-core and snp-proto"
 cargo build --locked --target wasm32-wasip1 -p snp-core -p snp-proto
+
+step "build: filter (.wasm, release), shim binary, test API server"
+if [ -d filter ]; then
+  cargo build --locked --release --target wasm32-wasip1 -p snp-filter
+  wasm="${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release/snp_filter.wasm"
+  size=$(stat -c %s "$wasm")
+  echo "snp_filter.wasm: $size bytes (target <= 307200)"
+fi
+cargo build --locked -p snp-shim
+# The Go-built apiextensions-apiserver + etcd; the Rust tests start it themselves.
+scripts/k8s-apiserver.sh build
 
 step "cargo test"
 cargo test --workspace --locked
