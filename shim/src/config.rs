@@ -84,7 +84,9 @@ pub struct ServeArgs {
     /// Storage backend.
     #[arg(long, env = "SNP_STORE", value_enum, default_value_t = StoreKind::Auto)]
     pub store: StoreKind,
-    /// Directory of the embedded store's manifests.
+    /// Directory of the embedded store: one ServiceNameMapping manifest per object, as
+    /// `<namespace>/<object-name>.yaml` (`kubectl apply -R -f <dir>` loads it into a
+    /// cluster). Read at startup; this shim is its only writer.
     #[arg(long, env = "SNP_DATA_DIR", default_value = "snp-data")]
     pub data_dir: PathBuf,
     /// Kubeconfig file; without it the in-cluster configuration is used.
@@ -105,7 +107,8 @@ pub struct ServeArgs {
     /// When a registration call is answered.
     #[arg(long, env = "SNP_ACK_MODE", value_enum, default_value_t = AckMode::Immediate)]
     pub ack_mode: AckMode,
-    /// Longest a durable-mode call or a PushMappings call waits for the store.
+    /// Longest a durable-mode call or a PushMappings call waits for the store; then it gets
+    /// UNAVAILABLE (the mappings stay pending and are retried).
     #[arg(long, env = "SNP_ACK_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub ack_timeout: Duration,
 
@@ -127,17 +130,22 @@ pub struct ServeArgs {
     /// Distinct (namespace, interface) keys that may wait; beyond it calls get RESOURCE_EXHAUSTED.
     #[arg(long, env = "SNP_MAX_PENDING_KEYS", default_value_t = 100_000)]
     pub max_pending_keys: usize,
-    /// First retry delay of a failed store batch; doubles per failure.
+    /// Backoff unit of a failed store batch: retries come after 2x, 4x, 8x ... this
+    /// (1 s, 2 s, 4 s ... with the default), capped by --retry-max, minus up to 20 % jitter.
+    /// A failed batch is never dropped.
     #[arg(long, env = "SNP_RETRY_BASE", value_parser = humantime::parse_duration, default_value = "500ms")]
     pub retry_base: Duration,
     /// Longest retry delay of a failed store batch.
     #[arg(long, env = "SNP_RETRY_MAX", value_parser = humantime::parse_duration, default_value = "30s")]
     pub retry_max: Duration,
 
-    /// File holding a bearer token that callers must present (`authorization: Bearer ...`).
+    /// File holding a bearer token that callers in --auth-scope must present as
+    /// `authorization: Bearer <token>` (read once at startup, whitespace trimmed). Without it
+    /// and without --tls-client-ca, nothing is authenticated.
     #[arg(long, env = "SNP_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
-    /// Which calls need the token (or a client certificate, with --tls-client-ca).
+    /// Which calls need the token (or a verified client certificate, with --tls-client-ca).
+    /// GetMappings and WatchMappings never do.
     #[arg(long, env = "SNP_AUTH_SCOPE", value_enum, default_value_t = AuthScope::Push)]
     pub auth_scope: AuthScope,
     /// Serve gRPC over TLS with this certificate (PEM).
@@ -146,7 +154,9 @@ pub struct ServeArgs {
     /// Private key of --tls-cert (PEM).
     #[arg(long, env = "SNP_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    /// Verify client certificates against this CA (PEM): mutual TLS. Certificates stay
+    /// optional at the handshake, so reads work without one; calls in --auth-scope need one
+    /// (or the bearer token).
     #[arg(long, env = "SNP_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 

@@ -1,11 +1,27 @@
 //! snp-shim: the node-local service-name-mapping shim, as a library so that integration
 //! tests and tools can run its parts in-process.
+//!
+//! * [`app`]: assembles the parts and runs them until shutdown.
+//! * [`config`]: flags (each with an `SNP_*` environment twin).
+//! * [`grpc`]: the registration API (both flavours) and `snp.v1.MappingService`.
+//! * [`pipeline`]: the task that owns the debouncer and writes batches to the store.
+//! * [`store`]: the store contract, the embedded store and the Kubernetes store.
+//! * [`client`]: a subscription client for apps (Nacos-style schedule plus watch).
+//! * [`auth`], [`http`], [`metrics`], [`crd`]: authentication, the operations endpoint,
+//!   Prometheus metrics, the custom resource type.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod app;
+pub mod auth;
+pub mod client;
 pub mod config;
 pub mod crd;
+pub mod grpc;
+pub mod http;
 pub mod metrics;
+pub mod pipeline;
+pub mod shutdown;
 pub mod store;

@@ -3,7 +3,7 @@
 //! One [`Metrics`] value is shared (it is cheap to clone: every family is an `Arc`).
 //! Names follow Prometheus conventions: `snp_` prefix, `_total` counters, base units.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Result of a call or a write.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Outcome {
     /// Succeeded.
     Ok,
@@ -26,7 +26,7 @@ pub enum Outcome {
 }
 
 /// Registration API flavour, or the batch API.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Api {
     /// `dubbo.networking.v1alpha1` registration.
     Dubbo,
@@ -37,7 +37,7 @@ pub enum Api {
 }
 
 /// Store request verb.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Verb {
     /// Read of one object.
     Get,
@@ -49,25 +49,82 @@ pub enum Verb {
     Update,
 }
 
+impl Outcome {
+    /// The label value (lower case, as Prometheus label values usually are).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Invalid => "invalid",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Overloaded => "overloaded",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl Api {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dubbo => "dubbo",
+            Self::Admin => "admin",
+            Self::Push => "push",
+        }
+    }
+}
+
+impl Verb {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::List => "list",
+            Self::Create => "create",
+            Self::Update => "update",
+        }
+    }
+}
+
+macro_rules! label_value {
+    ($($t:ty),*) => {$(
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    )*};
+}
+label_value!(Outcome, Api, Verb);
+
+/// Labels of `snp_calls_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
+    /// Which API.
     pub api: Api,
+    /// How it ended.
     pub result: Outcome,
 }
 
+/// Labels of `snp_batches_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
+    /// How it ended.
     pub result: Outcome,
 }
 
+/// Labels of `snp_store_writes_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
+    /// Request verb.
     pub verb: Verb,
+    /// How it ended.
     pub result: Outcome,
 }
 
+/// Labels of `snp_invalid_calls_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
+    /// Validation or decoding reason.
     pub reason: String,
 }
 
@@ -98,6 +155,8 @@ pub struct Metrics {
     pub watchers: Gauge,
     /// Time from a batch leaving the debouncer to the store confirming it, in seconds.
     pub flush_seconds: Histogram,
+    /// Calls waiting for their mappings to become durable (durable acks, PushMappings).
+    pub durable_waiters: Gauge,
 }
 
 impl Metrics {
@@ -118,6 +177,7 @@ impl Metrics {
             flush_seconds: Histogram::new([
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
+            durable_waiters: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("snp");
         r.register(
@@ -176,6 +236,23 @@ impl Metrics {
             "Time from a batch leaving the debouncer to the store confirming it",
             m.flush_seconds.clone(),
         );
+        r.register(
+            "durable_waiters",
+            "Calls waiting for their mappings to become durable",
+            m.durable_waiters.clone(),
+        );
+        // Series that dashboards and alerts expect exist from the start, at zero.
+        for api in [Api::Dubbo, Api::Admin, Api::Push] {
+            for result in [Outcome::Ok, Outcome::Invalid, Outcome::Error] {
+                drop(m.calls.get_or_create(&CallLabels { api, result }));
+            }
+        }
+        for result in [Outcome::Ok, Outcome::Error] {
+            drop(m.batches.get_or_create(&ResultLabels { result }));
+            for verb in [Verb::Create, Verb::Update] {
+                drop(m.store_writes.get_or_create(&WriteLabels { verb, result }));
+            }
+        }
         m
     }
 
@@ -184,10 +261,47 @@ impl Metrics {
         Self::register(&mut Registry::default())
     }
 
+    /// Counts one call of `api` with `result`.
+    pub fn call(&self, api: Api, result: Outcome) {
+        self.calls.get_or_create(&CallLabels { api, result }).inc();
+    }
+
+    /// Counts one invalid call by reason.
+    pub fn invalid(&self, reason: &str) {
+        self.invalid
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
     /// Counts one store request.
     pub fn store_write(&self, verb: Verb, result: Outcome) {
         self.store_writes
             .get_or_create(&WriteLabels { verb, result })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_uses_lower_case_label_values() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.store_write(Verb::Create, Outcome::Ok);
+        m.call(Api::Push, Outcome::Invalid);
+        m.invalid("invalid_namespace");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"snp_store_writes_total{verb="create",result="ok"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"snp_calls_total{api="push",result="invalid"} 1"#));
+        assert!(text.contains(r#"snp_invalid_calls_total{reason="invalid_namespace"} 1"#));
+        assert!(text.contains("snp_flush_duration_seconds_bucket"));
     }
 }

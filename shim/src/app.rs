@@ -1,0 +1,542 @@
+//! Assembles the shim from its parts and runs it until shutdown.
+//!
+//! [`start`] binds both listeners first (so their addresses are known, also with port 0 in
+//! tests), starts the operations endpoint, and runs the rest in a task: connect the store
+//! (the Kubernetes store is retried with backoff until it answers; `/readyz` says 503
+//! meanwhile), start the pipeline and the gRPC services. [`ShimHandle::shutdown`] (SIGTERM in
+//! the binary) then:
+//!
+//! 1. marks the shim not ready and stops accepting gRPC calls; open watches end;
+//! 2. flushes every pending mapping at once (debounce windows and retry backoff skipped);
+//! 3. lets calls in progress finish (durable waiters get their answer);
+//! 4. waits until the pipeline is idle, all within `--shutdown-timeout`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use snp_core::{Backoff, DebounceConfig, Limits, SplitMix64};
+use snp_proto::api::mapping_service_server::MappingServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::auth::{Auth, AuthError};
+use crate::config::{ServeArgs, StoreKind};
+use crate::grpc::mapping::MappingApi;
+use crate::grpc::registration::{AdminFlavour, DubboFlavour, RegistrationServer};
+use crate::grpc::{Shared, MAX_MESSAGE_BYTES};
+use crate::http::{self, Readiness};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::store::embedded::{EmbeddedStore, EmbeddedStoreConfig};
+use crate::store::kube::{KubeStore, KubeStoreConfig};
+use crate::store::{Store, StoreError};
+
+/// How long open calls may still run once everything pending was flushed at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the shim could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// A listener could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A TLS file could not be read.
+    #[error("reading {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// Authentication could not be set up.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The shim's task ended abnormally.
+    #[error("the shim task failed: {0}")]
+    Task(String),
+}
+
+/// How the shim ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitReport {
+    /// Whether every pending mapping reached the store before the exit.
+    pub drained: bool,
+    /// Keys still pending at exit (lost unless a client sends them again).
+    pub pending_keys: u64,
+}
+
+/// Which store `--store` selects, given the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The embedded store in this directory.
+    Embedded(PathBuf),
+    /// The Kubernetes API.
+    Kubernetes,
+}
+
+/// `--store auto` means Kubernetes when running in a pod (`KUBERNETES_SERVICE_HOST`) or
+/// when `--kubeconfig` is given, else the embedded store.
+pub fn choose_store(args: &ServeArgs, in_cluster: bool) -> StoreChoice {
+    match args.store {
+        StoreKind::Embedded => StoreChoice::Embedded(args.data_dir.clone()),
+        StoreKind::Kubernetes => StoreChoice::Kubernetes,
+        StoreKind::Auto if in_cluster || args.kubeconfig.is_some() => StoreChoice::Kubernetes,
+        StoreKind::Auto => StoreChoice::Embedded(args.data_dir.clone()),
+    }
+}
+
+/// The debouncer settings the flags ask for.
+pub fn debounce_config(args: &ServeArgs) -> DebounceConfig {
+    let defaults = DebounceConfig::default();
+    // Enough doublings of the base to reach the cap.
+    let mut max_failures = 0u32;
+    while max_failures < 31
+        && args
+            .retry_base
+            .checked_mul(1u32 << max_failures)
+            .is_some_and(|d| d < args.retry_max)
+    {
+        max_failures += 1;
+    }
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    DebounceConfig {
+        enabled: args.debounce,
+        debounce_after: args.debounce_after,
+        debounce_max: args.debounce_max,
+        first_check: args.debounce_first_check,
+        max_in_flight: args.max_in_flight.max(1),
+        max_pending_keys: args.max_pending_keys.max(1),
+        retry: Backoff {
+            base: args.retry_base,
+            cap: args.retry_max,
+            max_failures: max_failures.max(1),
+            jitter: defaults.retry.jitter,
+        },
+        seed,
+        ..defaults
+    }
+}
+
+/// A running shim.
+pub struct ShimHandle {
+    /// Where gRPC is served.
+    pub grpc_addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub http_addr: SocketAddr,
+    /// The shim's metrics.
+    pub metrics: Metrics,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<Result<ExitReport, ShimError>>>,
+}
+
+impl ShimHandle {
+    /// Starts the graceful shutdown (idempotent).
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Waits for the shim to stop (after [`ShimHandle::shutdown`], or after a fatal error).
+    /// Cancel-safe; once it returned, later calls fail.
+    pub async fn join(&mut self) -> Result<ExitReport, ShimError> {
+        let Some(task) = self.task.as_mut() else {
+            return Err(ShimError::Task("already joined".into()));
+        };
+        let result = task.await;
+        self.task = None;
+        result.map_err(|e| ShimError::Task(e.to_string()))?
+    }
+
+    /// Shuts down and waits.
+    pub async fn stop(mut self) -> Result<ExitReport, ShimError> {
+        self.shutdown();
+        self.join().await
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ShimError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ShimError::Bind { addr, source })
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, ShimError> {
+    std::fs::read(path).map_err(|source| ShimError::TlsFile {
+        path: path.clone(),
+        source,
+    })
+}
+
+fn tls_config(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, ShimError> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &args.tls_client_ca {
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(Some(tls))
+}
+
+/// Binds the listeners and starts the shim. Returns once both ports accept connections.
+pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
+    let token = args
+        .auth_token_file
+        .as_deref()
+        .map(Auth::read_token)
+        .transpose()?;
+    let auth = Auth::new(token, args.tls_client_ca.is_some(), args.auth_scope);
+    let tls = tls_config(&args)?;
+    let grpc = bind(args.grpc_addr).await?;
+    let http_listener = bind(args.http_addr).await?;
+    let grpc_addr = grpc.local_addr().map_err(|source| ShimError::Bind {
+        addr: args.grpc_addr,
+        source,
+    })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| ShimError::Bind {
+            addr: args.http_addr,
+            source,
+        })?;
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let registry = Arc::new(registry);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let store_ready: Arc<OnceLock<Readiness>> = Arc::new(OnceLock::new());
+    let stopping = Arc::new(AtomicBool::new(false));
+    let ready: Readiness = {
+        let store_ready = Arc::clone(&store_ready);
+        let stopping = Arc::clone(&stopping);
+        Arc::new(move || {
+            !stopping.load(Ordering::Relaxed) && store_ready.get().is_some_and(|r| r())
+        })
+    };
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        Arc::clone(&registry),
+        ready,
+        async move {
+            let _ = http_stop_rx.await;
+        },
+    ));
+
+    let ctx = Context {
+        args,
+        auth,
+        tls,
+        grpc,
+        metrics: metrics.clone(),
+        shutdown: shutdown_rx,
+        store_ready,
+        stopping,
+    };
+    let task = tokio::spawn(async move {
+        let result = ctx.run().await;
+        let _ = http_stop_tx.send(());
+        let _ = http_task.await;
+        result
+    });
+    tracing::info!(%grpc_addr, %http_addr, "snp-shim listening");
+    Ok(ShimHandle {
+        grpc_addr,
+        http_addr,
+        metrics,
+        shutdown: shutdown_tx,
+        task: Some(task),
+    })
+}
+
+struct Context {
+    args: ServeArgs,
+    auth: Auth,
+    tls: Option<ServerTlsConfig>,
+    grpc: TcpListener,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+    store_ready: Arc<OnceLock<Readiness>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Context {
+    async fn run(self) -> Result<ExitReport, ShimError> {
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        match choose_store(&self.args, in_cluster) {
+            StoreChoice::Embedded(dir) => {
+                let store = EmbeddedStore::open(
+                    EmbeddedStoreConfig {
+                        dir,
+                        group: self.args.crd.crd_group.clone(),
+                        version: self.args.crd.crd_version.clone(),
+                    },
+                    self.metrics.clone(),
+                )
+                .await?;
+                self.serve(store).await
+            }
+            StoreChoice::Kubernetes => {
+                let cfg = KubeStoreConfig {
+                    kubeconfig: self.args.kubeconfig.clone(),
+                    group: self.args.crd.crd_group.clone(),
+                    version: self.args.crd.crd_version.clone(),
+                    qps: self.args.kube_qps,
+                    burst: self.args.kube_burst,
+                    writer: self.args.node_name.clone(),
+                };
+                let mut shutdown = self.shutdown.clone();
+                let store = tokio::select! {
+                    s = connect_kube(cfg, self.metrics.clone()) => s,
+                    _ = crate::shutdown::signalled(&mut shutdown) => {
+                        return Ok(ExitReport { drained: true, pending_keys: 0 });
+                    }
+                };
+                self.serve(store).await
+            }
+        }
+    }
+
+    async fn serve<S: Store>(self, store: S) -> Result<ExitReport, ShimError> {
+        {
+            let s = store.clone();
+            let _ = self.store_ready.set(Arc::new(move || s.is_ready()));
+        }
+        let (pipeline, pipeline_task) = Pipeline::spawn(
+            store.clone(),
+            debounce_config(&self.args),
+            self.metrics.clone(),
+        );
+        let shared = Arc::new(Shared {
+            store,
+            pipeline: pipeline.clone(),
+            metrics: self.metrics.clone(),
+            auth: self.auth.clone(),
+            ack_mode: self.args.ack_mode,
+            ack_timeout: self.args.ack_timeout,
+            limits: Limits::default(),
+            shutdown: self.shutdown.clone(),
+        });
+        let mut builder = Server::builder();
+        if let Some(tls) = self.tls.clone() {
+            builder = builder.tls_config(tls)?;
+        }
+        let router = builder
+            .add_service(RegistrationServer::<S, DubboFlavour>::new(Arc::clone(
+                &shared,
+            )))
+            .add_service(RegistrationServer::<S, AdminFlavour>::new(Arc::clone(
+                &shared,
+            )))
+            .add_service(
+                MappingServiceServer::new(MappingApi::new(Arc::clone(&shared)))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            );
+        drop(shared);
+        let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        let mut stop_grpc = self.shutdown.clone();
+        let mut grpc_task =
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+                crate::shutdown::signalled(&mut stop_grpc).await;
+            }));
+        tracing::info!(
+            ack_mode = ?self.args.ack_mode,
+            debounce = self.args.debounce,
+            auth = self.auth.enabled(),
+            tls = self.tls.is_some(),
+            "serving"
+        );
+
+        let mut shutdown = self.shutdown.clone();
+        let ended = tokio::select! {
+            biased;
+            _ = crate::shutdown::signalled(&mut shutdown) => None,
+            r = &mut grpc_task => Some(r),
+        };
+        let grpc_done = match ended {
+            Some(r) if !*self.shutdown.borrow() => {
+                // The server ended by itself: an error. Still try to write what is pending.
+                let err = match r {
+                    Ok(Ok(())) => ShimError::Task("the gRPC server stopped".into()),
+                    Ok(Err(e)) => ShimError::Grpc(e),
+                    Err(e) => ShimError::Task(e.to_string()),
+                };
+                tracing::error!(error = %err, "gRPC server failed");
+                self.stopping.store(true, Ordering::Relaxed);
+                pipeline.flush().await;
+                let _ = tokio::time::timeout(self.args.shutdown_timeout, pipeline.drain()).await;
+                return Err(err);
+            }
+            other => other.is_some(),
+        };
+
+        self.stopping.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + self.args.shutdown_timeout;
+        tracing::info!(
+            pending_keys = self.metrics.pending_keys.get(),
+            timeout = %humantime::format_duration(self.args.shutdown_timeout),
+            "shutting down: no new calls; flushing"
+        );
+        pipeline.flush().await;
+        // Calls in progress may still offer mappings (and durable ones wait for them), so
+        // the pipeline drains while the server winds down. Once drained, open calls get a
+        // short grace to send their answers; idle connections do not hold the exit up.
+        let mut drained = false;
+        if !grpc_done {
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, &mut grpc_task) => match r {
+                    Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+                    Ok(_) => {}
+                    Err(_) => {
+                        tracing::warn!("calls still open at the shutdown deadline; closing them");
+                        grpc_task.abort();
+                    }
+                },
+                r = tokio::time::timeout_at(deadline, pipeline.drain()) => {
+                    drained = matches!(r, Ok(Ok(_)));
+                    let grace = (tokio::time::Instant::now() + SHUTDOWN_GRACE).min(deadline);
+                    if tokio::time::timeout_at(grace, &mut grpc_task).await.is_err() {
+                        tracing::info!("closing connections still open after the flush");
+                        grpc_task.abort();
+                    }
+                }
+            }
+        }
+        // Again: a call that finished during the grace may have offered more.
+        drained = matches!(
+            tokio::time::timeout_at(deadline, pipeline.drain()).await,
+            Ok(Ok(_))
+        ) || (drained && self.metrics.pending_keys.get() == 0);
+        let pending_keys = u64::try_from(self.metrics.pending_keys.get()).unwrap_or(0);
+        if drained {
+            tracing::info!("every pending mapping is in the store; bye");
+        } else {
+            tracing::error!(
+                pending_keys,
+                "shutdown deadline passed with mappings not written; their senders must register again"
+            );
+        }
+        drop(pipeline);
+        pipeline_task.abort();
+        Ok(ExitReport {
+            drained,
+            pending_keys,
+        })
+    }
+}
+
+/// Connects the Kubernetes store, retrying with backoff (1 s doubling to 30 s) until it
+/// succeeds.
+async fn connect_kube(cfg: KubeStoreConfig, metrics: Metrics) -> KubeStore {
+    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), 5).with_jitter(0.2);
+    let mut rng = SplitMix64::new(u64::from(std::process::id()));
+    let mut failures = 0;
+    loop {
+        match KubeStore::connect(cfg.clone(), metrics.clone()).await {
+            Ok(store) => {
+                tracing::info!(group = %cfg.group, version = %cfg.version, "Kubernetes store synced");
+                return store;
+            }
+            Err(e) => {
+                let delay = backoff.delay_with_jitter(failures, &mut rng);
+                failures = backoff.next_failures(failures);
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot reach the Kubernetes API");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the shim");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cli;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["snp-shim"];
+        argv.extend(extra);
+        Cli::parse_from(argv).serve
+    }
+
+    #[test]
+    fn auto_store_follows_the_environment() {
+        let a = args(&["--data-dir=/d"]);
+        assert_eq!(choose_store(&a, false), StoreChoice::Embedded("/d".into()));
+        assert_eq!(choose_store(&a, true), StoreChoice::Kubernetes);
+        let k = args(&["--kubeconfig=/k"]);
+        assert_eq!(choose_store(&k, false), StoreChoice::Kubernetes);
+        let e = args(&["--store=embedded", "--kubeconfig=/k"]);
+        assert!(matches!(choose_store(&e, true), StoreChoice::Embedded(_)));
+        let kube = args(&["--store=kubernetes"]);
+        assert_eq!(choose_store(&kube, false), StoreChoice::Kubernetes);
+    }
+
+    #[test]
+    fn debounce_config_follows_the_flags() {
+        let d = debounce_config(&args(&[]));
+        assert_eq!(d.debounce_after, Duration::from_millis(100));
+        assert_eq!(d.debounce_max, Duration::from_secs(1));
+        assert_eq!(d.first_check, Duration::from_millis(200));
+        // 500 ms << 6 = 32 s reaches the 30 s cap: 1, 2, 4, 8, 16, 30 s.
+        assert_eq!(d.retry.max_failures, 6);
+        let delays: Vec<u64> = (1..=7)
+            .map(|f| d.retry.delay(f).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, vec![1000, 2000, 4000, 8000, 16_000, 30_000, 30_000]);
+        let off = debounce_config(&args(&[
+            "--debounce=false",
+            "--retry-base=1s",
+            "--retry-max=1s",
+        ]));
+        assert!(!off.enabled);
+        assert_eq!(off.retry.delay(5), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,196 @@
+//! Optional authentication of writes: a bearer token, a verified client certificate, or
+//! either.
+//!
+//! * `--auth-token-file`: callers send `authorization: Bearer <token>`; the token is read
+//!   once at startup (surrounding whitespace trimmed) and compared in constant time.
+//! * `--tls-client-ca` (with `--tls-cert`/`--tls-key`): the TLS handshake verifies client
+//!   certificates against the CA. Certificates are optional at the handshake so that calls
+//!   outside `--auth-scope` (lookups, and registrations with `--auth-scope push`) still work
+//!   without one; calls in scope need a verified certificate (or the token).
+//!
+//! With both configured, either credential is enough. Lookups and watches
+//! (`GetMappings`, `WatchMappings`) are never authenticated: they expose what any workload
+//! of the mesh can read from the API server anyway.
+//!
+//! Checks happen in the handlers, not in a tonic interceptor, because the scope depends on
+//! the method and an interceptor does not see the path.
+
+use std::path::Path;
+
+use tonic::metadata::MetadataMap;
+use tonic::Status;
+
+use crate::config::AuthScope;
+
+/// Which call is being authorised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `PushMappings`.
+    Push,
+    /// The registration API (either flavour).
+    Register,
+}
+
+/// The authentication policy.
+#[derive(Clone, Default)]
+pub struct Auth {
+    token: Option<Vec<u8>>,
+    mtls: bool,
+    scope_all: bool,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("mtls", &self.mtls)
+            .field("scope_all", &self.scope_all)
+            .finish()
+    }
+}
+
+/// Why the policy could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The token file could not be read.
+    #[error("reading the token file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The token file holds no token.
+    #[error("the token file {0} is empty")]
+    EmptyToken(String),
+}
+
+impl Auth {
+    /// No authentication.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// A policy from its parts. `token` is the expected bearer token; `mtls` means verified
+    /// client certificates are accepted.
+    pub fn new(token: Option<String>, mtls: bool, scope: AuthScope) -> Self {
+        Self {
+            token: token.map(String::into_bytes),
+            mtls,
+            scope_all: scope == AuthScope::All,
+        }
+    }
+
+    /// Reads the token from `path`.
+    pub fn read_token(path: &Path) -> Result<String, AuthError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::TokenFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(AuthError::EmptyToken(path.display().to_string()));
+        }
+        Ok(token.to_owned())
+    }
+
+    /// Whether any credential is required at all.
+    pub fn enabled(&self) -> bool {
+        self.token.is_some() || self.mtls
+    }
+
+    fn applies_to(&self, action: Action) -> bool {
+        self.enabled() && (action == Action::Push || self.scope_all)
+    }
+
+    /// Checks a call's credentials: its metadata and whether the TLS layer verified a client
+    /// certificate.
+    pub fn check(
+        &self,
+        action: Action,
+        metadata: &MetadataMap,
+        has_verified_cert: bool,
+    ) -> Result<(), Status> {
+        if !self.applies_to(action) {
+            return Ok(());
+        }
+        if self.mtls && has_verified_cert {
+            return Ok(());
+        }
+        if let Some(expected) = &self.token {
+            let presented = metadata
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(str::trim);
+            return match presented {
+                Some(t) if constant_time_eq(t.as_bytes(), expected) => Ok(()),
+                Some(_) => Err(Status::unauthenticated("invalid bearer token")),
+                None if self.mtls => Err(Status::unauthenticated(
+                    "a bearer token or a client certificate is required",
+                )),
+                None => Err(Status::unauthenticated(
+                    "missing bearer token (authorization: Bearer <token>)",
+                )),
+            };
+        }
+        Err(Status::unauthenticated("a client certificate is required"))
+    }
+
+    /// [`Auth::check`] on a tonic request.
+    pub fn check_request<T>(&self, action: Action, req: &tonic::Request<T>) -> Result<(), Status> {
+        let has_cert = self.mtls && req.peer_certs().is_some_and(|c| !c.is_empty());
+        self.check(action, req.metadata(), has_cert)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn md(auth: Option<&str>) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        if let Some(a) = auth {
+            m.insert("authorization", a.parse().unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn token_scope_and_certificates() {
+        let a = Auth::new(Some("s3cret".into()), false, AuthScope::Push);
+        assert!(a
+            .check(Action::Push, &md(Some("Bearer s3cret")), false)
+            .is_ok());
+        assert!(a.check(Action::Register, &md(None), false).is_ok());
+        let e = a.check(Action::Push, &md(None), false).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let e = a
+            .check(Action::Push, &md(Some("Bearer nope")), false)
+            .unwrap_err();
+        assert_eq!(e.message(), "invalid bearer token");
+        assert!(a
+            .check(Action::Push, &md(Some("Bearer s3cre")), true)
+            .is_err());
+
+        let all = Auth::new(Some("t".into()), false, AuthScope::All);
+        assert!(all.check(Action::Register, &md(None), false).is_err());
+
+        let mtls = Auth::new(None, true, AuthScope::All);
+        assert!(mtls.check(Action::Register, &md(None), true).is_ok());
+        assert!(mtls.check(Action::Register, &md(None), false).is_err());
+
+        assert!(Auth::none().check(Action::Push, &md(None), false).is_ok());
+        assert!(!format!("{a:?}").contains("s3cret"));
+    }
+}

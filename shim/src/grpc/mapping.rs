@@ -1,0 +1,325 @@
+//! `snp.v1.MappingService`: batches in, lookups and change streams out.
+//!
+//! * `PushMappings` validates every mapping with `snp-core` (one bad mapping rejects the
+//!   batch with `INVALID_ARGUMENT`), answers at once when the store already holds it all
+//!   (a resend costs nothing), and otherwise offers it to the debouncer and answers only
+//!   once every mapping is durable. Union semantics make it idempotent.
+//! * `GetMappings` answers from the store's cache.
+//! * `WatchMappings` sends a `SNAPSHOT`, then `UPSERT`/`DELETE` events for the selected
+//!   mappings as the store reports them (this shim's writes and other writers' alike). A
+//!   watcher that falls behind the store's change channel gets a fresh `SNAPSHOT` instead
+//!   of a gap. Each stream is fed through a bounded channel.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use snp_core::validate::{validate_application, validate_interface, validate_namespace, Field};
+use snp_core::{AppSet, MappingKey, Mappings, ValidationError};
+use snp_proto::api::mapping_event::Kind;
+use snp_proto::api::mapping_service_server::MappingService;
+use snp_proto::api::{
+    GetMappingsRequest, GetMappingsResponse, MappingEvent, MappingState, PushMappingsRequest,
+    PushMappingsResponse, WatchMappingsRequest,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::registration::outcome_of;
+use super::{not_durable, pipeline_status, Shared};
+use crate::auth::Action;
+use crate::metrics::{Api, Outcome};
+use crate::pipeline::Payload;
+use crate::store::{Change, Entry, Store};
+
+/// Events buffered per watch stream before the stream waits for its client.
+const WATCH_BUFFER: usize = 64;
+/// Changes coalesced into one `UPSERT` event at most.
+const MAX_EVENT_MAPPINGS: usize = 512;
+
+/// The `snp.v1.MappingService` implementation.
+pub struct MappingApi<S: Store> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: Store> MappingApi<S> {
+    /// A service answering from `shared`.
+    pub fn new(shared: Arc<Shared<S>>) -> Self {
+        Self { shared }
+    }
+}
+
+fn invalid<S: Store>(shared: &Shared<S>, reason: &str, message: String) -> Status {
+    shared.metrics.invalid(reason);
+    Status::invalid_argument(message)
+}
+
+/// Validates a namespace and interface list of a lookup or watch.
+fn validate_selector<S: Store>(
+    shared: &Shared<S>,
+    namespace: &str,
+    interfaces: &[String],
+) -> Result<(), Status> {
+    validate_namespace(namespace).map_err(|e| invalid(shared, e.reason(), e.to_string()))?;
+    for (i, name) in interfaces.iter().enumerate() {
+        validate_interface(name, Field::InterfaceName(i), &shared.limits)
+            .map_err(|e| invalid(shared, e.reason(), e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Validates a pushed batch and turns it into mappings, one per request mapping.
+fn validate_batch<S: Store>(
+    shared: &Shared<S>,
+    req: &PushMappingsRequest,
+) -> Result<Vec<(MappingKey, AppSet)>, Status> {
+    let mut out = Vec::with_capacity(req.mappings.len());
+    for (i, m) in req.mappings.iter().enumerate() {
+        let at = |e: ValidationError, what: &str| {
+            let msg = match &e {
+                ValidationError::InvalidInterface { name, reason, .. } => {
+                    format!("mappings[{i}].interface_name {name} is not a valid interface name: {reason}")
+                }
+                other => format!("mappings[{i}]{what}: {other}"),
+            };
+            invalid(shared, e.reason(), msg)
+        };
+        validate_namespace(&m.namespace).map_err(|e| at(e, ""))?;
+        validate_interface(&m.interface_name, Field::InterfaceName(0), &shared.limits)
+            .map_err(|e| at(e, ""))?;
+        if m.application_names.is_empty() {
+            return Err(invalid(
+                shared,
+                "empty_application",
+                format!("mappings[{i}].application_names is empty"),
+            ));
+        }
+        for (j, app) in m.application_names.iter().enumerate() {
+            validate_application(app, &shared.limits)
+                .map_err(|e| at(e, &format!(".application_names[{j}]")))?;
+        }
+        out.push((
+            MappingKey::new(m.namespace.as_str(), m.interface_name.as_str()),
+            m.application_names.iter().collect(),
+        ));
+    }
+    Ok(out)
+}
+
+fn state(key: MappingKey, entry: Entry) -> MappingState {
+    MappingState {
+        namespace: key.namespace,
+        interface_name: key.interface,
+        application_names: entry.apps.into_vec(),
+        revision: entry.revision,
+    }
+}
+
+fn snapshot<S: Store>(store: &S, namespace: &str, interfaces: &[String]) -> MappingEvent {
+    MappingEvent {
+        kind: Kind::Snapshot as i32,
+        mappings: store
+            .get(namespace, interfaces)
+            .into_iter()
+            .map(|(k, e)| state(k, e))
+            .collect(),
+    }
+}
+
+impl<S: Store> MappingApi<S> {
+    async fn push(
+        &self,
+        request: Request<PushMappingsRequest>,
+    ) -> Result<PushMappingsResponse, Status> {
+        let shared = &self.shared;
+        shared.auth.check_request(Action::Push, &request)?;
+        let req = request.into_inner();
+        let entries = validate_batch(shared, &req)?;
+        let mut unchanged = 0u32;
+        let mut all = Mappings::new();
+        for (key, apps) in entries {
+            let one: Mappings = std::iter::once((key.clone(), apps.clone())).collect();
+            if shared.store.contains_all(&one) {
+                unchanged += 1;
+            }
+            all.insert_set(key, &apps);
+        }
+        let total = u32::try_from(req.mappings.len()).unwrap_or(u32::MAX);
+        let response = PushMappingsResponse {
+            batch_id: req.batch_id.clone(),
+            unchanged,
+            written: total - unchanged,
+        };
+        if unchanged == total {
+            tracing::debug!(batch = %req.batch_id, source = %req.source, "batch already in the store");
+            return Ok(response);
+        }
+        tracing::debug!(batch = %req.batch_id, source = %req.source, keys = all.len(), "batch");
+        let accepted = shared
+            .pipeline
+            .offer(Payload::Batch(all), true)
+            .await
+            .map_err(pipeline_status)?;
+        if let Some(done) = accepted.durable {
+            match tokio::time::timeout(shared.ack_timeout, done).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Status::unavailable("the shim is shutting down")),
+                Err(_) => return Err(not_durable(shared.ack_timeout)),
+            }
+        }
+        Ok(response)
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> MappingService for MappingApi<S> {
+    async fn push_mappings(
+        &self,
+        request: Request<PushMappingsRequest>,
+    ) -> Result<Response<PushMappingsResponse>, Status> {
+        let result = self.push(request).await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(s) => outcome_of(s),
+        };
+        self.shared.metrics.call(Api::Push, outcome);
+        result.map(Response::new)
+    }
+
+    async fn get_mappings(
+        &self,
+        request: Request<GetMappingsRequest>,
+    ) -> Result<Response<GetMappingsResponse>, Status> {
+        let req = request.into_inner();
+        validate_selector(&self.shared, &req.namespace, &req.interface_names)?;
+        let mappings = self
+            .shared
+            .store
+            .get(&req.namespace, &req.interface_names)
+            .into_iter()
+            .map(|(k, e)| state(k, e))
+            .collect();
+        Ok(Response::new(GetMappingsResponse { mappings }))
+    }
+
+    type WatchMappingsStream = ReceiverStream<Result<MappingEvent, Status>>;
+
+    async fn watch_mappings(
+        &self,
+        request: Request<WatchMappingsRequest>,
+    ) -> Result<Response<Self::WatchMappingsStream>, Status> {
+        let req = request.into_inner();
+        validate_selector(&self.shared, &req.namespace, &req.interface_names)?;
+        if *self.shared.shutdown.borrow() {
+            return Err(Status::unavailable("the shim is shutting down"));
+        }
+        // Subscribe before the snapshot, so no change falls between the two.
+        let changes = self.shared.store.changes();
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(watch(shared, req, changes, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn watch<S: Store>(
+    shared: Arc<Shared<S>>,
+    req: WatchMappingsRequest,
+    mut changes: broadcast::Receiver<Change>,
+    tx: mpsc::Sender<Result<MappingEvent, Status>>,
+) {
+    shared.metrics.watchers.inc();
+    let mut shutdown = shared.shutdown.clone();
+    let selected: HashSet<&str> = req.interface_names.iter().map(String::as_str).collect();
+    let wanted = |key: &MappingKey| {
+        key.namespace == req.namespace
+            && (selected.is_empty() || selected.contains(key.interface.as_str()))
+    };
+    let mut next = Some(snapshot(
+        &shared.store,
+        &req.namespace,
+        &req.interface_names,
+    ));
+    loop {
+        if let Some(event) = next.take() {
+            tokio::select! {
+                sent = tx.send(Ok(event)) => if sent.is_err() { break },
+                _ = crate::shutdown::signalled(&mut shutdown) => break,
+            }
+        }
+        let first = tokio::select! {
+            r = changes.recv() => r,
+            _ = tx.closed() => break,
+            _ = crate::shutdown::signalled(&mut shutdown) => break,
+        };
+        let mut batch = Vec::new();
+        match first {
+            Ok(change) => batch.push(change),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!(missed = n, "watcher lagged; sending a fresh snapshot");
+                next = Some(snapshot(
+                    &shared.store,
+                    &req.namespace,
+                    &req.interface_names,
+                ));
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+        // Coalesce what is already queued into one event per kind.
+        let mut lagged = false;
+        while batch.len() < MAX_EVENT_MAPPINGS {
+            match changes.try_recv() {
+                Ok(change) => batch.push(change),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    lagged = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if lagged {
+            next = Some(snapshot(
+                &shared.store,
+                &req.namespace,
+                &req.interface_names,
+            ));
+            continue;
+        }
+        // Consecutive changes of one kind go out as one event; order is kept.
+        let mut events: Vec<MappingEvent> = Vec::new();
+        for change in batch {
+            let (kind, mapping) = match change {
+                Change::Upsert { key, entry } if wanted(&key) => (Kind::Upsert, state(key, entry)),
+                Change::Delete { key } if wanted(&key) => (
+                    Kind::Delete,
+                    MappingState {
+                        namespace: key.namespace,
+                        interface_name: key.interface,
+                        application_names: Vec::new(),
+                        revision: String::new(),
+                    },
+                ),
+                _ => continue,
+            };
+            match events.last_mut() {
+                Some(last) if last.kind == kind as i32 => last.mappings.push(mapping),
+                _ => events.push(MappingEvent {
+                    kind: kind as i32,
+                    mappings: vec![mapping],
+                }),
+            }
+        }
+        let mut closed = false;
+        for event in events {
+            tokio::select! {
+                sent = tx.send(Ok(event)) => if sent.is_err() { closed = true; break },
+                _ = crate::shutdown::signalled(&mut shutdown) => { closed = true; break },
+            }
+        }
+        if closed {
+            break;
+        }
+    }
+    shared.metrics.watchers.dec();
+}
