@@ -151,6 +151,8 @@ pub struct Metrics {
     pub noop_skips: Counter,
     /// Keys waiting in the debouncer.
     pub pending_keys: Gauge,
+    /// Batches being written to the store (0 or 1 with debouncing on).
+    pub batches_in_flight: Gauge,
     /// Open WatchMappings streams.
     pub watchers: Gauge,
     /// Time from a batch leaving the debouncer to the store confirming it, in seconds.
@@ -173,6 +175,7 @@ impl Metrics {
             retries: Counter::default(),
             noop_skips: Counter::default(),
             pending_keys: Gauge::default(),
+            batches_in_flight: Gauge::default(),
             watchers: Gauge::default(),
             flush_seconds: Histogram::new([
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -229,6 +232,11 @@ impl Metrics {
             "pending_keys",
             "Keys waiting in the debouncer",
             m.pending_keys.clone(),
+        );
+        r.register(
+            "batches_in_flight",
+            "Batches being written to the store",
+            m.batches_in_flight.clone(),
         );
         r.register("watchers", "Open WatchMappings streams", m.watchers.clone());
         r.register(

@@ -126,6 +126,7 @@ impl Pipeline {
             drains: Vec::new(),
             flushing: false,
             closed: false,
+            store_was_unready: false,
         };
         (Self { tx }, tokio::spawn(task.run()))
     }
@@ -188,7 +189,14 @@ struct Task<S: Store> {
     drains: Vec<oneshot::Sender<DrainReport>>,
     flushing: bool,
     closed: bool,
+    /// The store reported not ready while a failed batch was backing off. When it is
+    /// ready again the backoff is cut short: after an outage the write goes as soon as the
+    /// store's watch sees the API again, not up to `--retry-max` later.
+    store_was_unready: bool,
 }
+
+/// How often readiness is checked while a failed batch is backing off.
+const READINESS_PROBE: Duration = Duration::from_millis(250);
 
 impl<S: Store> Task<S> {
     fn now(&self) -> snp_core::Instant {
@@ -217,7 +225,15 @@ impl<S: Store> Task<S> {
                     return;
                 }
             }
-            let wake = self.debouncer.next_wakeup().map(|at| self.deadline(at));
+            self.metrics
+                .batches_in_flight
+                .set(i64::try_from(self.in_flight.len()).unwrap_or(i64::MAX));
+            let mut wake = self.debouncer.next_wakeup().map(|at| self.deadline(at));
+            if self.debouncer.failures() > 0 {
+                self.retry_early_if_store_recovered();
+                let probe = TokioInstant::now() + READINESS_PROBE;
+                wake = Some(wake.map_or(probe, |w| w.min(probe)));
+            }
             tokio::select! {
                 cmd = self.rx.recv(), if !self.closed => match cmd {
                     Some(cmd) => self.handle(cmd),
@@ -235,6 +251,20 @@ impl<S: Store> Task<S> {
                 }
                 _ = sleep_until_opt(wake) => {}
             }
+        }
+    }
+
+    /// Cuts a retry backoff short once the store, seen not ready during it, is ready again.
+    fn retry_early_if_store_recovered(&mut self) {
+        if !self.store.is_ready() {
+            self.store_was_unready = true;
+        } else if self.store_was_unready {
+            self.store_was_unready = false;
+            tracing::info!(
+                failures = self.debouncer.failures(),
+                "store is reachable again; retrying pending mappings now"
+            );
+            self.debouncer.reset_backoff();
         }
     }
 

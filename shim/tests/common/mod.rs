@@ -222,15 +222,26 @@ impl Binary {
     }
 
     pub fn start_on(dir: &Path, log: &Path, grpc_addr: &str, extra: &[&str]) -> Binary {
+        let mut args = vec![
+            format!("--grpc-addr={grpc_addr}"),
+            "--http-addr=127.0.0.1:0".to_owned(),
+            "--store=auto".to_owned(),
+            format!("--data-dir={}", dir.display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(log, &args)
+    }
+
+    /// Starts the binary with `--log-format=json` and exactly `args` (they must not repeat
+    /// `--log-format`; give `--grpc-addr`/`--http-addr` with port 0 for free ports), stderr
+    /// in `log`. Returns once it listens, with the addresses it logged. Panics if it exits
+    /// first or does not listen within 20 s.
+    pub fn spawn(log: &Path, args: &[String]) -> Binary {
         let err = std::fs::File::create(log).unwrap();
         #[allow(clippy::zombie_processes)] // reaped in Drop
-        let child = Command::new(env!("CARGO_BIN_EXE_snp-shim"))
-            .arg(format!("--grpc-addr={grpc_addr}"))
-            .arg("--http-addr=127.0.0.1:0")
-            .arg("--store=auto")
-            .arg(format!("--data-dir={}", dir.display()))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_snp-shim"))
             .arg("--log-format=json")
-            .args(extra)
+            .args(args)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(Stdio::null())
             .stderr(err)
@@ -250,8 +261,31 @@ impl Binary {
                     log: log.to_path_buf(),
                 };
             }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("snp-shim {args:?} exited ({status}):\n{text}");
+            }
             assert!(Instant::now() < deadline, "snp-shim did not start:\n{text}");
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `GET /readyz` answers 200; panics (with the log) after `within` or if
+    /// the process exits.
+    pub async fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("snp-shim exited ({status}):\n{}", self.log_text());
+            }
+            if http_get(self.http, "/readyz").await.0 == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "snp-shim not ready within {within:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

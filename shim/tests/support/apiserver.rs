@@ -9,6 +9,8 @@
 //! built or started, the calling test panics: these tests never skip.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -42,6 +44,9 @@ pub struct ApiServer {
 
 static SERVER: OnceLock<ApiServer> = OnceLock::new();
 
+/// Set (to anything) to keep the server's directory after the test binary exits.
+pub const KEEP_DIR_ENV: &str = "SNP_KEEP_TEST_APISERVER_DIR";
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -74,12 +79,20 @@ fn start_server() -> ApiServer {
     std::fs::create_dir_all(&dir).expect("create the server directory");
     let started = Instant::now();
     let url = start(&dir);
-    // The watchdog: once this test process is gone, stop the server and clean up.
+    // The watchdog: once this test process is gone, stop the server and clean up (unless
+    // SNP_KEEP_TEST_APISERVER_DIR is set: then the directory, with the server's and the
+    // shims' logs, stays for a look).
+    let keep = std::env::var_os(KEEP_DIR_ENV).is_some();
     let watchdog = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; '{script}' stop '{dir}' >/dev/null 2>&1; rm -rf '{dir}'",
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; '{script}' stop '{dir}' >/dev/null 2>&1; {cleanup}",
         pid = std::process::id(),
         script = script().display(),
         dir = dir.display(),
+        cleanup = if keep {
+            "true".to_owned()
+        } else {
+            format!("rm -rf '{}'", dir.display())
+        },
     );
     // Deliberately never waited for: it outlives this process.
     #[allow(clippy::zombie_processes)]
@@ -262,4 +275,129 @@ pub async fn request_lines(client: &Client, group: &str) -> Vec<String> {
         .filter(|l| l.starts_with("apiserver_request_total{") && l.contains(&group_label))
         .map(str::to_owned)
         .collect()
+}
+
+/// Mutating verbs as `apiserver_request_total` names them.
+pub const WRITE_VERBS: [&str; 6] = [
+    "POST",
+    "PUT",
+    "PATCH",
+    "APPLY",
+    "DELETE",
+    "DELETECOLLECTION",
+];
+
+/// `apiserver_request_total` of the `servicenamemappings` resource of one group, summed by
+/// (verb, code) over the other labels (scope, version, ...), as the server counted them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestCounts(pub BTreeMap<(String, String), u64>);
+
+impl RequestCounts {
+    /// What was counted after `earlier` (per series; 0 where a counter went down, as after
+    /// a restart of the server).
+    pub fn since(&self, earlier: &RequestCounts) -> RequestCounts {
+        RequestCounts(
+            self.0
+                .iter()
+                .map(|(k, v)| (k.clone(), v.saturating_sub(*earlier.0.get(k).unwrap_or(&0))))
+                .filter(|(_, v)| *v > 0)
+                .collect(),
+        )
+    }
+
+    /// Requests of `verb` (any code).
+    pub fn verb(&self, verb: &str) -> u64 {
+        self.0
+            .iter()
+            .filter(|((v, _), _)| v == verb)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Requests of `verb` answered with `code`.
+    pub fn get(&self, verb: &str, code: &str) -> u64 {
+        self.0
+            .get(&(verb.to_owned(), code.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests answered with `code` (any verb).
+    pub fn code(&self, code: &str) -> u64 {
+        self.0
+            .iter()
+            .filter(|((_, c), _)| c == code)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Mutating requests (POST, PUT, PATCH, APPLY, DELETE, DELETECOLLECTION), any code.
+    pub fn writes(&self) -> u64 {
+        WRITE_VERBS.iter().map(|v| self.verb(v)).sum()
+    }
+}
+
+impl fmt::Display for RequestCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|((verb, code), n)| format!("{verb} {code}: {n}"))
+            .collect();
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// The labels of one Prometheus sample line (`name{k="v",...} value`).
+fn labels(line: &str) -> BTreeMap<&str, &str> {
+    let mut out = BTreeMap::new();
+    let Some(inner) = line
+        .split_once('{')
+        .and_then(|(_, rest)| rest.rsplit_once('}'))
+        .map(|(inner, _)| inner)
+    else {
+        return out;
+    };
+    let mut rest = inner;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        // Label values here hold no quotes or backslashes.
+        let Some((value, tail)) = after.split_once('"') else {
+            break;
+        };
+        out.insert(key.trim_start_matches(','), value);
+        rest = tail;
+    }
+    out
+}
+
+/// The server's `apiserver_request_total` for `servicenamemappings.<group>`, from its own
+/// `/metrics`.
+pub async fn request_counts(client: &Client, group: &str) -> RequestCounts {
+    let req = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("request");
+    let text = client.request_text(req).await.expect("GET /metrics");
+    let mut counts = RequestCounts::default();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let l = labels(line);
+        if l.get("group") != Some(&group) || l.get("resource") != Some(&"servicenamemappings") {
+            continue;
+        }
+        let value = line.rsplit(' ').next().unwrap_or("0");
+        let n = value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad sample {line:?}")) as u64;
+        let key = (
+            l.get("verb").copied().unwrap_or("").to_owned(),
+            l.get("code").copied().unwrap_or("").to_owned(),
+        );
+        *counts.0.entry(key).or_default() += n;
+    }
+    counts
 }
