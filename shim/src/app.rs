@@ -3,7 +3,14 @@
 //! [`start`] binds both listeners first (so their addresses are known, also with port 0 in
 //! tests), starts the operations endpoint, and runs the rest in a task: connect the store
 //! (the Kubernetes store is retried with backoff until it answers; `/readyz` says 503
-//! meanwhile), start the pipeline and the gRPC services. [`ShimHandle::shutdown`] (SIGTERM in
+//! meanwhile), start the pipeline and the gRPC services.
+//!
+//! Readiness latches: once the store has been reachable and synced, `/readyz` stays 200
+//! through later store outages, until shutdown. The Service is node-local
+//! (`internalTrafficPolicy: Local`), so an unready shim would leave its node with no
+//! endpoint at all, and apps that never retry (grpc-java Dubbo) would lose registrations
+//! the shim could have buffered and written after the outage. The live state is the
+//! `snp_store_ready` gauge. [`ShimHandle::shutdown`] (SIGTERM in
 //! the binary) then:
 //!
 //! 1. marks the shim not ready and stops accepting gRPC calls; open watches end;
@@ -14,7 +21,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
@@ -227,14 +234,12 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
     let registry = Arc::new(registry);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let store_ready: Arc<OnceLock<Readiness>> = Arc::new(OnceLock::new());
+    let synced_once = Arc::new(AtomicBool::new(false));
     let stopping = Arc::new(AtomicBool::new(false));
     let ready: Readiness = {
-        let store_ready = Arc::clone(&store_ready);
+        let synced_once = Arc::clone(&synced_once);
         let stopping = Arc::clone(&stopping);
-        Arc::new(move || {
-            !stopping.load(Ordering::Relaxed) && store_ready.get().is_some_and(|r| r())
-        })
+        Arc::new(move || !stopping.load(Ordering::Relaxed) && synced_once.load(Ordering::Relaxed))
     };
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(http::serve(
@@ -253,7 +258,7 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         grpc,
         metrics: metrics.clone(),
         shutdown: shutdown_rx,
-        store_ready,
+        synced_once,
         stopping,
     };
     let task = tokio::spawn(async move {
@@ -279,7 +284,8 @@ struct Context {
     grpc: TcpListener,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
-    store_ready: Arc<OnceLock<Readiness>>,
+    /// Set once the store was first reachable and synced; `/readyz` follows it.
+    synced_once: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
 }
 
@@ -321,10 +327,12 @@ impl Context {
     }
 
     async fn serve<S: Store>(self, store: S) -> Result<ExitReport, ShimError> {
-        {
-            let s = store.clone();
-            let _ = self.store_ready.set(Arc::new(move || s.is_ready()));
-        }
+        tokio::spawn(track_store_readiness(
+            store.clone(),
+            Arc::clone(&self.synced_once),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        ));
         let (pipeline, pipeline_task) = Pipeline::spawn(
             store.clone(),
             debounce_config(&self.args),
@@ -491,6 +499,30 @@ pub async fn termination_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// How often the store's live readiness is sampled for `/readyz` and `snp_store_ready`.
+const READINESS_SAMPLE: Duration = Duration::from_millis(250);
+
+/// Latches `synced_once` when the store is first ready, and keeps the `snp_store_ready`
+/// gauge on the live state until shutdown.
+async fn track_store_readiness<S: Store>(
+    store: S,
+    synced_once: Arc<AtomicBool>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let live = store.is_ready();
+        metrics.store_ready.set(i64::from(live));
+        if live && !synced_once.swap(true, Ordering::Relaxed) {
+            tracing::info!("store synced; ready");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(READINESS_SAMPLE) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

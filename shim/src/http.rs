@@ -2,8 +2,9 @@
 //!
 //! * `GET /metrics`: every metric in the Prometheus/OpenMetrics text format;
 //! * `GET /healthz`: 200 while the process serves (liveness);
-//! * `GET /readyz`: 200 once the store is reachable and its cache synced, 503 before that
-//!   and during shutdown (readiness).
+//! * `GET /readyz`: 200 once the store has been reachable and its cache synced, and from
+//!   then on through store outages (the shim buffers and retries); 503 before the first
+//!   sync and during shutdown (readiness). `snp_store_ready` shows the live state.
 
 use std::future::Future;
 use std::sync::Arc;

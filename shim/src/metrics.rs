@@ -153,6 +153,9 @@ pub struct Metrics {
     pub pending_keys: Gauge,
     /// Batches being written to the store (0 or 1 with debouncing on).
     pub batches_in_flight: Gauge,
+    /// Whether the store is reachable and its cache synced right now (1) or not (0).
+    /// `/readyz` stays ready through outages once synced; this shows them.
+    pub store_ready: Gauge,
     /// Open WatchMappings streams.
     pub watchers: Gauge,
     /// Time from a batch leaving the debouncer to the store confirming it, in seconds.
@@ -176,6 +179,7 @@ impl Metrics {
             noop_skips: Counter::default(),
             pending_keys: Gauge::default(),
             batches_in_flight: Gauge::default(),
+            store_ready: Gauge::default(),
             watchers: Gauge::default(),
             flush_seconds: Histogram::new([
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -237,6 +241,11 @@ impl Metrics {
             "batches_in_flight",
             "Batches being written to the store",
             m.batches_in_flight.clone(),
+        );
+        r.register(
+            "store_ready",
+            "Whether the store is reachable and its cache synced right now",
+            m.store_ready.clone(),
         );
         r.register("watchers", "Open WatchMappings streams", m.watchers.clone());
         r.register(

@@ -1,0 +1,1127 @@
+//! The Kubernetes manifests in `deploy/` (issue 6):
+//!
+//! 1. `deploy/crd.yaml` is exactly what `snp-shim crd` prints (generated from the Rust type);
+//! 2. every document of every YAML file in `deploy/` parses into its typed Kubernetes
+//!    structure (k8s-openapi; `snp_shim::crd::ServiceNameMapping` for the sample), and a
+//!    field those types don't know is an error: k8s-openapi skips unknown fields silently,
+//!    so every skipped field is caught with `serde_ignored`;
+//! 3. the objects say what the shim needs (RBAC verbs, probes, security, ports, the
+//!    node-local Service, env flags the shim accepts);
+//! 4. the CRD and the sample custom resource are applied for real (server-side apply, strict
+//!    field validation) to the test API server, and the shim's Kubernetes store reads and
+//!    reuses the sample object.
+//!
+//! The test API server (apiextensions-apiserver) serves CRDs and custom resources only: no
+//! Namespaces, RBAC, DaemonSets or Services. Those are checked by typed parsing and the
+//! semantic checks of 2 and 3, not by a server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/apiserver.rs"]
+mod apiserver;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{CommandFactory, Parser};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+use serde_yaml_ng::Value;
+use snp_core::{naming, AppSet, MappingKey, Mappings};
+use snp_shim::config::{Cli, LogFormat, ServeArgs, StoreKind};
+use snp_shim::crd::{self, ServiceNameMapping};
+use snp_shim::metrics::Metrics;
+use snp_shim::store::kube::KubeStore;
+use snp_shim::store::Store;
+
+/// The verbs the ClusterRole grants, exactly (issue 6).
+const GRANTED_VERBS: [&str; 6] = ["get", "list", "watch", "create", "update", "patch"];
+/// The verbs `shim/src/store/kube.rs` uses; all must be granted.
+const USED_VERBS: [&str; 5] = ["get", "list", "watch", "create", "update"];
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .join("deploy")
+}
+
+fn read(relative: &str) -> String {
+    let path = deploy_dir().join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Every `*.yaml` / `*.yml` under `deploy/`, recursively, sorted.
+fn yaml_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let entries =
+            std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&deploy_dir(), &mut out);
+    out.sort();
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Strict typed parsing
+
+/// `deploy/kustomization.yaml`. Not a Kubernetes API type, so it is typed here; the
+/// fields it may use are the ones listed (extend this when the kustomization uses more).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Kustomization {
+    api_version: String,
+    kind: String,
+    resources: Vec<String>,
+}
+
+/// One parsed document.
+#[derive(Debug)]
+enum Manifest {
+    Namespace(Box<Namespace>),
+    ServiceAccount(Box<ServiceAccount>),
+    ClusterRole(Box<ClusterRole>),
+    ClusterRoleBinding(Box<ClusterRoleBinding>),
+    DaemonSet(Box<DaemonSet>),
+    Service(Box<Service>),
+    Crd(Box<CustomResourceDefinition>),
+    Mapping(Box<ServiceNameMapping>),
+    Kustomization(Box<Kustomization>),
+}
+
+impl Manifest {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Namespace(_) => "Namespace",
+            Self::ServiceAccount(_) => "ServiceAccount",
+            Self::ClusterRole(_) => "ClusterRole",
+            Self::ClusterRoleBinding(_) => "ClusterRoleBinding",
+            Self::DaemonSet(_) => "DaemonSet",
+            Self::Service(_) => "Service",
+            Self::Crd(_) => "CustomResourceDefinition",
+            Self::Mapping(_) => crd::KIND,
+            Self::Kustomization(_) => "Kustomization",
+        }
+    }
+}
+
+/// Deserializes `doc` into `T`; any field `T` skipped (an unknown or misspelled field) is
+/// an error naming its path, except the paths in `allowed`.
+fn strict<T: DeserializeOwned>(doc: Value, allowed: &[&str]) -> Result<Box<T>, String> {
+    let mut unknown = Vec::new();
+    let value: T = serde_ignored::deserialize(doc, |path| {
+        let path = dotted(&path);
+        if !allowed.contains(&path.as_str()) {
+            unknown.push(path);
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    if unknown.is_empty() {
+        Ok(Box::new(value))
+    } else {
+        Err(format!("unknown field(s): {}", unknown.join(", ")))
+    }
+}
+
+/// `spec.template.spec.containers.0.image`: the path of a skipped field, without the
+/// `Option` and newtype levels `serde_ignored` also reports.
+fn dotted(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    let join = |parent: &Path<'_>, part: String| match dotted(parent) {
+        p if p.is_empty() => part,
+        p => format!("{p}.{part}"),
+    };
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => join(parent, index.to_string()),
+        Path::Map { parent, key } => join(parent, key.clone()),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => dotted(parent),
+    }
+}
+
+/// Parses one document into the type its `kind` names.
+fn parse_document(doc: Value) -> Result<Manifest, String> {
+    let text = |key: &str| doc.get(key).and_then(Value::as_str).map(str::to_owned);
+    let kind = text("kind").ok_or("no kind")?;
+    let api_version = text("apiVersion").ok_or("no apiVersion")?;
+    // k8s-openapi types check apiVersion and kind themselves; the other two are checked here.
+    match kind.as_str() {
+        "Namespace" => strict(doc, &[]).map(Manifest::Namespace),
+        "ServiceAccount" => strict(doc, &[]).map(Manifest::ServiceAccount),
+        "ClusterRole" => strict(doc, &[]).map(Manifest::ClusterRole),
+        "ClusterRoleBinding" => strict(doc, &[]).map(Manifest::ClusterRoleBinding),
+        "DaemonSet" => strict(doc, &[]).map(Manifest::DaemonSet),
+        "Service" => strict(doc, &[]).map(Manifest::Service),
+        "CustomResourceDefinition" => strict(doc, &[]).map(Manifest::Crd),
+        crd::KIND => {
+            let want = format!("{}/{}", crd::DEFAULT_GROUP, crd::DEFAULT_VERSION);
+            if api_version != want {
+                return Err(format!("apiVersion {api_version}, expected {want}"));
+            }
+            // The derived type reads metadata and spec; apiVersion and kind (checked
+            // above) are the only fields it may skip.
+            strict(doc, &["apiVersion", "kind"]).map(Manifest::Mapping)
+        }
+        "Kustomization" => {
+            let m: Box<Kustomization> = strict(doc, &[])?;
+            if m.api_version != "kustomize.config.k8s.io/v1beta1" {
+                return Err(format!("Kustomization apiVersion {}", m.api_version));
+            }
+            Ok(Manifest::Kustomization(m))
+        }
+        other => Err(format!("unexpected kind {other} ({api_version})")),
+    }
+}
+
+/// The documents of a (multi-document) YAML text; empty documents are skipped.
+fn documents(text: &str) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(doc).map_err(|e| format!("document {i}: {e}"))?;
+        if !value.is_null() {
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
+/// Parses every document of a YAML text.
+fn parse_text(text: &str) -> Result<Vec<Manifest>, String> {
+    documents(text)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, doc)| parse_document(doc).map_err(|e| format!("document {i}: {e}")))
+        .collect()
+}
+
+/// Every manifest of `deploy/`, by file (relative path). Panics listing every problem.
+fn load_all() -> Vec<(String, Manifest)> {
+    let root = deploy_dir();
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for path in yaml_files() {
+        let rel = path
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        match parse_text(&text) {
+            Ok(ms) if ms.is_empty() => errors.push(format!("{rel}: no document")),
+            Ok(ms) => out.extend(ms.into_iter().map(|m| (rel.clone(), m))),
+            Err(e) => errors.push(format!("{rel}: {e}")),
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "manifests in deploy/ do not parse strictly:\n{}",
+        errors.join("\n")
+    );
+    out
+}
+
+/// The install: exactly one of each object, plus the samples.
+struct Deploy {
+    namespace: Namespace,
+    service_account: ServiceAccount,
+    role: ClusterRole,
+    binding: ClusterRoleBinding,
+    daemonset: DaemonSet,
+    service: Service,
+    crd: CustomResourceDefinition,
+    kustomization: Kustomization,
+    samples: Vec<ServiceNameMapping>,
+    /// Which file each object came from, by kind.
+    files: BTreeMap<&'static str, Vec<String>>,
+}
+
+fn load_deploy() -> Deploy {
+    let all = load_all();
+    // Exactly one object that `pick` selects.
+    fn one<T: Clone>(
+        all: &[(String, Manifest)],
+        kind: &str,
+        pick: impl Fn(&Manifest) -> Option<&T>,
+    ) -> T {
+        let found: Vec<&T> = all.iter().filter_map(|(_, m)| pick(m)).collect();
+        assert_eq!(found.len(), 1, "deploy/ must hold exactly one {kind}");
+        found[0].clone()
+    }
+    let mut files: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    for (file, m) in &all {
+        files.entry(m.kind()).or_default().push(file.clone());
+    }
+    Deploy {
+        namespace: one(&all, "Namespace", |m| match m {
+            Manifest::Namespace(x) => Some(&**x),
+            _ => None,
+        }),
+        service_account: one(&all, "ServiceAccount", |m| match m {
+            Manifest::ServiceAccount(x) => Some(&**x),
+            _ => None,
+        }),
+        role: one(&all, "ClusterRole", |m| match m {
+            Manifest::ClusterRole(x) => Some(&**x),
+            _ => None,
+        }),
+        binding: one(&all, "ClusterRoleBinding", |m| match m {
+            Manifest::ClusterRoleBinding(x) => Some(&**x),
+            _ => None,
+        }),
+        daemonset: one(&all, "DaemonSet", |m| match m {
+            Manifest::DaemonSet(x) => Some(&**x),
+            _ => None,
+        }),
+        service: one(&all, "Service", |m| match m {
+            Manifest::Service(x) => Some(&**x),
+            _ => None,
+        }),
+        crd: one(&all, "CustomResourceDefinition", |m| match m {
+            Manifest::Crd(x) => Some(&**x),
+            _ => None,
+        }),
+        kustomization: one(&all, "Kustomization", |m| match m {
+            Manifest::Kustomization(x) => Some(&**x),
+            _ => None,
+        }),
+        samples: all
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Manifest::Mapping(x) => Some((**x).clone()),
+                _ => None,
+            })
+            .collect(),
+        files,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. The CRD file is generated
+
+#[test]
+fn crd_yaml_is_generated_from_the_rust_type() {
+    let generated = crd::crd_yaml(crd::DEFAULT_GROUP, crd::DEFAULT_VERSION).expect("CRD YAML");
+    let checked_in = read("crd.yaml");
+    assert!(
+        checked_in == generated,
+        "deploy/crd.yaml differs from the CRD generated from the Rust type; regenerate it with\n\n    \
+         cargo run -p snp-shim -- crd > deploy/crd.yaml\n\n--- generated ---\n{generated}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Strict typed parsing
+
+#[test]
+fn every_manifest_parses_strictly() {
+    let d = load_deploy();
+    // Where each kind lives (the README and docs/deploy.md point at these files).
+    let expect: [(&str, &str); 9] = [
+        ("Namespace", "namespace.yaml"),
+        ("ServiceAccount", "rbac.yaml"),
+        ("ClusterRole", "rbac.yaml"),
+        ("ClusterRoleBinding", "rbac.yaml"),
+        ("DaemonSet", "daemonset.yaml"),
+        ("Service", "service.yaml"),
+        ("CustomResourceDefinition", "crd.yaml"),
+        ("Kustomization", "kustomization.yaml"),
+        (crd::KIND, "samples/servicenamemapping.yaml"),
+    ];
+    for (kind, file) in expect {
+        assert_eq!(
+            d.files.get(kind).cloned(),
+            Some(vec![file.to_owned()]),
+            "{kind}"
+        );
+    }
+    assert_eq!(d.samples.len(), 1);
+}
+
+#[test]
+fn a_misspelled_field_is_an_error() {
+    let bad = "
+apiVersion: v1
+kind: Service
+metadata:
+  name: snp-shim
+spec:
+  internalTraficPolicy: Local
+  ports:
+    - port: 15051
+";
+    let err = parse_text(bad).expect_err("a misspelled field must not parse");
+    assert!(err.contains("spec.internalTraficPolicy"), "{err}");
+    // The same document spelled right parses.
+    parse_text(&bad.replace("Trafic", "Traffic")).expect("the correct spelling parses");
+}
+
+#[test]
+fn a_misspelled_nested_field_is_an_error() {
+    let bad = "
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: snp-shim
+spec:
+  selector:
+    matchLabels: {app: x}
+  template:
+    metadata:
+      labels: {app: x}
+    spec:
+      containers:
+        - name: snp-shim
+          image: x
+          securityContext:
+            readOnlyRootFileSystem: true
+";
+    let err = parse_text(bad).expect_err("a misspelled nested field must not parse");
+    assert!(
+        err.contains("spec.template.spec.containers.0.securityContext.readOnlyRootFileSystem"),
+        "{err}"
+    );
+    parse_text(&bad.replace("FileSystem", "Filesystem")).expect("the correct spelling parses");
+}
+
+#[test]
+fn other_mistakes_are_errors() {
+    let cases = [
+        // A misspelled field of the custom resource.
+        (
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: ServiceNameMapping\n\
+             metadata: {name: x}\nspec: {interfaceName: a.B, applicationName: [x]}\n",
+            "spec.applicationName",
+        ),
+        // The custom resource under another group than the CRD's.
+        (
+            "apiVersion: dubbo.apache.org/v1alpha1\nkind: ServiceNameMapping\n\
+             metadata: {name: x}\nspec: {interfaceName: a.B}\n",
+            "apiVersion dubbo.apache.org/v1alpha1",
+        ),
+        // A wrong apiVersion for a built-in kind (k8s-openapi checks it).
+        (
+            "apiVersion: extensions/v1beta1\nkind: DaemonSet\nmetadata: {name: x}\n",
+            "extensions/v1beta1",
+        ),
+        // A kind this test does not know.
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+            "unexpected kind ConfigMap",
+        ),
+        // A misspelled RBAC field.
+        (
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: x}\n\
+             rules: [{apiGroups: [a], resource: [b], verbs: [get]}]\n",
+            "rules.0.resource",
+        ),
+        // A misspelled kustomization field.
+        (
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresource: [a]\n",
+            "resource",
+        ),
+        // A duplicate key.
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, name: b}\n",
+            "duplicate",
+        ),
+    ];
+    for (doc, want) in cases {
+        let err = parse_text(doc).expect_err(doc);
+        assert!(err.contains(want), "{doc}\n=> {err}\n(expected {want:?})");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. What the objects say
+
+fn pod_spec(ds: &DaemonSet) -> &PodSpec {
+    ds.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("DaemonSet pod spec")
+}
+
+fn shim_container(ds: &DaemonSet) -> &Container {
+    let pod = pod_spec(ds);
+    assert_eq!(pod.containers.len(), 1, "one container: the shim");
+    assert!(
+        pod.init_containers.as_ref().is_none_or(Vec::is_empty),
+        "no init containers"
+    );
+    &pod.containers[0]
+}
+
+/// The shim's effective configuration in the DaemonSet: every `SNP_*` variable must be the
+/// twin of a flag and carry a value the flag accepts (the DaemonSet sets flags by env).
+fn shim_config(c: &Container) -> ServeArgs {
+    let cmd = Cli::command();
+    let mut args = vec!["snp-shim".to_owned()];
+    for e in c.env.iter().flatten() {
+        if !e.name.starts_with("SNP_") {
+            continue;
+        }
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|v| v == e.name.as_str()))
+            .unwrap_or_else(|| panic!("env {} is not the twin of any snp-shim flag", e.name));
+        let long = arg
+            .get_long()
+            .expect("flags with an env twin are long flags");
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), None) => v.clone(),
+            // Filled in by the kubelet (downward API); any value parses for these.
+            (None, Some(_)) => "from-the-downward-api".to_owned(),
+            _ => panic!("env {}: exactly one of value and valueFrom", e.name),
+        };
+        args.push(format!("--{long}={value}"));
+    }
+    Cli::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("the DaemonSet's env does not parse as flags {args:?}: {e}"))
+        .serve
+}
+
+/// The container port named `name`.
+fn container_port(c: &Container, name: &str) -> i32 {
+    c.ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("container port {name}"))
+        .container_port
+}
+
+/// The container port an `IntOrString` port (a number or a port name) refers to.
+fn resolve_port(c: &Container, port: &IntOrString) -> i32 {
+    match port {
+        IntOrString::Int(n) => *n,
+        IntOrString::String(name) => container_port(c, name),
+    }
+}
+
+fn cpu_millis(q: &Quantity) -> u64 {
+    let s = q.0.as_str();
+    match s.strip_suffix('m') {
+        Some(m) => m.parse().unwrap_or_else(|_| panic!("cpu quantity {s}")),
+        None => {
+            let cores: f64 = s.parse().unwrap_or_else(|_| panic!("cpu quantity {s}"));
+            (cores * 1000.0).round() as u64
+        }
+    }
+}
+
+fn bytes(q: &Quantity) -> u64 {
+    let s = q.0.as_str();
+    let units: [(&str, u64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    for (suffix, factor) in units {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return n.parse::<u64>().unwrap_or_else(|_| panic!("memory {s}")) * factor;
+        }
+    }
+    s.parse().unwrap_or_else(|_| panic!("memory quantity {s}"))
+}
+
+#[test]
+fn cluster_role_grants_exactly_the_mapping_verbs() {
+    let d = load_deploy();
+    let rules = d.role.rules.as_deref().unwrap_or_default();
+    assert!(d.role.aggregation_rule.is_none(), "no aggregation");
+    assert_eq!(rules.len(), 1, "one rule: {rules:?}");
+    let rule = &rules[0];
+    assert_eq!(
+        rule.api_groups.as_deref(),
+        Some(&[crd::DEFAULT_GROUP.to_owned()][..])
+    );
+    assert_eq!(
+        rule.resources.as_deref(),
+        Some(&[crd::PLURAL.to_owned()][..]),
+        "servicenamemappings only (no subresources)"
+    );
+    assert!(rule.resource_names.is_none(), "not limited to some names");
+    assert!(rule.non_resource_urls.is_none());
+    let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
+    assert_eq!(rule.verbs.len(), verbs.len(), "no duplicate verbs");
+    assert_eq!(verbs, BTreeSet::from(GRANTED_VERBS));
+    for v in USED_VERBS {
+        assert!(verbs.contains(v), "the shim uses {v}");
+    }
+
+    // The binding gives that role to the shim's ServiceAccount, and the DaemonSet runs as it.
+    let role_name = d.role.metadata.name.as_deref().unwrap();
+    assert_eq!(d.binding.role_ref.api_group, "rbac.authorization.k8s.io");
+    assert_eq!(d.binding.role_ref.kind, "ClusterRole");
+    assert_eq!(d.binding.role_ref.name, role_name);
+    let sa_name = d.service_account.metadata.name.as_deref().unwrap();
+    let ns = d.namespace.metadata.name.as_deref().unwrap();
+    let subjects = d.binding.subjects.as_deref().unwrap_or_default();
+    assert_eq!(subjects.len(), 1, "{subjects:?}");
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(subjects[0].name, sa_name);
+    assert_eq!(subjects[0].namespace.as_deref(), Some(ns));
+    assert_eq!(
+        pod_spec(&d.daemonset).service_account_name.as_deref(),
+        Some(sa_name)
+    );
+    assert_ne!(
+        pod_spec(&d.daemonset).automount_service_account_token,
+        Some(false),
+        "the shim authenticates with its ServiceAccount token"
+    );
+}
+
+#[test]
+fn everything_names_the_same_group_namespace_and_ports() {
+    let d = load_deploy();
+    let ns = d.namespace.metadata.name.as_deref().unwrap();
+    for (kind, meta) in [
+        ("ServiceAccount", &d.service_account.metadata),
+        ("DaemonSet", &d.daemonset.metadata),
+        ("Service", &d.service.metadata),
+    ] {
+        assert_eq!(meta.namespace.as_deref(), Some(ns), "{kind} namespace");
+    }
+    let c = shim_container(&d.daemonset);
+    let cfg = shim_config(c);
+    // The API group: CRD, ClusterRole, the shim's flag and the sample agree.
+    assert_eq!(d.crd.spec.group, crd::DEFAULT_GROUP);
+    assert_eq!(cfg.crd.crd_group, d.crd.spec.group);
+    assert_eq!(
+        d.role.rules.as_ref().unwrap()[0].api_groups,
+        Some(vec![d.crd.spec.group.clone()])
+    );
+    assert!(
+        d.crd
+            .spec
+            .versions
+            .iter()
+            .any(|v| v.name == cfg.crd.crd_version && v.served && v.storage),
+        "the shim's version is served and stored"
+    );
+    // Container ports are where the shim listens.
+    let defaults = Cli::parse_from(["snp-shim"]).serve;
+    assert_eq!(defaults.grpc_addr.port(), 15051);
+    assert_eq!(defaults.http_addr.port(), 15052);
+    assert_eq!(container_port(c, "grpc"), i32::from(cfg.grpc_addr.port()));
+    assert_eq!(
+        container_port(c, "http-metrics"),
+        i32::from(cfg.http_addr.port())
+    );
+    assert_eq!(cfg.grpc_addr.port(), defaults.grpc_addr.port());
+    assert_eq!(cfg.http_addr.port(), defaults.http_addr.port());
+    // The kustomization installs every top-level manifest (not the samples).
+    let mut top_level: Vec<String> = yaml_files()
+        .iter()
+        .filter(|p| p.parent() == Some(deploy_dir().as_path()))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|f| f != "kustomization.yaml")
+        .collect();
+    top_level.sort();
+    let mut listed = d.kustomization.resources.clone();
+    listed.sort();
+    assert_eq!(listed, top_level, "kustomization.yaml resources");
+    assert_eq!(d.kustomization.kind, "Kustomization");
+}
+
+#[test]
+fn daemonset_is_configured_for_a_node_local_shim() {
+    let d = load_deploy();
+    let ds = &d.daemonset;
+    let pod = pod_spec(ds);
+    let c = shim_container(ds);
+    let cfg = shim_config(c);
+
+    // Configuration through env.
+    assert_eq!(cfg.store, StoreKind::Kubernetes, "SNP_STORE=kubernetes");
+    assert_eq!(cfg.log_format, LogFormat::Json, "SNP_LOG_FORMAT=json");
+    let node = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "SNP_NODE_NAME")
+        .expect("SNP_NODE_NAME");
+    let field = node
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .expect("SNP_NODE_NAME from the downward API");
+    assert_eq!(field.field_path, "spec.nodeName");
+
+    // Probes on the HTTP port.
+    let http = container_port(c, "http-metrics");
+    for (what, probe, path) in [
+        ("liveness", c.liveness_probe.as_ref(), "/healthz"),
+        ("readiness", c.readiness_probe.as_ref(), "/readyz"),
+    ] {
+        let get = probe
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{what} probe: httpGet"));
+        assert_eq!(get.path.as_deref(), Some(path), "{what} probe path");
+        assert_eq!(resolve_port(c, &get.port), http, "{what} probe port");
+        assert_ne!(get.scheme.as_deref(), Some("HTTPS"), "{what}: plain HTTP");
+    }
+
+    // Non-root, read-only, nothing extra: container settings, or the pod's where the
+    // container has none.
+    let psc = pod.security_context.as_ref();
+    let csc = c
+        .security_context
+        .as_ref()
+        .expect("container securityContext");
+    let run_as_non_root = csc.run_as_non_root.or(psc.and_then(|p| p.run_as_non_root));
+    assert_eq!(run_as_non_root, Some(true), "runAsNonRoot");
+    let uid = csc.run_as_user.or(psc.and_then(|p| p.run_as_user));
+    assert!(uid.is_some_and(|u| u > 0), "a numeric non-root runAsUser");
+    assert_eq!(csc.read_only_root_filesystem, Some(true));
+    assert_eq!(csc.allow_privilege_escalation, Some(false));
+    assert_ne!(csc.privileged, Some(true));
+    let drop = csc
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.drop.clone())
+        .unwrap_or_default();
+    assert_eq!(drop, vec!["ALL".to_owned()], "drop every capability");
+    assert!(
+        csc.capabilities
+            .as_ref()
+            .and_then(|c| c.add.as_ref())
+            .is_none(),
+        "add none back"
+    );
+    let seccomp = csc
+        .seccomp_profile
+        .as_ref()
+        .or(psc.and_then(|p| p.seccomp_profile.as_ref()))
+        .expect("seccompProfile");
+    assert_eq!(seccomp.type_, "RuntimeDefault");
+    assert_ne!(pod.host_network, Some(true));
+    assert_ne!(pod.host_pid, Some(true));
+    assert_ne!(pod.host_ipc, Some(true));
+    assert!(
+        pod.volumes
+            .as_ref()
+            .is_none_or(|v| v.iter().all(|v| v.host_path.is_none())),
+        "no hostPath volumes"
+    );
+    for p in c.ports.iter().flatten() {
+        assert!(
+            p.host_port.is_none(),
+            "no hostPort (the node-local Service is the way in)"
+        );
+    }
+
+    // Requests and limits for CPU and memory, requests within limits.
+    let res = c.resources.as_ref().expect("resources");
+    let requests = res.requests.as_ref().expect("requests");
+    let limits = res.limits.as_ref().expect("limits");
+    for r in ["cpu", "memory"] {
+        assert!(requests.contains_key(r), "{r} request");
+        assert!(limits.contains_key(r), "{r} limit");
+    }
+    assert!(cpu_millis(&requests["cpu"]) <= cpu_millis(&limits["cpu"]));
+    assert!(bytes(&requests["memory"]) <= bytes(&limits["memory"]));
+    assert!(bytes(&limits["memory"]) >= 128 << 20, "room for the cache");
+
+    // SIGTERM's flush completes before SIGKILL: the grace period (which includes the
+    // preStop hook) is longer than preStop + --shutdown-timeout.
+    let grace = pod
+        .termination_grace_period_seconds
+        .expect("terminationGracePeriodSeconds");
+    let pre_stop = c
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.sleep.as_ref())
+        .map_or(0, |s| s.seconds);
+    let flush = i64::try_from(cfg.shutdown_timeout.as_secs()).unwrap();
+    assert!(flush >= 20, "the shim's shutdown timeout ({flush} s)");
+    assert!(
+        grace > pre_stop + flush,
+        "terminationGracePeriodSeconds {grace} must exceed preStop {pre_stop} s + shutdown timeout {flush} s"
+    );
+
+    // Every node: a toleration for every taint, Linux nodes only.
+    assert!(
+        pod.tolerations.iter().flatten().any(|t| t.key.is_none()
+            && t.operator.as_deref() == Some("Exists")
+            && t.effect.is_none()),
+        "tolerate every taint"
+    );
+    assert_eq!(
+        pod.node_selector
+            .as_ref()
+            .and_then(|s| s.get("kubernetes.io/os"))
+            .map(String::as_str),
+        Some("linux")
+    );
+
+    // The selector picks the template's pods.
+    let spec = ds.spec.as_ref().unwrap();
+    let selector = spec.selector.match_labels.clone().unwrap_or_default();
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    assert!(!selector.is_empty());
+    for (k, v) in &selector {
+        assert_eq!(labels.get(k), Some(v), "template label {k}");
+    }
+}
+
+#[test]
+fn service_is_node_local_and_reaches_the_daemonset() {
+    let d = load_deploy();
+    let spec = d.service.spec.as_ref().expect("Service spec");
+    assert_eq!(spec.internal_traffic_policy.as_deref(), Some("Local"));
+    assert!(
+        spec.type_.as_deref().is_none_or(|t| t == "ClusterIP"),
+        "ClusterIP"
+    );
+    // The selector picks the DaemonSet's pods.
+    let selector = spec.selector.clone().unwrap_or_default();
+    assert!(!selector.is_empty());
+    let labels = d
+        .daemonset
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    for (k, v) in &selector {
+        assert_eq!(labels.get(k), Some(v), "pod label {k}");
+    }
+    // Ports: gRPC and HTTP, each onto the matching container port.
+    let c = shim_container(&d.daemonset);
+    let cfg = shim_config(c);
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    let port = |name: &str| {
+        ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("Service port {name}"))
+    };
+    for (name, listen) in [
+        ("grpc", cfg.grpc_addr.port()),
+        ("http-metrics", cfg.http_addr.port()),
+    ] {
+        let p = port(name);
+        assert_eq!(p.port, i32::from(listen), "{name} port");
+        let target = p.target_port.clone().unwrap_or(IntOrString::Int(p.port));
+        assert_eq!(
+            resolve_port(c, &target),
+            i32::from(listen),
+            "{name} targetPort"
+        );
+        assert_ne!(p.protocol.as_deref(), Some("UDP"));
+    }
+    assert_eq!(port("grpc").app_protocol.as_deref(), Some("grpc"));
+}
+
+#[test]
+fn namespace_enforces_the_restricted_pod_security_standard() {
+    let d = load_deploy();
+    let labels = d.namespace.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
+        Some("restricted")
+    );
+}
+
+#[test]
+fn sample_is_an_object_as_the_shim_writes_it() {
+    let d = load_deploy();
+    let sample = &d.samples[0];
+    let interface = &sample.spec.interface_name;
+    assert!(!sample.spec.application_names.is_empty());
+    assert!(
+        sample.metadata.namespace.is_none(),
+        "no namespace: `kubectl apply -n` chooses it"
+    );
+    // The name the shim would choose, and the labels it would set.
+    assert_eq!(
+        sample.metadata.name.as_deref(),
+        Some(naming::candidate_names(interface)[0].as_str())
+    );
+    let want: BTreeMap<String, String> = naming::labels(interface)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(sample.metadata.labels.clone().unwrap_or_default(), want);
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Applied for real
+
+/// A group no other CRD on this test binary's server uses: `deploy/crd.yaml` with its
+/// group replaced is created from scratch under it.
+const FRESH_GROUP: &str = "deploy-test.snp.example.com";
+
+/// Server-side apply, as `kubectl apply --server-side --force-conflicts` does, with
+/// strict field validation: the server rejects fields its schema does not declare
+/// (instead of pruning them silently).
+fn ssa() -> PatchParams {
+    PatchParams::apply("snp-manifests-test")
+        .force()
+        .validation_strict()
+}
+
+/// Asserts every field of `want` is in `got` with the same value (the server may add
+/// defaults and metadata).
+fn assert_subset(want: &serde_json::Value, got: &serde_json::Value, path: &str) {
+    match (want, got) {
+        (serde_json::Value::Object(w), serde_json::Value::Object(g)) => {
+            for (k, v) in w {
+                let sub = format!("{path}.{k}");
+                let g = g
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{sub}: missing on the server"));
+                assert_subset(v, g, &sub);
+            }
+        }
+        (serde_json::Value::Array(w), serde_json::Value::Array(g)) => {
+            assert_eq!(w.len(), g.len(), "{path}: length");
+            for (i, (w, g)) in w.iter().zip(g).enumerate() {
+                assert_subset(w, g, &format!("{path}[{i}]"));
+            }
+        }
+        _ => assert_eq!(want, got, "{path}"),
+    }
+}
+
+fn yaml_to_json(text: &str) -> serde_json::Value {
+    serde_yaml_ng::from_str(text).expect("YAML")
+}
+
+async fn wait_established(crds: &Api<CustomResourceDefinition>, name: &str) {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(crds.clone(), name, conditions::is_crd_established()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("CRD {name} not Established within 30 s"))
+    .expect("watch the CRD");
+}
+
+/// Waits until custom resources of `api`'s kind are served (Established can come a moment
+/// before the resource path answers).
+async fn wait_served(api: &Api<DynamicObject>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for the resource to be served: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("not served within 30 s: {e}"),
+        }
+    }
+}
+
+/// Applies `obj` (strict) into `ns` under `group`, reads it back, checks it holds what was
+/// applied. Returns the stored object.
+async fn apply_mapping(
+    client: &kube::Client,
+    group: &str,
+    ns: &str,
+    obj: &serde_json::Value,
+) -> serde_json::Value {
+    let ar = crd::api_resource(group, crd::DEFAULT_VERSION);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    wait_served(&api).await;
+    let name = obj["metadata"]["name"].as_str().expect("sample name");
+    api.patch(name, &ssa(), &Patch::Apply(obj))
+        .await
+        .unwrap_or_else(|e| panic!("apply the sample under {group}: {e}"));
+    let back = serde_json::to_value(api.get(name).await.expect("read the sample back")).unwrap();
+    assert_subset(&obj["metadata"], &back["metadata"], "metadata");
+    assert_eq!(back["spec"], obj["spec"], "spec as applied");
+    assert_eq!(back["apiVersion"], obj["apiVersion"]);
+    assert_eq!(back["kind"], crd::KIND);
+    back
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_and_sample_apply_to_a_real_api_server() {
+    let client = apiserver::client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd_text = read("crd.yaml");
+    let crd_json = yaml_to_json(&crd_text);
+    let name = crd_json["metadata"]["name"].as_str().unwrap().to_owned();
+
+    // (a) deploy/crd.yaml itself. The support module registered this CRD when the server
+    // started, from `crd::crd_yaml` (the same bytes: see crd_yaml_is_generated_from_the_rust_type),
+    // so this is `kubectl apply --server-side -f deploy/crd.yaml` onto an installed CRD:
+    // the server must accept every field of the file and store each one unchanged (it may
+    // add defaults of its own).
+    crds.patch(&name, &ssa(), &Patch::Apply(&crd_json))
+        .await
+        .unwrap_or_else(|e| panic!("apply deploy/crd.yaml: {e}"));
+    wait_established(&crds, &name).await;
+    let stored = serde_json::to_value(crds.get(&name).await.expect("get the CRD")).unwrap();
+    assert_subset(&crd_json["spec"], &stored["spec"], "spec");
+
+    // (b) The same file created from scratch: with its group replaced (the recipe of
+    // docs/deploy.md for another group, which must equal `snp-shim crd --crd-group`), it
+    // creates a CRD this server has never seen, which becomes Established.
+    let fresh_text = crd_text.replace(crd::DEFAULT_GROUP, FRESH_GROUP);
+    assert_eq!(
+        fresh_text,
+        crd::crd_yaml(FRESH_GROUP, crd::DEFAULT_VERSION).unwrap(),
+        "replacing the group in deploy/crd.yaml gives the CRD generated for that group"
+    );
+    let fresh_json = yaml_to_json(&fresh_text);
+    let fresh_name = fresh_json["metadata"]["name"].as_str().unwrap().to_owned();
+    assert!(
+        crds.get_opt(&fresh_name).await.expect("get").is_none(),
+        "{fresh_name} must not exist before"
+    );
+    let created = crds
+        .patch(&fresh_name, &ssa(), &Patch::Apply(&fresh_json))
+        .await
+        .unwrap_or_else(|e| panic!("create {fresh_name}: {e}"));
+    assert_subset(
+        &fresh_json["spec"],
+        &serde_json::to_value(&created).unwrap()["spec"],
+        "spec",
+    );
+    wait_established(&crds, &fresh_name).await;
+
+    // (c) The sample custom resource, verbatim, under the file's group, and again under the
+    // fresh CRD.
+    let sample = yaml_to_json(&read("samples/servicenamemapping.yaml"));
+    let ns = apiserver::namespace("sample");
+    apply_mapping(&client, crd::DEFAULT_GROUP, &ns, &sample).await;
+    let mut fresh_sample = sample.clone();
+    fresh_sample["apiVersion"] = json!(format!("{FRESH_GROUP}/{}", crd::DEFAULT_VERSION));
+    apply_mapping(&client, FRESH_GROUP, &ns, &fresh_sample).await;
+
+    // (d) The server validates against the file's schema: a misspelled field is refused
+    // (strict field validation, as `kubectl create`/`apply` use by default), and so is a
+    // missing required one.
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &crd::api_resource(crd::DEFAULT_GROUP, crd::DEFAULT_VERSION),
+    );
+    let mut misspelled = sample.clone();
+    misspelled["metadata"]["name"] = json!("misspelled");
+    misspelled["spec"]["applicationName"] = json!(["x"]);
+    let post = http::Request::post(format!(
+        "/apis/{}/{}/namespaces/{ns}/{}?fieldValidation=Strict",
+        crd::DEFAULT_GROUP,
+        crd::DEFAULT_VERSION,
+        crd::PLURAL
+    ))
+    .header(http::header::CONTENT_TYPE, "application/json")
+    .body(serde_json::to_vec(&misspelled).unwrap())
+    .unwrap();
+    match client.request::<DynamicObject>(post).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 400, "{s:?}");
+            assert!(s.message.contains("applicationName"), "{s:?}");
+        }
+        other => panic!("a misspelled field must be refused: {other:?}"),
+    }
+    // Server-side apply refuses it too (whatever the validation setting: it cannot build
+    // the typed patch; the server answers 500 for that).
+    match api
+        .patch("misspelled", &ssa(), &Patch::Apply(&misspelled))
+        .await
+    {
+        Err(kube::Error::Api(s)) => {
+            assert!(s.message.contains("applicationName"), "{s:?}")
+        }
+        other => panic!("a misspelled field must be refused: {other:?}"),
+    }
+    assert!(api.get_opt("misspelled").await.unwrap().is_none());
+    let mut incomplete = sample.clone();
+    incomplete["metadata"]["name"] = json!("incomplete");
+    incomplete["spec"] = json!({ "applicationNames": ["x"] });
+    match api
+        .patch("incomplete", &ssa(), &Patch::Apply(&incomplete))
+        .await
+    {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "{s:?}");
+            assert!(s.message.contains("interfaceName"), "{s:?}");
+        }
+        other => panic!("spec.interfaceName is required: {other:?}"),
+    }
+
+    // (e) The shim's Kubernetes store reads the sample and reuses its object: the mapping it
+    // holds costs no write, and a new application goes into the same object.
+    let store = KubeStore::connect(
+        apiserver::store_config("manifests-test", crd::DEFAULT_GROUP),
+        Metrics::unregistered(),
+    )
+    .await
+    .expect("connect the store");
+    assert!(store.is_ready());
+    let interface = sample["spec"]["interfaceName"].as_str().unwrap();
+    let apps: AppSet = sample["spec"]["applicationNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let key = MappingKey::new(ns.clone(), interface);
+    let got = store.get(&ns, &[interface.to_owned()]);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, key);
+    assert_eq!(got[0].1.apps, apps);
+    let same: Mappings = [(key.clone(), apps.clone())].into_iter().collect();
+    let outcome = store.merge(&same).await.expect("merge");
+    assert_eq!(outcome.written(), 0, "already there: {outcome:?}");
+    let more: Mappings = [(key.clone(), ["another-provider"].into_iter().collect())]
+        .into_iter()
+        .collect();
+    let outcome = store.merge(&more).await.expect("merge");
+    assert_eq!((outcome.created, outcome.updated), (0, 1), "{outcome:?}");
+    let name = sample["metadata"]["name"].as_str().unwrap();
+    let obj = api.get(name).await.expect("get the sample");
+    let mut names: Vec<&str> = obj.data["spec"]["applicationNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["another-provider", "demo-provider"]);
+    assert_eq!(
+        api.list(&ListParams::default()).await.unwrap().items.len(),
+        1,
+        "no second object for the interface"
+    );
+}
