@@ -12,6 +12,13 @@ cd "$root"
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
 
+# curl with HTTP/2 (raw gRPC bodies in the e2e tests) and openssl (test certificates): in
+# the base image, installed from Debian's packages if a machine lacks them.
+if ! curl --version 2>/dev/null | grep -q nghttp2 || ! command -v openssl >/dev/null; then
+  log "installing curl and openssl (Debian packages)"
+  apt-get update -qq >&2 && apt-get install -y -qq curl openssl >&2
+fi
+
 # Rust target: rustup reads rust-toolchain.toml, but only installs targets on demand.
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   log "adding Rust target wasm32-wasip1"

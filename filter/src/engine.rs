@@ -1,0 +1,470 @@
+//! One worker's state, host-agnostic: the `snp-core` debouncer, the batches in flight to
+//! the shim, and (durable mode) the replies held until the shim acknowledges them.
+//!
+//! The proxy-wasm adapter owns one `Engine` per root context (one per Envoy worker VM)
+//! and drives it from `on_tick` and from callout completions; tests drive it on a virtual
+//! clock.
+
+use core::time::Duration;
+use std::collections::BTreeMap;
+
+use prost::Message;
+use snp_core::debounce::BatchId;
+use snp_core::{
+    DebounceConfig, Debouncer, Instant, MappingKey, Mappings, OfferError, Registration,
+};
+use snp_proto::api::{Mapping, PushMappingsRequest};
+
+use crate::config::AckMode;
+use crate::request::{Code, Reason, Rejection};
+
+/// What to do with an accepted registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Answer OK now.
+    Reply,
+    /// Durable mode: hold the reply until [`Engine`] releases or expires the stream.
+    Hold,
+}
+
+/// A batch ready to send as `PushMappings`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The debouncer's id, for [`Engine::sent`] / [`Engine::send_failed`].
+    pub id: BatchId,
+    /// `batch_id` of the request: `<source>/<seq>`.
+    pub label: String,
+    /// The encoded `PushMappingsRequest` (unframed: the gRPC client frames it).
+    pub payload: Vec<u8>,
+    /// Keys in the batch.
+    pub keys: usize,
+    /// `(key, app)` pairs in the batch.
+    pub entries: usize,
+}
+
+/// The outcome of a completed batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Completed {
+    /// Whether the shim acknowledged it.
+    pub ok: bool,
+    /// Acknowledged `(key, app)` pairs (0 on failure).
+    pub acked_entries: usize,
+    /// Held streams whose every mapping is now acknowledged: answer them OK.
+    pub released: Vec<u32>,
+}
+
+#[derive(Debug, Clone)]
+struct Waiter {
+    pairs: Vec<(MappingKey, String)>,
+    deadline: Instant,
+}
+
+/// One worker's debounce, batch and held-reply state.
+#[derive(Debug)]
+pub struct Engine {
+    debouncer: Debouncer,
+    ack_mode: AckMode,
+    durable_timeout: Duration,
+    source: String,
+    seq: u64,
+    /// Callout token -> batch.
+    in_flight: BTreeMap<u32, BatchId>,
+    /// What each handed-out batch carries, until it completes.
+    carried: BTreeMap<BatchId, Mappings>,
+    /// Held stream (context id) -> what it waits for.
+    waiters: BTreeMap<u32, Waiter>,
+}
+
+/// Encodes a batch as a `PushMappingsRequest`.
+pub fn encode_push(label: &str, source: &str, mappings: &Mappings) -> Vec<u8> {
+    PushMappingsRequest {
+        batch_id: label.to_owned(),
+        source: source.to_owned(),
+        mappings: mappings
+            .iter()
+            .map(|(k, apps)| Mapping {
+                namespace: k.namespace.clone(),
+                interface_name: k.interface.clone(),
+                application_names: apps.as_slice().to_vec(),
+            })
+            .collect(),
+    }
+    .encode_to_vec()
+}
+
+fn offer_rejection(e: &OfferError) -> Rejection {
+    Rejection::new(Code::ResourceExhausted, Reason::PendingFull, e.to_string())
+}
+
+impl Engine {
+    /// A worker engine. `source` labels its batches.
+    pub fn new(
+        debounce: DebounceConfig,
+        ack_mode: AckMode,
+        durable_timeout: Duration,
+        source: String,
+    ) -> Self {
+        Self {
+            debouncer: Debouncer::new(debounce),
+            ack_mode,
+            durable_timeout,
+            source,
+            seq: 0,
+            in_flight: BTreeMap::new(),
+            carried: BTreeMap::new(),
+            waiters: BTreeMap::new(),
+        }
+    }
+
+    /// Queues a validated registration from stream `ctx`. All of its interfaces are
+    /// accepted, or none (the call is then answered RESOURCE_EXHAUSTED).
+    pub fn offer(
+        &mut self,
+        now: Instant,
+        ctx: u32,
+        reg: &Registration,
+    ) -> Result<Accepted, Rejection> {
+        // A mapping that a batch in flight already carries needs no new batch: the batch
+        // is either acknowledged, or merged back and retried. Re-queuing it would only start
+        // another burst (and another batch) for nothing.
+        let app = reg.application.as_str();
+        let fresh: Vec<&str> = reg
+            .interfaces
+            .iter()
+            .map(String::as_str)
+            .filter(|i| !self.in_flight_carries(&reg.namespace, i, app))
+            .collect();
+        if !fresh.is_empty() {
+            self.debouncer
+                .offer_all(now, &reg.namespace, app, &fresh)
+                .map_err(|e| offer_rejection(&e))?;
+        }
+        if self.ack_mode == AckMode::Immediate {
+            return Ok(Accepted::Reply);
+        }
+        let pairs: Vec<(MappingKey, String)> = reg
+            .interfaces
+            .iter()
+            .map(|i| MappingKey::new(reg.namespace.as_str(), i.as_str()))
+            .filter(|k| self.debouncer.is_pending(k, &reg.application))
+            .map(|k| (k, reg.application.clone()))
+            .collect();
+        if pairs.is_empty() {
+            return Ok(Accepted::Reply);
+        }
+        self.waiters.insert(
+            ctx,
+            Waiter {
+                pairs,
+                deadline: now + self.durable_timeout,
+            },
+        );
+        Ok(Accepted::Hold)
+    }
+
+    fn in_flight_carries(&self, namespace: &str, interface: &str, app: &str) -> bool {
+        if self.carried.is_empty() {
+            return false;
+        }
+        let key = MappingKey::new(namespace, interface);
+        self.carried.values().any(|m| m.contains(&key, app))
+    }
+
+    /// The next batch due at `now`, if any. Report it with [`Engine::sent`] or
+    /// [`Engine::send_failed`].
+    pub fn next_batch(&mut self, now: Instant) -> Option<Outgoing> {
+        let batch = self.debouncer.poll(now)?;
+        self.seq += 1;
+        let label = format!("{}/{}", self.source, self.seq);
+        self.carried.insert(batch.id, batch.mappings.clone());
+        Some(Outgoing {
+            id: batch.id,
+            payload: encode_push(&label, &self.source, &batch.mappings),
+            label,
+            keys: batch.mappings.len(),
+            entries: batch.mappings.entries(),
+        })
+    }
+
+    /// The batch went out as callout `token`.
+    pub fn sent(&mut self, token: u32, id: BatchId) {
+        self.in_flight.insert(token, id);
+    }
+
+    /// The batch could not even be sent: merged back and retried after the backoff.
+    pub fn send_failed(&mut self, now: Instant, id: BatchId) {
+        self.carried.remove(&id);
+        self.debouncer.complete(now, id, false);
+    }
+
+    /// Callout `token` finished (`ok`: gRPC status 0). `None` for an unknown token.
+    pub fn completed(&mut self, now: Instant, token: u32, ok: bool) -> Option<Completed> {
+        let id = self.in_flight.remove(&token)?;
+        self.carried.remove(&id);
+        let Some(mappings) = self.debouncer.complete(now, id, ok) else {
+            return Some(Completed::default());
+        };
+        let mut released = Vec::new();
+        self.waiters.retain(|ctx, w| {
+            w.pairs.retain(|(k, app)| !mappings.contains(k, app));
+            if w.pairs.is_empty() {
+                released.push(*ctx);
+                false
+            } else {
+                true
+            }
+        });
+        Some(Completed {
+            ok: true,
+            acked_entries: mappings.entries(),
+            released,
+        })
+    }
+
+    /// Held streams whose timeout has passed: answer them UNAVAILABLE. Their mappings
+    /// stay pending and are still delivered.
+    pub fn expired(&mut self, now: Instant) -> Vec<u32> {
+        let mut out = Vec::new();
+        self.waiters.retain(|ctx, w| {
+            if w.deadline <= now {
+                out.push(*ctx);
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+
+    /// Makes everything pending due at once, ignoring the debounce windows (not a retry
+    /// backoff): for a context that is stopping.
+    pub fn flush(&mut self) {
+        self.debouncer.flush();
+    }
+
+    /// Stream `ctx` is gone (client cancelled): stop holding a reply for it.
+    pub fn forget(&mut self, ctx: u32) {
+        self.waiters.remove(&ctx);
+    }
+
+    /// Whether stream `ctx` is held.
+    pub fn is_held(&self, ctx: u32) -> bool {
+        self.waiters.contains_key(&ctx)
+    }
+
+    /// Keys waiting for a batch.
+    pub fn pending_keys(&self) -> usize {
+        self.debouncer.pending_keys()
+    }
+
+    /// Replies held (durable mode).
+    pub fn held(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Batches in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Whether nothing is pending, in flight or held.
+    pub fn is_idle(&self) -> bool {
+        self.debouncer.is_idle() && self.waiters.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snp_proto::api::PushMappingsRequest;
+
+    fn ms(t: u64) -> Instant {
+        Instant::from_millis(t)
+    }
+
+    fn reg(ns: &str, app: &str, ifaces: &[&str]) -> Registration {
+        Registration {
+            namespace: ns.into(),
+            application: app.into(),
+            interfaces: ifaces.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn engine(mode: AckMode) -> Engine {
+        let cfg = DebounceConfig {
+            retry: snp_core::Backoff::new(Duration::from_millis(500), Duration::from_secs(4), 3),
+            ..DebounceConfig::default()
+        };
+        Engine::new(cfg, mode, Duration::from_secs(2), "node-1".into())
+    }
+
+    fn decode(o: &Outgoing) -> PushMappingsRequest {
+        PushMappingsRequest::decode(o.payload.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn a_storm_becomes_one_merged_batch() {
+        let mut e = engine(AckMode::Immediate);
+        for i in 0..1000u64 {
+            let r = reg(
+                "default",
+                &format!("app-{}", i % 3),
+                &[&format!("org.S{}", i % 10)],
+            );
+            assert_eq!(e.offer(ms(i / 10), i as u32, &r), Ok(Accepted::Reply));
+        }
+        assert!(
+            e.next_batch(ms(150)).is_none(),
+            "the first check is 200 ms after the burst"
+        );
+        // Burst lasted 99 ms: quiet at 199, first check at 200.
+        let b = e.next_batch(ms(200)).expect("due");
+        let req = decode(&b);
+        assert_eq!(req.batch_id, "node-1/1");
+        assert_eq!(req.source, "node-1");
+        assert_eq!(req.mappings.len(), 10);
+        assert_eq!(b.entries, 30);
+        for m in &req.mappings {
+            assert_eq!(m.namespace, "default");
+            assert_eq!(m.application_names, vec!["app-0", "app-1", "app-2"]);
+        }
+        e.sent(7, b.id);
+        assert!(e.next_batch(ms(210)).is_none(), "one batch in flight");
+        let done = e.completed(ms(230), 7, true).unwrap();
+        assert_eq!((done.ok, done.acked_entries), (true, 30));
+        assert!(e.is_idle());
+        // Repeats of acknowledged mappings are absorbed.
+        e.offer(ms(300), 1, &reg("default", "app-0", &["org.S1"]))
+            .unwrap();
+        assert!(e.next_batch(ms(2000)).is_none());
+        assert_eq!(e.completed(ms(2000), 7, true), None, "tokens complete once");
+    }
+
+    #[test]
+    fn repeats_of_mappings_in_flight_need_no_new_batch() {
+        let mut e = engine(AckMode::Immediate);
+        e.offer(ms(0), 1, &reg("default", "a", &["x.A"])).unwrap();
+        let b = e.next_batch(ms(200)).unwrap();
+        e.sent(1, b.id);
+        // A repeat while the batch is in flight starts no burst...
+        e.offer(ms(210), 2, &reg("default", "a", &["x.A"])).unwrap();
+        assert_eq!(e.pending_keys(), 0);
+        // ...but a new app for the same key does.
+        e.offer(ms(220), 3, &reg("default", "b", &["x.A"])).unwrap();
+        assert_eq!(e.pending_keys(), 1);
+        // If the batch fails, the repeat's mapping is merged back all the same.
+        e.completed(ms(230), 1, false).unwrap();
+        let b = e.next_batch(ms(2000)).unwrap();
+        let req = decode(&b);
+        assert_eq!(req.mappings[0].application_names, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn failed_batches_are_merged_back_and_retried_with_backoff() {
+        let mut e = engine(AckMode::Immediate);
+        e.offer(ms(0), 1, &reg("default", "a", &["x.A"])).unwrap();
+        let b = e.next_batch(ms(200)).unwrap();
+        e.sent(1, b.id);
+        e.offer(ms(210), 2, &reg("default", "b", &["x.A", "x.B"]))
+            .unwrap();
+        let done = e.completed(ms(220), 1, false).unwrap();
+        assert!(!done.ok && done.released.is_empty());
+        assert_eq!(e.pending_keys(), 2);
+        // 500 ms << 1 = 1 s, minus up to 20 % jitter.
+        assert!(e.next_batch(ms(900)).is_none());
+        let b = e.next_batch(ms(1300)).expect("retry due");
+        let req = decode(&b);
+        assert_eq!(req.mappings.len(), 2);
+        assert_eq!(req.mappings[0].application_names, vec!["a", "b"]);
+        // A send that fails at once backs off too.
+        e.send_failed(ms(1300), b.id);
+        assert!(e.next_batch(ms(1400)).is_none());
+        let b = e.next_batch(ms(4000)).expect("second retry");
+        e.sent(9, b.id);
+        assert!(e.completed(ms(4010), 9, true).unwrap().ok);
+        assert!(e.is_idle());
+    }
+
+    #[test]
+    fn durable_replies_wait_for_the_batch_that_carries_them() {
+        let mut e = engine(AckMode::Durable);
+        assert_eq!(
+            e.offer(ms(0), 1, &reg("default", "a", &["x.A", "x.B"])),
+            Ok(Accepted::Hold)
+        );
+        assert_eq!(
+            e.offer(ms(10), 2, &reg("default", "b", &["x.A"])),
+            Ok(Accepted::Hold)
+        );
+        let b = e.next_batch(ms(200)).unwrap();
+        e.sent(1, b.id);
+        // Arrives while the batch is in flight: it is pending again and waits.
+        assert_eq!(
+            e.offer(ms(205), 3, &reg("default", "c", &["x.C"])),
+            Ok(Accepted::Hold)
+        );
+        let done = e.completed(ms(250), 1, true).unwrap();
+        assert_eq!(done.released, vec![1, 2]);
+        assert!(e.is_held(3) && !e.is_held(1));
+        // Already acknowledged: answered at once.
+        assert_eq!(
+            e.offer(ms(260), 4, &reg("default", "a", &["x.B"])),
+            Ok(Accepted::Reply)
+        );
+        let b = e.next_batch(ms(600)).unwrap();
+        e.sent(2, b.id);
+        assert_eq!(e.completed(ms(610), 2, true).unwrap().released, vec![3]);
+        assert_eq!(e.held(), 0);
+    }
+
+    #[test]
+    fn durable_replies_time_out_and_the_mapping_stays_pending() {
+        let mut e = engine(AckMode::Durable);
+        assert_eq!(
+            e.offer(ms(0), 1, &reg("default", "a", &["x.A"])),
+            Ok(Accepted::Hold)
+        );
+        let b = e.next_batch(ms(200)).unwrap();
+        e.sent(1, b.id);
+        assert!(e.completed(ms(300), 1, false).unwrap().released.is_empty());
+        assert!(e.expired(ms(1999)).is_empty());
+        assert_eq!(e.expired(ms(2000)), vec![1]);
+        assert_eq!(e.held(), 0);
+        assert_eq!(e.pending_keys(), 1, "still pending after the timeout");
+        let b = e.next_batch(ms(5000)).expect("retried");
+        e.sent(2, b.id);
+        let done = e.completed(ms(5010), 2, true).unwrap();
+        assert!(done.ok && done.released.is_empty());
+        assert!(e.is_idle());
+    }
+
+    #[test]
+    fn forgotten_streams_are_not_released() {
+        let mut e = engine(AckMode::Durable);
+        e.offer(ms(0), 1, &reg("default", "a", &["x.A"])).unwrap();
+        e.forget(1);
+        let b = e.next_batch(ms(200)).unwrap();
+        e.sent(1, b.id);
+        assert!(e.completed(ms(210), 1, true).unwrap().released.is_empty());
+    }
+
+    #[test]
+    fn bounds_refuse_with_resource_exhausted() {
+        let cfg = DebounceConfig {
+            max_pending_keys: 2,
+            ..DebounceConfig::default()
+        };
+        let mut e = Engine::new(cfg, AckMode::Immediate, Duration::from_secs(1), "s".into());
+        e.offer(ms(0), 1, &reg("default", "a", &["x.A", "x.B"]))
+            .unwrap();
+        let r = e
+            .offer(ms(0), 2, &reg("default", "a", &["x.C"]))
+            .unwrap_err();
+        assert_eq!(
+            (r.code, r.reason),
+            (Code::ResourceExhausted, Reason::PendingFull)
+        );
+        // All or nothing: the refused call left nothing behind.
+        assert_eq!(e.pending_keys(), 2);
+    }
+}

@@ -1,0 +1,159 @@
+//! Metric names, host-agnostic. Envoy shows proxy-wasm metrics at the admin `/stats`
+//! under the `wasmcustom.` prefix, e.g. `wasmcustom.snp.registrations.ok`.
+
+use crate::request::{Code, Reason};
+
+/// Counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// Calls answered OK.
+    RegistrationsOk,
+    /// Calls answered INVALID_ARGUMENT.
+    RegistrationsInvalid,
+    /// Calls answered UNIMPLEMENTED (compressed, wrong content type, not gRPC).
+    RegistrationsUnimplemented,
+    /// Calls answered PERMISSION_DENIED (namespace policy).
+    RegistrationsDenied,
+    /// Calls answered RESOURCE_EXHAUSTED (body too large, bounds reached).
+    RegistrationsExhausted,
+    /// Durable calls answered UNAVAILABLE after the timeout.
+    RegistrationsUnavailable,
+    /// Accepted calls whose namespace was rewritten to the caller's.
+    RegistrationsRewritten,
+    /// Durable calls held for an acknowledgement.
+    RegistrationsHeld,
+    /// Batches sent to the shim.
+    BatchesSent,
+    /// Batches the shim acknowledged.
+    BatchesAcked,
+    /// Batches that failed (error status, timeout, or not sent at all).
+    BatchesFailed,
+    /// `(key, app)` pairs the shim acknowledged.
+    MappingsAcked,
+}
+
+impl Counter {
+    /// Every counter, in definition order.
+    pub const ALL: [Counter; 12] = [
+        Counter::RegistrationsOk,
+        Counter::RegistrationsInvalid,
+        Counter::RegistrationsUnimplemented,
+        Counter::RegistrationsDenied,
+        Counter::RegistrationsExhausted,
+        Counter::RegistrationsUnavailable,
+        Counter::RegistrationsRewritten,
+        Counter::RegistrationsHeld,
+        Counter::BatchesSent,
+        Counter::BatchesAcked,
+        Counter::BatchesFailed,
+        Counter::MappingsAcked,
+    ];
+
+    /// The metric name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RegistrationsOk => "snp.registrations.ok",
+            Self::RegistrationsInvalid => "snp.registrations.invalid",
+            Self::RegistrationsUnimplemented => "snp.registrations.unimplemented",
+            Self::RegistrationsDenied => "snp.registrations.denied",
+            Self::RegistrationsExhausted => "snp.registrations.exhausted",
+            Self::RegistrationsUnavailable => "snp.registrations.unavailable",
+            Self::RegistrationsRewritten => "snp.registrations.rewritten",
+            Self::RegistrationsHeld => "snp.registrations.held",
+            Self::BatchesSent => "snp.batches.sent",
+            Self::BatchesAcked => "snp.batches.acked",
+            Self::BatchesFailed => "snp.batches.failed",
+            Self::MappingsAcked => "snp.mappings.acked",
+        }
+    }
+
+    /// The `snp.registrations.*` counter of a refusal with status `code`.
+    pub fn for_code(code: Code) -> Self {
+        match code {
+            Code::InvalidArgument => Self::RegistrationsInvalid,
+            Code::Unimplemented => Self::RegistrationsUnimplemented,
+            Code::PermissionDenied => Self::RegistrationsDenied,
+            Code::ResourceExhausted => Self::RegistrationsExhausted,
+            Code::Unavailable => Self::RegistrationsUnavailable,
+        }
+    }
+}
+
+/// Gauges. Each worker adds its own share, so the value is the sum over workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gauge {
+    /// Keys waiting for a batch.
+    PendingKeys,
+    /// Replies held in durable mode.
+    HeldReplies,
+}
+
+impl Gauge {
+    /// Every gauge.
+    pub const ALL: [Gauge; 2] = [Gauge::PendingKeys, Gauge::HeldReplies];
+
+    /// The metric name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PendingKeys => "snp.pending_keys",
+            Self::HeldReplies => "snp.held_replies",
+        }
+    }
+}
+
+/// Name of the per-reason counter of a refusal: `snp.invalid.<reason>` for bad input,
+/// `snp.rejected.<reason>` for policy and capacity outcomes.
+pub fn reason_name(reason: Reason) -> String {
+    if reason.is_bad_input() {
+        format!("snp.invalid.{}", reason.as_str())
+    } else {
+        format!("snp.rejected.{}", reason.as_str())
+    }
+}
+
+/// A worker's share of a gauge, turned into the increments Envoy's shared gauge takes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GaugeShare(u64);
+
+impl GaugeShare {
+    /// The change to apply to the shared gauge for a new local value (0: nothing).
+    pub fn update(&mut self, value: u64) -> i64 {
+        let delta = i128::from(value) - i128::from(self.0);
+        self.0 = value;
+        i64::try_from(delta).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_dotted() {
+        let mut names: Vec<String> = Counter::ALL.iter().map(|c| c.name().to_owned()).collect();
+        names.extend(Gauge::ALL.iter().map(|g| g.name().to_owned()));
+        names.extend(Reason::ALL.iter().map(|r| reason_name(*r)));
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        assert!(names.iter().all(|n| n.starts_with("snp.") && n.is_ascii()));
+        assert_eq!(
+            reason_name(Reason::TruncatedFrame),
+            "snp.invalid.truncated_frame"
+        );
+        assert_eq!(
+            reason_name(Reason::NamespaceMismatch),
+            "snp.rejected.namespace_mismatch"
+        );
+    }
+
+    #[test]
+    fn gauge_shares_become_deltas() {
+        let mut g = GaugeShare::default();
+        assert_eq!(g.update(5), 5);
+        assert_eq!(g.update(5), 0);
+        assert_eq!(g.update(2), -3);
+        assert_eq!(g.update(0), -2);
+    }
+}
