@@ -69,8 +69,6 @@ pub struct Engine {
     seq: u64,
     /// Callout token -> batch.
     in_flight: BTreeMap<u32, BatchId>,
-    /// What each handed-out batch carries, until it completes.
-    carried: BTreeMap<BatchId, Mappings>,
     /// Held stream (context id) -> what it waits for.
     waiters: BTreeMap<u32, Waiter>,
 }
@@ -111,7 +109,6 @@ impl Engine {
             source,
             seq: 0,
             in_flight: BTreeMap::new(),
-            carried: BTreeMap::new(),
             waiters: BTreeMap::new(),
         }
     }
@@ -124,21 +121,11 @@ impl Engine {
         ctx: u32,
         reg: &Registration,
     ) -> Result<Accepted, Rejection> {
-        // A mapping that a batch in flight already carries needs no new batch: the batch
-        // is either acknowledged, or merged back and retried. Re-queuing it would only start
-        // another burst (and another batch) for nothing.
-        let app = reg.application.as_str();
-        let fresh: Vec<&str> = reg
-            .interfaces
-            .iter()
-            .map(String::as_str)
-            .filter(|i| !self.in_flight_carries(&reg.namespace, i, app))
-            .collect();
-        if !fresh.is_empty() {
-            self.debouncer
-                .offer_all(now, &reg.namespace, app, &fresh)
-                .map_err(|e| offer_rejection(&e))?;
-        }
+        // Mappings already acknowledged, or carried by a batch in flight, queue nothing
+        // (the debouncer tells them apart); the rest join the pending set.
+        self.debouncer
+            .offer_all(now, &reg.namespace, &reg.application, &reg.interfaces)
+            .map_err(|e| offer_rejection(&e))?;
         if self.ack_mode == AckMode::Immediate {
             return Ok(Accepted::Reply);
         }
@@ -162,21 +149,12 @@ impl Engine {
         Ok(Accepted::Hold)
     }
 
-    fn in_flight_carries(&self, namespace: &str, interface: &str, app: &str) -> bool {
-        if self.carried.is_empty() {
-            return false;
-        }
-        let key = MappingKey::new(namespace, interface);
-        self.carried.values().any(|m| m.contains(&key, app))
-    }
-
     /// The next batch due at `now`, if any. Report it with [`Engine::sent`] or
     /// [`Engine::send_failed`].
     pub fn next_batch(&mut self, now: Instant) -> Option<Outgoing> {
         let batch = self.debouncer.poll(now)?;
         self.seq += 1;
         let label = format!("{}/{}", self.source, self.seq);
-        self.carried.insert(batch.id, batch.mappings.clone());
         Some(Outgoing {
             id: batch.id,
             payload: encode_push(&label, &self.source, &batch.mappings),
@@ -193,14 +171,12 @@ impl Engine {
 
     /// The batch could not even be sent: merged back and retried after the backoff.
     pub fn send_failed(&mut self, now: Instant, id: BatchId) {
-        self.carried.remove(&id);
         self.debouncer.complete(now, id, false);
     }
 
     /// Callout `token` finished (`ok`: gRPC status 0). `None` for an unknown token.
     pub fn completed(&mut self, now: Instant, token: u32, ok: bool) -> Option<Completed> {
         let id = self.in_flight.remove(&token)?;
-        self.carried.remove(&id);
         let Some(mappings) = self.debouncer.complete(now, id, ok) else {
             return Some(Completed::default());
         };

@@ -303,10 +303,11 @@ impl<S: Store> Task<S> {
                 let OfferSummary {
                     pending,
                     acknowledged,
+                    in_flight,
                 } = self
                     .debouncer
                     .offer_all(now, &r.namespace, &r.application, &r.interfaces)?;
-                pending + acknowledged
+                pending + acknowledged + in_flight
             }
             Payload::Batch(m) => {
                 let mut n = 0;

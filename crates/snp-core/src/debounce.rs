@@ -136,6 +136,10 @@ pub enum Offered {
     Pending,
     /// Already acknowledged by the receiver recently; nothing to send.
     Acknowledged,
+    /// Carried by a batch in flight: nothing to queue. It is acknowledged with that batch,
+    /// or merged back and retried if the batch fails. Re-queuing it would only open another
+    /// burst, and another batch, for nothing.
+    InFlight,
 }
 
 /// Counts of an accepted multi-interface registration.
@@ -145,6 +149,8 @@ pub struct OfferSummary {
     pub pending: usize,
     /// Interfaces already acknowledged.
     pub acknowledged: usize,
+    /// Interfaces carried by a batch in flight.
+    pub in_flight: usize,
 }
 
 /// Borrowed form of [`MappingKey`] for allocation-free lookups. Its derived `Hash`
@@ -179,6 +185,8 @@ pub struct Debouncer {
     failures: u32,
     retry_at: Option<Instant>,
     in_flight: BTreeMap<BatchId, Mappings>,
+    /// Union of the in-flight batches, for allocation-free "already carried" lookups.
+    flying: HashMap<MappingKey, AppSet>,
     acked: HashMap<MappingKey, (AppSet, Instant)>,
     next_id: u64,
     rng: SplitMix64,
@@ -196,6 +204,7 @@ impl Debouncer {
             failures: 0,
             retry_at: None,
             in_flight: BTreeMap::new(),
+            flying: HashMap::new(),
             acked: HashMap::new(),
             next_id: 1,
             rng,
@@ -222,6 +231,9 @@ impl Debouncer {
         if self.is_acked(now, &key, app) {
             return Ok(Offered::Acknowledged);
         }
+        if self.is_flying(&key, app) {
+            return Ok(Offered::InFlight);
+        }
         self.check_capacity(&key, app)?;
         self.insert_pending(now, key, app);
         Ok(Offered::Pending)
@@ -242,7 +254,7 @@ impl Debouncer {
                 namespace,
                 interface: interface.as_ref(),
             };
-            if self.is_acked(now, &key, app) {
+            if self.is_acked(now, &key, app) || self.is_flying(&key, app) {
                 continue;
             }
             match self.pending.get(&key) {
@@ -266,6 +278,8 @@ impl Debouncer {
             };
             if self.is_acked(now, &key, app) {
                 summary.acknowledged += 1;
+            } else if self.is_flying(&key, app) {
+                summary.in_flight += 1;
             } else {
                 self.insert_pending(now, key, app);
                 summary.pending += 1;
@@ -279,6 +293,10 @@ impl Debouncer {
             && self.acked.get(key).is_some_and(|(apps, at)| {
                 apps.contains(app) && now < *at + self.cfg.suppress_acked_for
             })
+    }
+
+    fn is_flying(&self, key: &KeyRef<'_>, app: &str) -> bool {
+        !self.flying.is_empty() && self.flying.get(key).is_some_and(|apps| apps.contains(app))
     }
 
     fn too_many_apps(&self, key: &KeyRef<'_>) -> OfferError {
@@ -377,6 +395,9 @@ impl Debouncer {
         }
         let id = BatchId(self.next_id);
         self.next_id += 1;
+        for (key, apps) in mappings.iter() {
+            union_into(&mut self.flying, key, apps);
+        }
         self.in_flight.insert(id, mappings.clone());
         Some(Batch { id, mappings })
     }
@@ -398,6 +419,12 @@ impl Debouncer {
     /// [`Debouncer::poll`] right after: more may be due already.
     pub fn complete(&mut self, now: Instant, id: BatchId, ok: bool) -> Option<Mappings> {
         let mappings = self.in_flight.remove(&id)?;
+        self.flying.clear();
+        for m in self.in_flight.values() {
+            for (key, apps) in m.iter() {
+                union_into(&mut self.flying, key, apps);
+            }
+        }
         if ok {
             self.failures = 0;
             self.retry_at = None;
@@ -410,15 +437,8 @@ impl Debouncer {
             .retry
             .delay_with_jitter(self.failures, &mut self.rng);
         self.retry_at = Some(now + delay);
-        for (key, apps) in mappings {
-            match self.pending.get_mut(&key) {
-                Some(existing) => {
-                    existing.union(&apps);
-                }
-                None => {
-                    self.pending.insert(key, apps);
-                }
-            }
+        for (key, apps) in mappings.iter() {
+            union_into(&mut self.pending, key, apps);
         }
         if self.burst.is_none() {
             self.burst = Some(Burst {
@@ -475,7 +495,7 @@ impl Debouncer {
     /// Whether `key` holds `app` in a pending or in-flight batch.
     pub fn is_pending(&self, key: &MappingKey, app: &str) -> bool {
         self.pending.get(key).is_some_and(|a| a.contains(app))
-            || self.in_flight.values().any(|m| m.contains(key, app))
+            || self.flying.get(key).is_some_and(|a| a.contains(app))
     }
 
     /// Keys waiting for a batch (a gauge for metrics).
@@ -506,5 +526,17 @@ impl Debouncer {
     /// Whether nothing is pending or in flight.
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.in_flight.is_empty()
+    }
+}
+
+/// Unions `apps` into `map[key]`.
+fn union_into(map: &mut HashMap<MappingKey, AppSet>, key: &MappingKey, apps: &AppSet) {
+    match map.get_mut(key) {
+        Some(known) => {
+            known.union(apps);
+        }
+        None => {
+            map.insert(key.clone(), apps.clone());
+        }
     }
 }

@@ -25,7 +25,7 @@ pub mod time;
 pub mod validate;
 
 pub use backoff::{Backoff, Rng, SplitMix64};
-pub use debounce::{Batch, BatchId, DebounceConfig, Debouncer, OfferError};
+pub use debounce::{Batch, BatchId, DebounceConfig, Debouncer, OfferError, OfferSummary, Offered};
 pub use model::{AppSet, MappingKey, Mappings};
 pub use schedule::{Notification, RefreshResult, ScheduleConfig, Scheduler};
 pub use time::Instant;

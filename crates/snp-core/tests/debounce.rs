@@ -365,3 +365,33 @@ fn a_storm_of_ten_thousand_becomes_a_handful_of_batches() {
     assert_eq!(store.entries(), 300);
     assert!(batches <= 3, "{batches} batches");
 }
+
+#[test]
+fn repeats_of_in_flight_mappings_open_no_new_burst() {
+    let mut d = Debouncer::new(seed_rules());
+    d.offer(t(0), "default", "com.example.A", "a").unwrap();
+    let b = d.poll(t(200)).unwrap();
+    // The whole rollout repeats the mapping while the batch is in flight.
+    for ms in 201..400 {
+        assert_eq!(
+            d.offer(t(ms), "default", "com.example.A", "a"),
+            Ok(Offered::InFlight)
+        );
+    }
+    let s = d
+        .offer_all(t(400), "default", "a", &["com.example.A", "com.example.B"])
+        .unwrap();
+    assert_eq!((s.in_flight, s.pending), (1, 1));
+    assert!(d.is_pending(&MappingKey::new("default", "com.example.A"), "a"));
+    // A failure merges it back, so nothing is lost; then repeats queue normally again.
+    d.complete(t(450), b.id, false);
+    assert_eq!(d.pending_entries(), 2);
+    assert_eq!(
+        d.offer(t(460), "default", "com.example.A", "a"),
+        Ok(Offered::Pending)
+    );
+    let retry = d.poll(t(2000)).unwrap();
+    assert_eq!(retry.mappings.entries(), 2);
+    d.complete(t(2010), retry.id, true);
+    assert!(d.is_idle());
+}
