@@ -264,7 +264,7 @@ impl<S: Store> Task<S> {
                 failures = self.debouncer.failures(),
                 "store is reachable again; retrying pending mappings now"
             );
-            self.debouncer.reset_backoff();
+            self.debouncer.retry_now();
         }
     }
 

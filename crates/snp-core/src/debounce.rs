@@ -484,8 +484,16 @@ impl Debouncer {
         }
     }
 
-    /// Forgets that a retry is backing off, so pending batches go at the next poll. For a
-    /// caller that learned the receiver is back (e.g. its health check passed).
+    /// Skips the rest of a retry delay, so pending batches go at the next poll, but keeps
+    /// the failure count: if the receiver fails again, the backoff goes on growing from
+    /// where it was. For a caller that learned the receiver is back (e.g. it is ready again).
+    pub fn retry_now(&mut self) {
+        self.retry_at = None;
+        self.flush();
+    }
+
+    /// Forgets the failures and any retry delay, so pending batches go at the next poll.
+    /// For shutdown, where one last attempt matters more than the backoff.
     pub fn reset_backoff(&mut self) {
         self.failures = 0;
         self.retry_at = None;

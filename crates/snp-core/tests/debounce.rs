@@ -395,3 +395,18 @@ fn repeats_of_in_flight_mappings_open_no_new_burst() {
     d.complete(t(2010), retry.id, true);
     assert!(d.is_idle());
 }
+
+#[test]
+fn retry_now_skips_the_delay_but_keeps_the_failure_count() {
+    let mut d = Debouncer::new(no_jitter());
+    d.offer(t(0), "default", "com.example.A", "a").unwrap();
+    let b = d.poll(t(200)).unwrap();
+    d.complete(t(200), b.id, false);
+    assert_eq!(d.next_wakeup(), Some(t(1200)));
+    d.retry_now();
+    let again = d.poll(t(300)).expect("due at once");
+    assert_eq!(d.failures(), 1);
+    // Failing again continues the backoff (2 s after the second failure), not from base.
+    d.complete(t(310), again.id, false);
+    assert_eq!(d.next_wakeup(), Some(t(2310)));
+}
