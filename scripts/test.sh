@@ -8,7 +8,8 @@
 #   5. every Rust test (unit, property, virtual-clock, and integration tests against the
 #      real API server);
 #   6. the Python end-to-end tests under tests/e2e: real Envoy loading the .wasm, the real
-#      shim binary, and clients this project did not write (grpcio, grpcurl).
+#      shim binary, and clients this project did not write (grpcio, grpcurl);
+#   7. the demo (scripts/demo.sh), so the README's first command is proven too.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -42,7 +43,9 @@ scripts/k8s-apiserver.sh build
 step "cargo test"
 cargo test --workspace --locked
 
-if [ -d tests/e2e ] && ls tests/e2e/test_*.py >/dev/null 2>&1; then
-  step "end-to-end tests (pytest)"
-  python -m pytest -q tests/e2e
-fi
+step "end-to-end tests (pytest)"
+python -m pytest -q tests/e2e
+
+# The README's first command, end to end: it fails if any mapping of the rollout is missing.
+step "demo (scripts/demo.sh)"
+scripts/demo.sh
