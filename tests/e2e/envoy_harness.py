@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from conftest import ROOT, Proc, filter_wasm, free_port, tool, wait_for_port
-from push_receiver import PushReceiver
 
 ENVOY_YAML = ROOT / "envoy" / "envoy.yaml"
 REGISTER_A = "/dubbo.networking.v1alpha1.ServiceNameMappingService/registerServiceAppMapping"
@@ -194,6 +193,21 @@ class Envoy:
                 return v
             time.sleep(0.05)
 
+    def wait_delivered(self, timeout: float = 15.0) -> bool:
+        """Waits until nothing is pending and every batch sent was acknowledged (for tests
+        where no batch fails: `snp.pending_keys` alone does not count batches in flight)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.stats()
+            pending = s.get(WASM_STAT_PREFIX + "snp.pending_keys", 0)
+            sent = s.get(WASM_STAT_PREFIX + "snp.batches.sent", 0)
+            acked = s.get(WASM_STAT_PREFIX + "snp.batches.acked", 0)
+            if pending == 0 and sent == acked:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
     # --- clients -----------------------------------------------------------------------
     def channel(self, listener: str = "apps", own_connection: bool = False) -> grpc.Channel:
         """A grpcio channel. grpcio shares connections between channels to one target
@@ -254,14 +268,6 @@ def assert_vm_healthy(envoy: Envoy) -> None:
     log = envoy.log()
     for marker in VM_FAILURE_MARKERS:
         assert marker not in log, f"wasm VM failure in the envoy log ({marker!r})"
-
-
-@pytest.fixture
-def receiver(protos):
-    """A started PushMappings receiver on a free port."""
-    r = PushReceiver(protos, free_port()).start()
-    yield r
-    r.stop()
 
 
 @pytest.fixture

@@ -1,16 +1,22 @@
-"""Runs the real `snp-shim` binary on an embedded store, for the shim's end-to-end tests.
+"""Runs the real `snp-shim` binary, for the shim's and the filter's end-to-end tests.
 
-Ports are picked free; the data directory is the test's own. `Shim.metric()` reads
-`/metrics` the way Prometheus would.
+By default on an embedded store in a data directory of the test's own; with `kubeconfig`
+on the Kubernetes store (the test API server, `apiserver_harness.py`). Ports are picked
+free once per `Shim`, so `restart()` brings the shim back on the same ports (and the same
+data directory): Envoy's `snp_shim` cluster keeps pointing at it. `Shim.metric()` reads
+`/metrics` the way Prometheus would; `get_mappings()` asks the shim over gRPC (grpcio).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import signal
+import time
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 
@@ -18,20 +24,24 @@ from conftest import Proc, free_port, shim_binary, wait_for_port
 
 
 class Shim:
-    """One snp-shim process on an embedded store in `data_dir`."""
+    """One snp-shim process: embedded store in `data_dir`, or Kubernetes with `kubeconfig`."""
 
-    def __init__(self, logs: Path, data_dir: Path, *args: str, name: str = "snp-shim"):
+    def __init__(self, logs: Path, data_dir: Path | None, *args: str, name: str = "snp-shim", kubeconfig: Path | None = None):
         self.grpc_port = free_port()
         self.http_port = free_port()
         self.data_dir = data_dir
+        if kubeconfig is not None:
+            store = ["--store=kubernetes", f"--kubeconfig={kubeconfig}"]
+        else:
+            assert data_dir is not None, "an embedded store needs a data directory"
+            store = ["--store=embedded", f"--data-dir={data_dir}"]
         self.proc = Proc(
             name,
             [
                 shim_binary(),
                 f"--grpc-addr=127.0.0.1:{self.grpc_port}",
                 f"--http-addr=127.0.0.1:{self.http_port}",
-                "--store=embedded",
-                f"--data-dir={data_dir}",
+                *store,
                 "--log-format=json",
                 *args,
             ],
@@ -43,13 +53,39 @@ class Shim:
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self) -> "Shim":
+        """Starts the process (again, after `stop`: same ports, same store, log appended)."""
+        assert not self.proc.alive(), "the shim is already running"
+        old_log = getattr(self.proc, "_log", None)
+        if old_log is not None:
+            old_log.close()
         self.proc.start()
         wait_for_port(self.grpc_port, self.proc.proc)
         wait_for_port(self.http_port, self.proc.proc)
         return self
 
-    def stop(self) -> int:
-        return self.proc.stop()
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """SIGTERM (graceful: the shim flushes what it acked, then exits) or SIGKILL."""
+        return self.proc.stop(sig)
+
+    def kill(self) -> int:
+        return self.stop(signal.SIGKILL)
+
+    def restart(self, sig: int = signal.SIGTERM) -> "Shim":
+        self.stop(sig)
+        return self.start()
+
+    def alive(self) -> bool:
+        return self.proc.alive()
+
+    def wait_ready(self, timeout: float = 30.0) -> "Shim":
+        """Waits for `/readyz` 200 (the store reachable and its cache synced)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.alive(), f"the shim exited:\n{self.proc.log()[-3000:]}"
+            if self.http("/readyz")[0] == 200:
+                return self
+            time.sleep(0.05)
+        raise AssertionError(f"the shim was not ready after {timeout}s:\n{self.proc.log()[-3000:]}")
 
     def http(self, path: str) -> tuple[int, str]:
         try:
@@ -74,30 +110,74 @@ class Shim:
                 total += float(m.group(4))
         return total
 
+    def push_calls(self, result: str | None = None) -> int:
+        """`PushMappings` calls this process received (`snp_calls_total{api="push"}`),
+        all results or one (`ok`, `invalid`, `error`, ...). Counters restart at 0 with the process."""
+        labels = {"api": "push", **({"result": result} if result else {})}
+        return int(self.metric("snp_calls_total", **labels))
+
     def manifests(self) -> dict[tuple[str, str], dict]:
-        """Every ServiceNameMapping manifest on disk, by (namespace, spec.interfaceName)."""
-        out = {}
+        """Every ServiceNameMapping manifest on disk, by (namespace, spec.interfaceName).
+        Fails if two manifests hold the same (namespace, interface)."""
+        out: dict[tuple[str, str], dict] = {}
         for f in sorted(self.data_dir.glob("*/*.yaml")):
             obj = yaml.safe_load(f.read_text())
             obj["_file"] = f
-            out[(obj["metadata"]["namespace"], obj["spec"]["interfaceName"])] = obj
+            key = (obj["metadata"]["namespace"], obj["spec"]["interfaceName"])
+            assert key not in out, f"two manifests for {key}: {out[key]['_file']} and {f}"
+            out[key] = obj
+        return out
+
+    def union_on_disk(self) -> dict[tuple[str, str], set]:
+        """(namespace, interface) -> set of apps, from the manifests on disk."""
+        return {k: set(m["spec"]["applicationNames"]) for k, m in self.manifests().items()}
+
+    def get_mappings(self, protos, namespace: str, interfaces: list[str] | None = None) -> dict[tuple[str, str], list]:
+        """GetMappings over gRPC (grpcio): (namespace, interface) -> application names, as served."""
+        with grpc.insecure_channel(self.target) as ch:
+            stub = protos.api_grpc.MappingServiceStub(ch)
+            resp = stub.GetMappings(
+                protos.api.GetMappingsRequest(namespace=namespace, interface_names=interfaces or []), timeout=5
+            )
+        out: dict[tuple[str, str], list] = {}
+        for m in resp.mappings:
+            key = (m.namespace, m.interface_name)
+            assert key not in out, f"GetMappings returned {key} twice"
+            out[key] = list(m.application_names)
         return out
 
     def log_lines(self) -> list[dict]:
         return [json.loads(l) for l in self.proc.log().splitlines() if l.startswith("{")]
 
 
+def wait_until(pred, timeout: float = 15.0, interval: float = 0.05) -> bool:
+    """Polls `pred` until it is true or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return bool(pred())
+
+
 @pytest.fixture
 def shims(logs, tmp_path):
-    """Starts shims: `shims(*flags)`; each gets its own data directory. Stopped at teardown."""
+    """Starts shims: `shims(*flags, data_dir=None, kubeconfig=None)`; each gets its own data
+    directory unless given one. Stopped at teardown."""
     started: list[Shim] = []
 
-    def make(*args: str, data_dir: Path | None = None) -> Shim:
-        d = data_dir or tmp_path / f"data{len(started)}"
-        s = Shim(logs, d, *args, name=f"snp-shim-{len(started)}").start()
+    def make(*args: str, data_dir: Path | None = None, kubeconfig: Path | None = None) -> Shim:
+        d = None if kubeconfig else (data_dir or tmp_path / f"data{len(started)}")
+        s = Shim(logs, d, *args, name=f"snp-shim-{len(started)}", kubeconfig=kubeconfig)
         started.append(s)
-        return s
+        return s.start()
 
     yield make
     for s in started:
         s.stop()
+
+
+@pytest.fixture
+def shim(shims):
+    """One started shim with its defaults (the seed's debounce windows) on an embedded store."""
+    return shims()

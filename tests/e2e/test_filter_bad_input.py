@@ -7,7 +7,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from envoy_harness import REGISTER_A, REGISTER_B, assert_vm_healthy, envoys, raw_call, receiver  # noqa: F401
+from conftest import free_port
+from envoy_harness import REGISTER_A, REGISTER_B, assert_vm_healthy, envoys, raw_call  # noqa: F401
+from shim_harness import shim, shims, wait_until  # noqa: F401
 
 
 def frame(msg: bytes, flag: int = 0) -> bytes:
@@ -67,8 +69,8 @@ def send(envoy, kind: str, payload: bytes, path: str = REGISTER_A):
 
 
 @pytest.mark.parametrize("flavour_path", [REGISTER_A, REGISTER_B], ids=["flavour-a", "flavour-b"])
-def test_each_bad_input_class_gets_its_status_and_changes_nothing(envoys, receiver, flavour_path):
-    envoy = envoys(shim_port=receiver.port)
+def test_each_bad_input_class_gets_its_status_and_changes_nothing(envoys, shim, flavour_path):
+    envoy = envoys(shim_port=shim.grpc_port)
     counts: dict[str, int] = {}
     for i, (name, kind, payload, want, reason) in enumerate(CASES):
         code, message = send(envoy, kind, payload, flavour_path)
@@ -81,9 +83,13 @@ def test_each_bad_input_class_gets_its_status_and_changes_nothing(envoys, receiv
         ok_msg = pb_string(1, b"default") + pb_string(2, b"after-bad") + pb_string(3, b"org.example.After%d" % i)
         assert send(envoy, "grpc", ok_msg, flavour_path)[0] == grpc.StatusCode.OK, f"valid call after {name}"
 
-    # Nothing of the bad calls reached the shim: exactly the valid calls' mappings.
+    # Nothing of the bad calls reached the shim (the real one): it stored exactly the valid
+    # calls' mappings, and refused nothing (every batch it got was valid).
     want = {("default", f"org.example.After{i}"): {"after-bad"} for i in range(len(CASES))}
-    assert receiver.wait_for(lambda r: r.union() == want), receiver.union()
+    assert wait_until(lambda: shim.union_on_disk() == want), shim.union_on_disk()
+    assert envoy.wait_delivered()
+    assert shim.push_calls() == shim.push_calls("ok") == envoy.stat("snp.batches.acked") > 0
+    assert shim.metric("snp_calls_total", result="invalid") == 0
     assert envoy.stat("snp.registrations.ok") == len(CASES)
     assert envoy.stat("snp.registrations.invalid") == sum(1 for c in CASES if c[3] == grpc.StatusCode.INVALID_ARGUMENT)
     assert envoy.stat("snp.registrations.unimplemented") == 2
@@ -93,10 +99,10 @@ def test_each_bad_input_class_gets_its_status_and_changes_nothing(envoys, receiv
     assert_vm_healthy(envoy)
 
 
-def test_non_grpc_requests_to_a_registration_path_get_415(envoys, receiver):
+def test_non_grpc_requests_to_a_registration_path_get_415(envoys, shim):
     import urllib.request
 
-    envoy = envoys(shim_port=receiver.port)
+    envoy = envoys(shim_port=shim.grpc_port)
     req = urllib.request.Request(f"http://{envoy.target()}{REGISTER_A}", data=b"hello", headers={"content-type": "text/plain"})
     try:
         urllib.request.urlopen(req, timeout=5)
@@ -105,26 +111,30 @@ def test_non_grpc_requests_to_a_registration_path_get_415(envoys, receiver):
         assert e.code == 415
         assert b"gRPC" in e.read()
     assert envoy.stat("snp.invalid.not_grpc") == 1
+    # The refused request went nowhere: not to the shim, by either API.
+    assert shim.metric("snp_calls_total") == 0
     assert_vm_healthy(envoy)
 
 
-def test_a_missing_shim_cluster_fails_batches_but_not_the_vm(envoys, receiver):
+def test_a_missing_shim_cluster_fails_batches_but_not_the_vm(envoys, shim):
     # A wrong shim_cluster: every callout is refused by Envoy. The calls are still answered,
     # the batches count as failed and are retried, and the VM stays up.
-    envoy = envoys(shim_port=receiver.port, filter_config={"shim_cluster": "no_such_cluster", "retry_base_ms": 100, "retry_max_ms": 200})
+    # The real `snp_shim` cluster points at a running shim; the filter is told another name.
+    envoy = envoys(shim_port=shim.grpc_port, filter_config={"shim_cluster": "no_such_cluster", "retry_base_ms": 100, "retry_max_ms": 200})
     ok_msg = pb_string(1, b"default") + pb_string(2, b"app") + pb_string(3, b"org.example.Lost")
     assert send(envoy, "grpc", ok_msg)[0] == grpc.StatusCode.OK
     assert envoy.wait_stat("snp.batches.failed", lambda v: v >= 2, timeout=5) >= 2
     assert envoy.stat("snp.batches.sent") == 0
     assert envoy.stat("snp.pending_keys") == 1
-    assert receiver.snapshot() == []
+    assert shim.metric("snp_calls_total") == 0
+    assert shim.manifests() == {}
     assert_vm_healthy(envoy)
 
 
-def test_a_configuration_with_an_unknown_key_is_refused(logs, receiver):
+def test_a_configuration_with_an_unknown_key_is_refused(logs):
     from envoy_harness import Envoy
 
-    envoy = Envoy(logs, shim_port=receiver.port, filter_config={"namspace_policy": "node"}, name="envoy-badconf")
+    envoy = Envoy(logs, shim_port=free_port(), filter_config={"namspace_policy": "node"}, name="envoy-badconf")
     try:
         with pytest.raises((RuntimeError, TimeoutError)):
             envoy.start(timeout=30)

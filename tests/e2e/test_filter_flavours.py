@@ -10,13 +10,14 @@ import subprocess
 import grpc
 
 from conftest import PROTO_DIR, tool
-from envoy_harness import REGISTER_A, REGISTER_B, assert_vm_healthy, envoys, raw_call, receiver  # noqa: F401
+from envoy_harness import REGISTER_A, REGISTER_B, assert_vm_healthy, envoys, raw_call  # noqa: F401
+from shim_harness import shim, shims, wait_until  # noqa: F401
 
 IFACE = "org.apache.dubbo.demo.DemoService"
 
 
-def test_both_flavours_are_answered_ok_inside_envoy(protos, envoys, receiver):
-    envoy = envoys(shim_port=receiver.port)
+def test_both_flavours_are_answered_ok_inside_envoy(protos, envoys, shim):
+    envoy = envoys(shim_port=shim.grpc_port)
     ch = envoy.channel()
 
     # grpcio, flavour A: OK with the empty ServiceMappingResponse.
@@ -61,15 +62,20 @@ def test_both_flavours_are_answered_ok_inside_envoy(protos, envoys, receiver):
     assert b["headers"]["grpc-status"] == "0"
     assert b["body"] == b"\x00\x00\x00\x00\x0b\x08\x01\x12\x07success"
 
-    # Every registration was queued, merged and pushed to the shim.
+    # Every registration was queued, merged and pushed to the shim, which stored it.
     want = {("default", IFACE): {"demo-provider", "grpcurl-a", "grpcurl-b"}, ("default", IFACE + "B"): {"admin-provider"}}
-    assert receiver.wait_for(lambda r: r.union() == want), receiver.union()
+    assert wait_until(lambda: shim.union_on_disk() == want), shim.union_on_disk()
+    assert envoy.wait_delivered()
 
     # Answered inside Envoy: 6 calls went to the internal ack listener; the only requests to
-    # the shim cluster were batches, and the apps' upstreams saw nothing.
+    # the shim cluster were batches (the shim counted PushMappings calls only, no
+    # registration call of either flavour), and the apps' upstreams saw nothing.
     stats = envoy.stats()
     assert stats.get("cluster.snp_ack.upstream_rq_total") == 6
-    assert stats.get("cluster.snp_shim.upstream_rq_total") == len(receiver.snapshot())
+    assert shim.push_calls("ok") >= 1
+    assert stats.get("cluster.snp_shim.upstream_rq_total") == shim.push_calls() == shim.push_calls("ok")
+    assert shim.metric("snp_calls_total", api="dubbo") == 0
+    assert shim.metric("snp_calls_total", api="admin") == 0
     assert stats.get("cluster.app_grpc.upstream_rq_total", 0) == 0
     assert stats.get("cluster.app_http.upstream_rq_total", 0) == 0
     assert envoy.stat("snp.registrations.ok") == 6
@@ -77,8 +83,8 @@ def test_both_flavours_are_answered_ok_inside_envoy(protos, envoys, receiver):
     assert_vm_healthy(envoy)
 
 
-def test_a_large_call_spanning_several_data_frames_is_decoded_whole(protos, envoys, receiver):
-    envoy = envoys(shim_port=receiver.port)
+def test_a_large_call_spanning_several_data_frames_is_decoded_whole(protos, envoys, shim):
+    envoy = envoys(shim_port=shim.grpc_port)
     # 1,000 interfaces (the max_interfaces default): about 40 KB, more than two HTTP/2 DATA
     # frames of 16 KiB, so the filter sees the body in several chunks.
     ifaces = [f"org.example.big.Interface{i:04d}WithALongishName" for i in range(1000)]
@@ -87,6 +93,10 @@ def test_a_large_call_spanning_several_data_frames_is_decoded_whole(protos, envo
     stub = protos.dubbo_grpc.ServiceNameMappingServiceStub(envoy.channel())
     _, call = stub.registerServiceAppMapping.with_call(req, timeout=10)
     assert call.code() == grpc.StatusCode.OK
-    want = {("default", i): {"big"} for i in ifaces}
-    assert receiver.wait_for(lambda r: r.union() == want), len(receiver.union())
+    want = {("default", i): ["big"] for i in ifaces}
+    # The shim acknowledges a batch only once it is on disk.
+    assert envoy.wait_stat("snp.mappings.acked", lambda v: v >= len(ifaces), timeout=20) == len(ifaces)
+    assert envoy.wait_delivered()
+    assert shim.get_mappings(protos, "default") == want
+    assert len(list(shim.data_dir.glob("default/*.yaml"))) == len(ifaces)
     assert_vm_healthy(envoy)

@@ -10,7 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from envoy_harness import assert_vm_healthy, envoys, receiver  # noqa: F401
+from envoy_harness import assert_vm_healthy, envoys  # noqa: F401
+from shim_harness import shim, shims, wait_until  # noqa: F401
 
 NODE_NS = "shop"
 PEER_NS = "team-a"
@@ -62,9 +63,9 @@ def register(protos, ch, namespace: str, app: str, iface: str):
         return e.code(), e.details()
 
 
-def test_namespace_policies_reject_and_rewrite(protos, envoys, receiver, pki):
+def test_namespace_policies_reject_and_rewrite(protos, envoys, shim, pki):
     envoy = envoys(
-        shim_port=receiver.port,
+        shim_port=shim.grpc_port,
         node_namespace=NODE_NS,
         extra_listeners={
             "node_reject": {"filter_config": {"namespace_policy": "node"}},
@@ -104,7 +105,12 @@ def test_namespace_policies_reject_and_rewrite(protos, envoys, receiver, pki):
         (PEER_NS, "org.example.PeerRewritten"): {"d"},
         ("mapping", "org.example.Trusted"): {"e"},
     }
-    assert receiver.wait_for(lambda r: r.union() == want), receiver.union()
+    # The shim stored exactly these, each in the namespace the policy decided: nothing in
+    # the namespaces that were denied or rewritten away.
+    assert wait_until(lambda: shim.union_on_disk() == want), shim.union_on_disk()
+    assert envoy.wait_delivered()
+    assert shim.union_on_disk() == want
+    assert shim.get_mappings(protos, "default") == {}
     assert envoy.stat("snp.registrations.denied") == 2
     assert envoy.stat("snp.rejected.namespace_mismatch") == 2
     assert envoy.stat("snp.registrations.rewritten") == 2
@@ -112,10 +118,11 @@ def test_namespace_policies_reject_and_rewrite(protos, envoys, receiver, pki):
     assert_vm_healthy(envoy)
 
 
-def test_node_policy_without_node_namespace_denies(protos, envoys, receiver):
-    envoy = envoys(shim_port=receiver.port, node_namespace=None, filter_config={"namespace_policy": "node", "on_mismatch": "rewrite"})
+def test_node_policy_without_node_namespace_denies(protos, envoys, shim):
+    envoy = envoys(shim_port=shim.grpc_port, node_namespace=None, filter_config={"namespace_policy": "node", "on_mismatch": "rewrite"})
     code, details = register(protos, envoy.channel(), "default", "a", "org.example.X")
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert "unknown" in details
     assert envoy.stat("snp.rejected.caller_unknown") == 1
+    assert envoy.stat("snp.pending_keys") == 0  # nothing of it was queued
     assert_vm_healthy(envoy)

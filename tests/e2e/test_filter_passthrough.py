@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import grpc
 
 from conftest import free_port
-from envoy_harness import assert_vm_healthy, envoys, receiver  # noqa: F401
+from envoy_harness import assert_vm_healthy, envoys  # noqa: F401
+from shim_harness import shim, shims  # noqa: F401
 
 # Paths next to the registration ones must pass too: only exact registration paths are
 # intercepted.
@@ -75,13 +76,13 @@ class HttpEcho(BaseHTTPRequestHandler):
         pass
 
 
-def test_other_traffic_passes_untouched(envoys, receiver):
+def test_other_traffic_passes_untouched(envoys, shim):
     grpc_port, http_port = free_port(), free_port()
     gecho = GrpcEcho(grpc_port)
     hserver = ThreadingHTTPServer(("127.0.0.1", http_port), HttpEcho)
     threading.Thread(target=hserver.serve_forever, daemon=True).start()
     try:
-        envoy = envoys(shim_port=receiver.port, app_grpc_port=grpc_port, app_http_port=http_port)
+        envoy = envoys(shim_port=shim.grpc_port, app_grpc_port=grpc_port, app_http_port=http_port)
         ch = envoy.channel()
 
         # Unary gRPC, large random payloads (bigger than the filter's 64 KiB body limit),
@@ -138,7 +139,8 @@ def test_other_traffic_passes_untouched(envoys, receiver):
         assert not any(v for k, v in stats.items() if k.startswith("wasmcustom.snp.registrations."))
         assert not any(v for k, v in stats.items() if k.startswith("wasmcustom.snp.invalid."))
         assert stats.get("cluster.snp_ack.upstream_rq_total", 0) == 0
-        assert receiver.snapshot() == []
+        assert shim.metric("snp_calls_total") == 0  # no batch, no registration call
+        assert shim.manifests() == {}
         assert_vm_healthy(envoy)
     finally:
         gecho.server.stop(None)
