@@ -93,6 +93,177 @@ struct Kustomization {
     resources: Vec<String>,
 }
 
+/// Istio types, for strict parsing of `deploy/istio/`.
+mod istio {
+    // A schema: every field is declared so an unknown one is caught, not all are read.
+    #![allow(dead_code)]
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+    use serde_yaml_ng::Value;
+
+    /// Istio's `networking.istio.io/v1alpha3` `EnvoyFilter`, typed after Istio's API reference
+    /// so that a misspelled field fails like it does for the k8s-openapi types. Istio publishes
+    /// no Rust types; `patch.value` is Envoy configuration, which the Istio e2e test validates
+    /// with `envoy --mode validate` and runs.
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct EnvoyFilter {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        pub spec: EnvoyFilterSpec,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct EnvoyFilterSpec {
+        #[serde(default)]
+        pub workload_selector: Option<BTreeMap<String, BTreeMap<String, String>>>,
+        #[serde(default)]
+        pub priority: Option<i32>,
+        pub config_patches: Vec<EnvoyConfigObjectPatch>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct EnvoyConfigObjectPatch {
+        pub apply_to: ApplyTo,
+        #[serde(rename = "match")]
+        pub match_: Option<ObjectMatch>,
+        pub patch: IstioPatch,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq, Eq)]
+    #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+    pub enum ApplyTo {
+        Listener,
+        FilterChain,
+        NetworkFilter,
+        HttpFilter,
+        RouteConfiguration,
+        VirtualHost,
+        HttpRoute,
+        Cluster,
+        ExtensionConfig,
+        Bootstrap,
+        ListenerFilter,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ObjectMatch {
+        pub context: Option<PatchContext>,
+        pub proxy: Option<ProxyMatch>,
+        pub listener: Option<ListenerMatch>,
+        pub route_configuration: Option<RouteConfigurationMatch>,
+        pub cluster: Option<ClusterMatch>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq, Eq)]
+    #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+    pub enum PatchContext {
+        Any,
+        SidecarInbound,
+        SidecarOutbound,
+        Gateway,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ProxyMatch {
+        pub proxy_version: Option<String>,
+        pub metadata: Option<BTreeMap<String, String>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ListenerMatch {
+        pub port_number: Option<u32>,
+        pub name: Option<String>,
+        pub filter_chain: Option<FilterChainMatch>,
+        pub listener_filter: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct FilterChainMatch {
+        pub name: Option<String>,
+        pub sni: Option<String>,
+        pub transport_protocol: Option<String>,
+        pub application_protocols: Option<String>,
+        pub filter: Option<FilterMatch>,
+        pub destination_port: Option<u32>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct FilterMatch {
+        pub name: Option<String>,
+        pub sub_filter: Option<SubFilterMatch>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct SubFilterMatch {
+        pub name: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct RouteConfigurationMatch {
+        pub port_number: Option<u32>,
+        pub port_name: Option<String>,
+        pub gateway: Option<String>,
+        pub vhost: Option<VirtualHostMatch>,
+        pub name: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct VirtualHostMatch {
+        pub name: Option<String>,
+        pub domain_name: Option<String>,
+        pub route: Option<RouteMatch>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct RouteMatch {
+        pub name: Option<String>,
+        pub action: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ClusterMatch {
+        pub port_number: Option<u32>,
+        pub service: Option<String>,
+        pub subset: Option<String>,
+        pub name: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct IstioPatch {
+        pub operation: PatchOperation,
+        /// Envoy configuration: free-form here.
+        pub value: Option<Value>,
+        pub filter_class: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq, Eq)]
+    #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+    pub enum PatchOperation {
+        Merge,
+        Add,
+        Remove,
+        InsertBefore,
+        InsertAfter,
+        InsertFirst,
+        Replace,
+    }
+}
+use istio::{ApplyTo, EnvoyFilter, PatchContext, PatchOperation};
+
 /// One parsed document.
 #[derive(Debug)]
 enum Manifest {
@@ -105,6 +276,7 @@ enum Manifest {
     Crd(Box<CustomResourceDefinition>),
     Mapping(Box<ServiceNameMapping>),
     Kustomization(Box<Kustomization>),
+    EnvoyFilter(Box<EnvoyFilter>),
 }
 
 impl Manifest {
@@ -119,6 +291,7 @@ impl Manifest {
             Self::Crd(_) => "CustomResourceDefinition",
             Self::Mapping(_) => crd::KIND,
             Self::Kustomization(_) => "Kustomization",
+            Self::EnvoyFilter(_) => "EnvoyFilter",
         }
     }
 }
@@ -188,6 +361,13 @@ fn parse_document(doc: Value) -> Result<Manifest, String> {
                 return Err(format!("Kustomization apiVersion {}", m.api_version));
             }
             Ok(Manifest::Kustomization(m))
+        }
+        "EnvoyFilter" => {
+            let f: Box<EnvoyFilter> = strict(doc, &[])?;
+            if f.api_version != "networking.istio.io/v1alpha3" {
+                return Err(format!("EnvoyFilter apiVersion {}", f.api_version));
+            }
+            Ok(Manifest::EnvoyFilter(f))
         }
         other => Err(format!("unexpected kind {other} ({api_version})")),
     }
@@ -1124,4 +1304,101 @@ async fn crd_and_sample_apply_to_a_real_api_server() {
         1,
         "no second object for the interface"
     );
+}
+
+/// The Istio EnvoyFilter reaches the shim the DaemonSet runs (the node-local Service's name,
+/// namespace and gRPC port), only patches sidecars' outbound side on proxies new enough, and
+/// inserts the filter before the router.
+#[test]
+fn istio_envoyfilter_targets_the_node_local_shim() {
+    let all = load_all();
+    let filters: Vec<&EnvoyFilter> = all
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Manifest::EnvoyFilter(f) => Some(f.as_ref()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(filters.len(), 1, "one EnvoyFilter in deploy/istio");
+    let f = filters[0];
+    assert!(f.metadata.name.is_some());
+    let svc = all
+        .iter()
+        .find_map(|(_, m)| match m {
+            Manifest::Service(s) => Some(s.as_ref()),
+            _ => None,
+        })
+        .expect("a Service");
+    let host = format!(
+        "{}.{}.svc.cluster.local",
+        svc.metadata.name.as_deref().unwrap(),
+        svc.metadata.namespace.as_deref().unwrap()
+    );
+    let grpc = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ps| ps.iter().find(|p| p.name.as_deref() == Some("grpc")))
+        .expect("a grpc port")
+        .port;
+
+    for (i, p) in f.spec.config_patches.iter().enumerate() {
+        let m = p
+            .match_
+            .as_ref()
+            .unwrap_or_else(|| panic!("patch {i} has no match"));
+        assert!(
+            matches!(
+                m.context,
+                Some(PatchContext::SidecarOutbound | PatchContext::Any)
+            ),
+            "patch {i}: context {:?}",
+            m.context
+        );
+        let version = m.proxy.as_ref().and_then(|p| p.proxy_version.as_deref());
+        assert!(
+            version.is_some(),
+            "patch {i} applies to every proxy version"
+        );
+    }
+    let filter = f
+        .spec
+        .config_patches
+        .iter()
+        .find(|p| p.apply_to == ApplyTo::HttpFilter)
+        .expect("an HTTP_FILTER patch");
+    assert_eq!(filter.patch.operation, PatchOperation::InsertBefore);
+    let clusters: Vec<String> = f
+        .spec
+        .config_patches
+        .iter()
+        .filter(|p| p.apply_to == ApplyTo::Cluster && p.patch.operation == PatchOperation::Add)
+        .map(|p| serde_yaml_ng::to_string(&p.patch.value).unwrap())
+        .collect();
+    assert!(
+        clusters
+            .iter()
+            .any(|c| c.contains(&host) && c.contains(&grpc.to_string())),
+        "no CLUSTER patch reaches {host}:{grpc}: {clusters:?}"
+    );
+}
+
+#[test]
+fn a_misspelled_envoyfilter_field_fails() {
+    let bad = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata:
+  name: x
+spec:
+  configPatches:
+    - applyTo: CLUSTER
+      match:
+        context: SIDECAR_OUTBOUND
+      patch:
+        operation: ADD
+        valeu: {}
+"#;
+    let err = parse_text(bad).unwrap_err();
+    assert!(err.contains("valeu"), "{err}");
 }
