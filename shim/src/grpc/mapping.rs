@@ -26,7 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::registration::outcome_of;
-use super::{not_durable, pipeline_status, Shared};
+use super::{offer_and_wait, Shared};
 use crate::auth::Action;
 use crate::metrics::{Api, Outcome};
 use crate::pipeline::Payload;
@@ -155,18 +155,7 @@ impl<S: Store> MappingApi<S> {
             return Ok(response);
         }
         tracing::debug!(batch = %req.batch_id, source = %req.source, keys = all.len(), "batch");
-        let accepted = shared
-            .pipeline
-            .offer(Payload::Batch(all), true)
-            .await
-            .map_err(pipeline_status)?;
-        if let Some(done) = accepted.durable {
-            match tokio::time::timeout(shared.ack_timeout, done).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Status::unavailable("the shim is shutting down")),
-                Err(_) => return Err(not_durable(shared.ack_timeout)),
-            }
-        }
+        offer_and_wait(shared, Payload::Batch(all), true).await?;
         Ok(response)
     }
 }

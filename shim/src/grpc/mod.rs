@@ -21,7 +21,7 @@ use tonic::Status;
 use crate::auth::Auth;
 use crate::config::AckMode;
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, PipelineError};
+use crate::pipeline::{Payload, Pipeline, PipelineError};
 use crate::store::Store;
 
 /// Largest request message the shim decodes (bytes). The registration limits (1,000
@@ -55,6 +55,28 @@ fn pipeline_status(e: PipelineError) -> Status {
         PipelineError::Full(e) => Status::resource_exhausted(e.to_string()),
         PipelineError::Closed => Status::unavailable(e.to_string()),
     }
+}
+
+/// Offers `payload` to the pipeline and, with `durable`, waits until the store holds it
+/// (up to the ack timeout). Both registration flavours and PushMappings answer through here.
+async fn offer_and_wait<S: Store>(
+    shared: &Shared<S>,
+    payload: Payload,
+    durable: bool,
+) -> Result<(), Status> {
+    let accepted = shared
+        .pipeline
+        .offer(payload, durable)
+        .await
+        .map_err(pipeline_status)?;
+    if let Some(done) = accepted.durable {
+        match tokio::time::timeout(shared.ack_timeout, done).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Status::unavailable("the shim is shutting down")),
+            Err(_) => return Err(not_durable(shared.ack_timeout)),
+        }
+    }
+    Ok(())
 }
 
 /// The status of a call whose mappings did not become durable in time.

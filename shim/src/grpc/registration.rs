@@ -24,7 +24,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use super::codec::BytesCodec;
-use super::{not_durable, pipeline_status, Shared, MAX_MESSAGE_BYTES};
+use super::{offer_and_wait, Shared, MAX_MESSAGE_BYTES};
 use crate::auth::Action;
 use crate::config::AckMode;
 use crate::metrics::{Api, Outcome};
@@ -182,17 +182,6 @@ async fn register<S: Store>(
         "registration"
     );
     let durable = shared.ack_mode == AckMode::Durable;
-    let accepted = shared
-        .pipeline
-        .offer(Payload::Registration(registration), durable)
-        .await
-        .map_err(pipeline_status)?;
-    if let Some(done) = accepted.durable {
-        match tokio::time::timeout(shared.ack_timeout, done).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(Status::unavailable("the shim is shutting down")),
-            Err(_) => return Err(not_durable(shared.ack_timeout)),
-        }
-    }
+    offer_and_wait(shared, Payload::Registration(registration), durable).await?;
     Ok(Bytes::from(flavour.ok_response()))
 }
