@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds what the benchmarks need and runs every figure of BENCHMARKS.md in one run.
+#
+#   bench/run.sh                  # all figures (about 6 minutes on 2 cores)
+#   bench/run.sh fig1 fig4        # some figures
+#   bench/run.sh --quick          # small sizes: checks the harness, not figures to publish
+#
+# Arguments go to `snp-bench` (see `target/release/snp-bench --help`). The output is
+# Markdown: each figure's tables with the ratio against its target and PASS/MISS, then a
+# summary. It is also written to target/bench/results.md.
+# Needs: Envoy >= 1.35 (.venv/bin/envoy from scripts/setup.sh, or $SNP_ENVOY), the
+# wasm32-wasip1 target, and Go for the test API server (scripts/k8s-apiserver.sh).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+cargo build --release -p snp-shim -p snp-bench
+cargo build --release --target wasm32-wasip1 -p snp-filter -p snp-bench-wasm
+scripts/k8s-apiserver.sh build
+
+mkdir -p target/bench
+work="$(mktemp -d "${TMPDIR:-/tmp}/snp-bench.XXXXXX")"
+target/release/snp-bench --work-dir "$work" "$@" | tee target/bench/results.md

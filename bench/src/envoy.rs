@@ -1,0 +1,234 @@
+//! Envoy configurations for the figures, derived from `envoy/envoy.yaml` (the file users
+//! run) with only what a benchmark must change: ports, upstream ports, the wasm path,
+//! whether the snp filter is in the chain, a second listener without the filter, and a
+//! bootstrap wasm service (figure 5).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+/// What to change in `envoy/envoy.yaml`.
+#[derive(Debug, Clone)]
+pub struct EnvoySpec {
+    /// Admin port.
+    pub admin_port: u16,
+    /// Port of the `apps` listener.
+    pub apps_port: u16,
+    /// Whether the `apps` listener keeps the snp filter.
+    pub filter: bool,
+    /// A second listener `apps_nofilter` on this port: `apps` without the snp filter
+    /// (registrations go to the shim, other traffic to `app_grpc`).
+    pub nofilter_port: Option<u16>,
+    /// The filter's `.wasm`.
+    pub filter_wasm: String,
+    /// The shim's gRPC port (cluster `snp_shim`).
+    pub shim_port: u16,
+    /// The upstream of other gRPC traffic (cluster `app_grpc`).
+    pub app_grpc_port: u16,
+    /// The upstream of other HTTP traffic (cluster `app_http`).
+    pub app_http_port: u16,
+    /// A singleton bootstrap wasm service: (`.wasm` path, its configuration string).
+    pub bootstrap_wasm: Option<(String, String)>,
+    /// Run the snp filter only on the registration routes (Envoy's route-based filter
+    /// chain: the filter is `disabled` by default and enabled by a per-route
+    /// `FilterConfig` on the four registration routes), so other traffic never enters
+    /// the wasm VM. Not what `envoy/envoy.yaml` does: an alternative measured in figure 2.
+    pub route_scoped: bool,
+    /// Talk HTTP/2 to the internal ack listener (cluster `snp_ack`) instead of
+    /// HTTP/1.1, the default of a cluster without protocol options. Not what
+    /// `envoy/envoy.yaml` does: an alternative measured in figure 1.
+    pub ack_h2: bool,
+}
+
+fn find<'a>(items: &'a mut Value, name: &str) -> Result<&'a mut Value> {
+    items
+        .as_array_mut()
+        .context("not a list")?
+        .iter_mut()
+        .find(|i| i["name"] == name)
+        .with_context(|| format!("{name} not found"))
+}
+
+fn set_port(cluster: &mut Value, port: u16) {
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"]["port_value"] = json!(port);
+}
+
+fn http_filters(listener: &mut Value) -> &mut Value {
+    &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+}
+
+/// The configuration (as JSON, which Envoy reads as YAML) for `spec`, from the text of
+/// `envoy/envoy.yaml`.
+pub fn config(envoy_yaml: &str, spec: &EnvoySpec) -> Result<Value> {
+    let mut cfg: Value = serde_yaml_ng::from_str(envoy_yaml).context("parse envoy.yaml")?;
+    cfg["admin"]["address"]["socket_address"]["port_value"] = json!(spec.admin_port);
+    let listeners = &mut cfg["static_resources"]["listeners"];
+    let apps = find(listeners, "apps")?;
+    apps["address"]["socket_address"] =
+        json!({"address": "127.0.0.1", "port_value": spec.apps_port});
+    let filters = http_filters(apps);
+    let snp = find(filters, "snp")?;
+    snp["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] =
+        json!(spec.filter_wasm);
+    let mut nofilter = apps.clone();
+    {
+        let f = http_filters(&mut nofilter)
+            .as_array_mut()
+            .context("http_filters")?;
+        f.retain(|x| x["name"] != "snp");
+        if f.len() != 1 {
+            bail!("expected only the router after removing snp");
+        }
+    }
+    if !spec.filter {
+        *apps = nofilter.clone();
+    } else if spec.route_scoped {
+        let snp = find(http_filters(apps), "snp")?;
+        snp["disabled"] = json!(true);
+        let routes = apps["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0]["routes"]
+            .as_array_mut()
+            .context("routes")?;
+        let mut enabled = 0;
+        for r in routes.iter_mut() {
+            let path = r["match"]["path"].as_str().unwrap_or("");
+            if path == snp_proto::PATH_FLAVOUR_A || path == snp_proto::PATH_FLAVOUR_B {
+                r["typed_per_filter_config"] = json!({
+                    "snp": {
+                        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                        "config": {}
+                    }
+                });
+                enabled += 1;
+            }
+        }
+        if enabled != 4 {
+            bail!("expected 4 registration routes in envoy.yaml, found {enabled}");
+        }
+    }
+    if let Some(port) = spec.nofilter_port {
+        nofilter["name"] = json!("apps_nofilter");
+        nofilter["address"]["socket_address"] = json!({"address": "127.0.0.1", "port_value": port});
+        nofilter["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] =
+            json!("apps_nofilter");
+        listeners
+            .as_array_mut()
+            .context("listeners")?
+            .push(nofilter);
+    }
+    let clusters = &mut cfg["static_resources"]["clusters"];
+    if spec.ack_h2 {
+        find(clusters, "snp_ack")?["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}
+            }
+        });
+    }
+    set_port(find(clusters, "snp_shim")?, spec.shim_port);
+    set_port(find(clusters, "app_grpc")?, spec.app_grpc_port);
+    set_port(find(clusters, "app_http")?, spec.app_http_port);
+    if let Some((wasm, conf)) = &spec.bootstrap_wasm {
+        cfg["bootstrap_extensions"]
+            .as_array_mut()
+            .context("bootstrap_extensions")?
+            .push(json!({
+                "name": "envoy.bootstrap.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+                    "singleton": true,
+                    "config": {
+                        "name": "snp_bench",
+                        "root_id": "snp_bench",
+                        "vm_config": {
+                            "vm_id": "snp_bench",
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "configuration": {
+                                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                                "value": conf
+                            },
+                            "code": {"local": {"filename": wasm}}
+                        }
+                    }
+                }
+            }));
+    }
+    Ok(cfg)
+}
+
+/// Writes the configuration for `spec` to `path`.
+pub fn write_config(root: &Path, spec: &EnvoySpec, path: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(root.join("envoy/envoy.yaml")).context("read envoy/envoy.yaml")?;
+    let cfg = config(&text, spec)?;
+    std::fs::write(path, serde_json::to_string_pretty(&cfg)?)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(filter: bool) -> EnvoySpec {
+        EnvoySpec {
+            admin_port: 1,
+            apps_port: 2,
+            filter,
+            nofilter_port: Some(3),
+            filter_wasm: "/x/snp_filter.wasm".into(),
+            shim_port: 4,
+            app_grpc_port: 5,
+            app_http_port: 6,
+            bootstrap_wasm: Some(("/x/b.wasm".into(), "3".into())),
+            route_scoped: false,
+            ack_h2: false,
+        }
+    }
+
+    fn names(listener: &Value) -> Vec<String> {
+        listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn derives_the_benchmark_configs_from_envoy_yaml() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/envoy.yaml"))
+                .unwrap();
+        let c = config(&text, &spec(true)).unwrap();
+        let l = c["static_resources"]["listeners"].as_array().unwrap();
+        let apps = l.iter().find(|x| x["name"] == "apps").unwrap();
+        let nf = l.iter().find(|x| x["name"] == "apps_nofilter").unwrap();
+        assert_eq!(names(apps), ["snp", "envoy.filters.http.router"]);
+        assert_eq!(names(nf), ["envoy.filters.http.router"]);
+        assert_eq!(nf["address"]["socket_address"]["port_value"], 3);
+        assert_eq!(c["admin"]["address"]["socket_address"]["port_value"], 1);
+        let shim = c["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == "snp_shim")
+            .unwrap();
+        assert_eq!(
+            shim["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["port_value"],
+            4
+        );
+        assert_eq!(c["bootstrap_extensions"].as_array().unwrap().len(), 2);
+        let c = config(&text, &spec(false)).unwrap();
+        let apps = c["static_resources"]["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == "apps")
+            .unwrap()
+            .clone();
+        assert_eq!(names(&apps), ["envoy.filters.http.router"]);
+    }
+}
