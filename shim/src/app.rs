@@ -313,6 +313,7 @@ impl Context {
                     qps: self.args.kube_qps,
                     burst: self.args.kube_burst,
                     writer: self.args.node_name.clone(),
+                    create_spread: self.args.kube_create_spread,
                 };
                 let mut shutdown = self.shutdown.clone();
                 let store = tokio::select! {

@@ -100,6 +100,12 @@ pub struct ServeArgs {
     /// a node needs few, but a first backfill of many interfaces should not take minutes.
     #[arg(long, env = "SNP_KUBE_QPS", default_value_t = 20.0)]
     pub kube_qps: f64,
+    /// Before creating the object of an interface it has never seen, a shim waits a random
+    /// delay up to this long and checks its watch cache again. When every node's shim
+    /// flushes the same new interface at once (a rollout across nodes), one creates it and
+    /// the others see it, instead of all POSTing and all but one getting 409. 0 disables.
+    #[arg(long, env = "SNP_KUBE_CREATE_SPREAD", value_parser = humantime::parse_duration, default_value = "500ms")]
+    pub kube_create_spread: Duration,
     /// Client-side burst of Kubernetes API requests above --kube-qps.
     #[arg(long, env = "SNP_KUBE_BURST", default_value_t = 40)]
     pub kube_burst: u32,

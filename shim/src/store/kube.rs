@@ -67,6 +67,11 @@ pub struct KubeStoreConfig {
     pub burst: u32,
     /// Field manager / writer identity (the node name).
     pub writer: String,
+    /// Before creating an object for a key the cache has never seen, wait a random delay
+    /// up to this long and look again: when every node's shim flushes the same new key at
+    /// once, the first to wake creates it and the others see it through their watch
+    /// instead of all POSTing (and all but one getting 409). Zero disables.
+    pub create_spread: Duration,
 }
 
 /// Keys of one batch written at the same time.
@@ -122,6 +127,7 @@ struct Inner {
     metrics: Metrics,
     post: PostParams,
     rng: Mutex<SplitMix64>,
+    create_spread: Duration,
 }
 
 /// How one API request failed.
@@ -208,6 +214,7 @@ impl KubeStore {
                 field_manager: Some(identity(&cfg.writer, 128)),
             },
             rng: Mutex::new(SplitMix64::new(seed(&cfg.writer))),
+            create_spread: cfg.create_spread,
         });
         let task = tokio::spawn(watch_loop(inner.clone()));
         let store = Self {
@@ -273,6 +280,16 @@ impl KubeStore {
                             inner.forget(&key.namespace, &name);
                         }
                         Err(e) => return Err(inner.fail(&key, "update", e)),
+                    }
+                }
+                Plan::Create { .. } if tries == 0 && !inner.create_spread.is_zero() => {
+                    let pause = inner.spread();
+                    tracing::debug!(%key, ?pause, "new key: spreading the create");
+                    tokio::time::sleep(pause).await;
+                    // Look again: another shim's object may have arrived by watch.
+                    if let Plan::Nothing = inner.read().plan(&key, &want, &inner.ar) {
+                        inner.metrics.noop_skips.inc();
+                        return Ok((done, conflicts));
                     }
                 }
                 Plan::Create { name } => {
@@ -391,6 +408,14 @@ impl Inner {
             _ => {}
         }
         e.into_store(key)
+    }
+
+    /// A uniform random delay in `(0, create_spread]` (a backoff that is all jitter).
+    fn spread(&self) -> Duration {
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        Backoff::new(self.create_spread, self.create_spread, 0)
+            .with_jitter(1.0)
+            .delay_with_jitter(0, &mut *rng)
     }
 
     fn pause(&self, conflicts: usize) -> Duration {
