@@ -235,43 +235,23 @@ pub fn store_config(writer: &str, group: &str) -> KubeStoreConfig {
     }
 }
 
-/// Mutating requests (`apiserver_request_total` with verb POST, PUT, PATCH, APPLY,
-/// DELETE or DELETECOLLECTION) the server has counted for resources of `group`, read
-/// from its own `/metrics`.
+/// Mutating requests ([`WRITE_VERBS`]) the server has counted for `servicenamemappings`
+/// of `group`, read from its own `/metrics`.
 pub async fn write_requests(client: &Client, group: &str) -> u64 {
+    request_counts(client, group).await.writes()
+}
+
+/// The API server's own `/metrics`, in the text format.
+async fn metrics_text(client: &Client) -> String {
     let req = http::Request::get("/metrics")
         .body(Vec::new())
         .expect("request");
-    let text = client.request_text(req).await.expect("GET /metrics");
-    let group_label = format!("group=\"{group}\"");
-    text.lines()
-        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains(&group_label))
-        .filter(|l| {
-            [
-                "POST",
-                "PUT",
-                "PATCH",
-                "APPLY",
-                "DELETE",
-                "DELETECOLLECTION",
-            ]
-            .iter()
-            .any(|v| l.contains(&format!("verb=\"{v}\"")))
-        })
-        .map(|l| {
-            let v = l.rsplit(' ').next().unwrap_or("0");
-            v.parse::<f64>()
-                .unwrap_or_else(|_| panic!("bad sample {l:?}")) as u64
-        })
-        .sum()
+    client.request_text(req).await.expect("GET /metrics")
 }
 
 /// `apiserver_request_total` samples of `group`, for reports.
 pub async fn request_lines(client: &Client, group: &str) -> Vec<String> {
-    let req = http::Request::get("/metrics")
-        .body(Vec::new())
-        .expect("request");
-    let text = client.request_text(req).await.expect("GET /metrics");
+    let text = metrics_text(client).await;
     let group_label = format!("group=\"{group}\"");
     text.lines()
         .filter(|l| l.starts_with("apiserver_request_total{") && l.contains(&group_label))
@@ -378,10 +358,7 @@ fn labels(line: &str) -> BTreeMap<&str, &str> {
 /// The server's `apiserver_request_total` for `servicenamemappings.<group>`, from its own
 /// `/metrics`.
 pub async fn request_counts(client: &Client, group: &str) -> RequestCounts {
-    let req = http::Request::get("/metrics")
-        .body(Vec::new())
-        .expect("request");
-    let text = client.request_text(req).await.expect("GET /metrics");
+    let text = metrics_text(client).await;
     let mut counts = RequestCounts::default();
     for line in text
         .lines()
