@@ -31,6 +31,49 @@ pub struct Rollout {
     pub seed: u64,
 }
 
+/// The rollout's shape as command-line flags, shared by the load generator and the naive
+/// writer so that both simulate the same rollout from the same flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RolloutArgs {
+    /// Pods per namespace.
+    #[arg(long, default_value_t = 200)]
+    pub pods: usize,
+    /// Interfaces each pod exports (one registration call each).
+    #[arg(long, default_value_t = 10)]
+    pub interfaces: usize,
+    /// Namespaces.
+    #[arg(long, default_value_t = 1)]
+    pub namespaces: usize,
+    /// Applications per namespace (pod p runs app p % apps).
+    #[arg(long, default_value_t = 1)]
+    pub apps: usize,
+    /// Pods start uniformly within this window.
+    #[arg(long, value_parser = crate::parse_duration, default_value = "3s")]
+    pub jitter: Duration,
+    /// Namespace prefix (default: the tool's name and a random suffix, so each run starts
+    /// empty).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Seed of the pods' start times.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl RolloutArgs {
+    /// The rollout; `tool` names the default namespace prefix.
+    pub fn rollout(&self, tool: &str) -> Rollout {
+        Rollout {
+            pods: self.pods,
+            interfaces: self.interfaces,
+            namespaces: self.namespaces,
+            apps: self.apps,
+            prefix: self.prefix.clone().unwrap_or_else(|| unique_prefix(tool)),
+            jitter: self.jitter,
+            seed: self.seed,
+        }
+    }
+}
+
 /// One pod of the rollout.
 #[derive(Debug, Clone)]
 pub struct Pod {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Parser;
 use snp_bench::load::{self, LoadConfig, Rpc, TargetKind};
-use snp_bench::workload::{unique_prefix, Rollout};
+use snp_bench::workload::{Rollout, RolloutArgs};
 use snp_bench::{parse_duration, split_list};
 
 /// Rollout load generator for snp.
@@ -27,21 +27,8 @@ struct Cli {
     /// shims round-robin, as pods over nodes).
     #[arg(long, num_args = 2, value_names = ["KIND", "ADDR"], required = true)]
     target: Vec<String>,
-    /// Pods per namespace.
-    #[arg(long, default_value_t = 200)]
-    pods: usize,
-    /// Interfaces each pod exports (one registration call each).
-    #[arg(long, default_value_t = 10)]
-    interfaces: usize,
-    /// Namespaces.
-    #[arg(long, default_value_t = 1)]
-    namespaces: usize,
-    /// Applications per namespace (pod p runs app p % apps).
-    #[arg(long, default_value_t = 1)]
-    apps: usize,
-    /// Pods start uniformly within this window.
-    #[arg(long, value_parser = parse_duration, default_value = "3s")]
-    jitter: Duration,
+    #[command(flatten)]
+    rollout: RolloutArgs,
     /// Calls in flight at most.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -75,12 +62,6 @@ struct Cli {
     /// Longest wait for convergence.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     converge_timeout: Duration,
-    /// Namespace prefix (default: `load-` and a random suffix, so each run starts empty).
-    #[arg(long)]
-    prefix: Option<String>,
-    /// Seed of the pods' start times.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
     /// Threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -106,17 +87,13 @@ fn config(cli: Cli) -> Result<LoadConfig> {
         kind,
         targets,
         rollout: Rollout {
-            pods: cli.pods,
-            interfaces: cli.interfaces,
-            namespaces: cli.namespaces,
-            apps: cli.apps,
-            prefix: cli.prefix.unwrap_or_else(|| unique_prefix("load")),
+            // A timed run replays the calls back to back: no start-up spread.
             jitter: if cli.duration.is_some() {
                 Duration::ZERO
             } else {
-                cli.jitter
+                cli.rollout.jitter
             },
-            seed: cli.seed,
+            ..cli.rollout.rollout("load")
         },
         concurrency: cli.concurrency,
         connections: cli.connections,

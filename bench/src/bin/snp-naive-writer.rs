@@ -9,14 +9,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
 use snp_bench::naive::{self, NaiveMode};
-use snp_bench::parse_duration;
 use snp_bench::stats::{fmt_dur, fmt_int, fmt_rate};
 use snp_bench::table::Table;
-use snp_bench::workload::{unique_prefix, Rollout};
+use snp_bench::workload::RolloutArgs;
 
 /// One read-modify-write per registration, against a real API server.
 #[derive(Debug, Parser)]
@@ -31,43 +29,16 @@ struct Cli {
     /// Write only when the application is missing (Dubbo, seed), or always.
     #[arg(long, value_enum, default_value_t = NaiveMode::SkipUnchanged)]
     mode: NaiveMode,
-    /// Pods per namespace.
-    #[arg(long, default_value_t = 200)]
-    pods: usize,
-    /// Interfaces per pod.
-    #[arg(long, default_value_t = 10)]
-    interfaces: usize,
-    /// Namespaces.
-    #[arg(long, default_value_t = 1)]
-    namespaces: usize,
-    /// Applications per namespace.
-    #[arg(long, default_value_t = 1)]
-    apps: usize,
-    /// Pods start uniformly within this window.
-    #[arg(long, value_parser = parse_duration, default_value = "3s")]
-    jitter: Duration,
+    #[command(flatten)]
+    rollout: RolloutArgs,
     /// Registrations in flight at most (there is no client-side QPS limit).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Namespace prefix (default: `naive-` and a random suffix).
-    #[arg(long)]
-    prefix: Option<String>,
-    /// Seed of the pods' start times.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rollout = Rollout {
-        pods: cli.pods,
-        interfaces: cli.interfaces,
-        namespaces: cli.namespaces,
-        apps: cli.apps,
-        prefix: cli.prefix.clone().unwrap_or_else(|| unique_prefix("naive")),
-        jitter: cli.jitter,
-        seed: cli.seed,
-    };
+    let rollout = cli.rollout.rollout("naive");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
