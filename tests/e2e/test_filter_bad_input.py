@@ -138,7 +138,7 @@ def test_a_configuration_with_an_unknown_key_is_refused(logs):
     try:
         with pytest.raises((RuntimeError, TimeoutError)):
             envoy.start(timeout=30)
-        assert 'unknown key "namspace_policy"' in envoy.log()
+        assert "unknown field `namspace_policy`" in envoy.log()
         assert not envoy.alive(), "Envoy must refuse a configuration it can't honour"
     finally:
         envoy.stop()

@@ -130,7 +130,7 @@ fn main() -> ExitCode {
             .clone()
             .unwrap_or_else(|| root.join("target/release/snp-shim")),
         noop: exe_dir.join("snp-noop-server"),
-        filter_wasm: root.join("target/wasm32-wasip1/release/snp_filter.wasm"),
+        filter_wasm: root.join("target/wasm/snp_filter.wasm"),
         bench_wasm: root.join("target/wasm32-wasip1/release/snp_bench_wasm.wasm"),
         root,
         dir,
@@ -146,7 +146,7 @@ fn main() -> ExitCode {
         cargo_bench: !cli.no_cargo_bench,
         kube_full: cli.kube_full,
     };
-    for (what, p) in [("snp-shim (cargo build --release -p snp-shim)", &env.shim), ("snp-noop-server", &env.noop), ("the filter (cargo build --release --target wasm32-wasip1 -p snp-filter)", &env.filter_wasm), ("the wasm offer benchmark (cargo build --release --target wasm32-wasip1 -p snp-bench-wasm)", &env.bench_wasm)] {
+    for (what, p) in [("snp-shim (cargo build --release -p snp-shim)", &env.shim), ("snp-noop-server", &env.noop), ("the filter (scripts/build-filter.sh)", &env.filter_wasm), ("the wasm offer benchmark (cargo build --release --target wasm32-wasip1 -p snp-bench-wasm)", &env.bench_wasm)] {
         if !p.exists() {
             eprintln!("snp-bench: {} not found: build {what}", p.display());
             return ExitCode::FAILURE;

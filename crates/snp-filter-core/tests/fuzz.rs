@@ -14,10 +14,10 @@ use std::time::Duration;
 use proptest::prelude::*;
 use prost::Message;
 use snp_core::{DebounceConfig, Instant, Limits};
-use snp_filter::config::{AckMode, Config, NamespacePolicy, OnMismatch};
-use snp_filter::engine::{Accepted, Engine};
-use snp_filter::policy::{enforce, spiffe_namespace};
-use snp_filter::request::{check_headers, check_prefix, decode_body, RequestHeaders};
+use snp_filter_core::config::{AckMode, Config, NamespacePolicy, OnMismatch};
+use snp_filter_core::engine::{Accepted, Engine};
+use snp_filter_core::policy::{enforce, spiffe_namespace};
+use snp_filter_core::request::{check_headers, check_prefix, decode_body, RequestHeaders};
 use snp_proto::api::PushMappingsRequest;
 use snp_proto::frame;
 
@@ -206,7 +206,7 @@ proptest! {
                             if a == Accepted::Hold { held.insert(ctx); }
                             prop_assert!(durable || a == Accepted::Reply);
                         }
-                        Err(r) => prop_assert_eq!(r.code, snp_filter::request::Code::ResourceExhausted),
+                        Err(r) => prop_assert_eq!(r.code, snp_filter_core::request::Code::ResourceExhausted),
                     }
                 }
                 Op::Advance(ms) => {

@@ -4,17 +4,21 @@
 //! are an error: a misspelt `namespace_policy` silently falling back to `trust` would turn
 //! off namespace enforcement, so the filter refuses the configuration instead and Envoy
 //! reports it.
+//!
+//! Read with serde (`deny_unknown_fields`) into `Raw`, then checked into [`Config`]. Type
+//! errors carry the key's path (`paths[0].flavour: unknown variant ...`); range errors
+//! name the key in their own words.
 
 use core::time::Duration;
 
+use serde::Deserialize;
 use snp_core::backoff::Backoff;
 use snp_core::{DebounceConfig, Limits};
 use snp_proto::Flavour;
 
-use crate::json::{self, Json};
-
 /// How the namespace of a registration is checked against the caller's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NamespacePolicy {
     /// Take the request's namespace as it is (the seed's behaviour).
     Trust,
@@ -28,7 +32,8 @@ pub enum NamespacePolicy {
 }
 
 /// What to do when the request's namespace is not the caller's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnMismatch {
     /// Answer PERMISSION_DENIED.
     Reject,
@@ -37,7 +42,8 @@ pub enum OnMismatch {
 }
 
 /// When a registration call is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AckMode {
     /// At once, once the call is valid and queued (the seed's behaviour).
     Immediate,
@@ -46,235 +52,127 @@ pub enum AckMode {
     Durable,
 }
 
-#[derive(Debug, Clone)]
+/// A flavour as the configuration names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawFlavour {
+    Dubbo,
+    Admin,
+}
+
+impl From<RawFlavour> for Flavour {
+    fn from(f: RawFlavour) -> Self {
+        match f {
+            RawFlavour::Dubbo => Flavour::Dubbo,
+            RawFlavour::Admin => Flavour::Admin,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object {\"path\": ..., \"flavour\": ...}"
+)]
 struct RawPath {
     path: String,
-    flavour: Flavour,
+    flavour: RawFlavour,
 }
 
-/// The JSON document as written; `None` means "use the default".
-#[derive(Debug, Default)]
+/// The JSON document as written. A key that is absent takes its default; `null` is a
+/// wrong type like any other (only `auth_token` and `source` have no default, and they
+/// must be strings when given).
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a JSON object")]
 struct Raw {
+    #[serde(deserialize_with = "some")]
     paths: Option<Vec<RawPath>>,
-    max_body_bytes: Option<u64>,
-    namespace_policy: Option<NamespacePolicy>,
-    on_mismatch: Option<OnMismatch>,
-    node_namespace_key: Option<String>,
-    ack_mode: Option<AckMode>,
-    durable_timeout_ms: Option<u64>,
-    shim_cluster: Option<String>,
-    push_timeout_ms: Option<u64>,
+    max_body_bytes: u64,
+    namespace_policy: NamespacePolicy,
+    on_mismatch: OnMismatch,
+    node_namespace_key: String,
+    ack_mode: AckMode,
+    durable_timeout_ms: u64,
+    shim_cluster: String,
+    push_timeout_ms: u64,
+    #[serde(deserialize_with = "some")]
     auth_token: Option<String>,
+    #[serde(deserialize_with = "some")]
     source: Option<String>,
-    ack_header: Option<String>,
-    ack_response_header: Option<String>,
-    tick_ms: Option<u64>,
-    debounce: Option<bool>,
-    debounce_after_ms: Option<u64>,
-    debounce_max_ms: Option<u64>,
-    first_check_ms: Option<u64>,
-    max_in_flight: Option<u64>,
-    max_pending_keys: Option<u64>,
-    max_apps_per_key: Option<u64>,
-    max_batch_keys: Option<u64>,
-    suppress_acked_ms: Option<u64>,
-    retry_base_ms: Option<u64>,
-    retry_max_ms: Option<u64>,
-    retry_jitter: Option<f64>,
-    max_application_len: Option<u64>,
-    max_interface_len: Option<u64>,
-    max_interfaces: Option<u64>,
+    ack_header: String,
+    ack_response_header: String,
+    tick_ms: u64,
+    debounce: bool,
+    debounce_after_ms: u64,
+    debounce_max_ms: u64,
+    first_check_ms: u64,
+    max_in_flight: u64,
+    max_pending_keys: u64,
+    max_apps_per_key: u64,
+    max_batch_keys: u64,
+    suppress_acked_ms: u64,
+    retry_base_ms: u64,
+    retry_max_ms: u64,
+    retry_jitter: f64,
+    max_application_len: u64,
+    max_interface_len: u64,
+    max_interfaces: u64,
 }
 
-/// Every configuration key, in documentation order.
-pub const KEYS: &[&str] = &[
-    "paths",
-    "max_body_bytes",
-    "namespace_policy",
-    "on_mismatch",
-    "node_namespace_key",
-    "ack_mode",
-    "durable_timeout_ms",
-    "shim_cluster",
-    "push_timeout_ms",
-    "auth_token",
-    "source",
-    "ack_header",
-    "ack_response_header",
-    "tick_ms",
-    "debounce",
-    "debounce_after_ms",
-    "debounce_max_ms",
-    "first_check_ms",
-    "max_in_flight",
-    "max_pending_keys",
-    "max_apps_per_key",
-    "max_batch_keys",
-    "suppress_acked_ms",
-    "retry_base_ms",
-    "retry_max_ms",
-    "retry_jitter",
-    "max_application_len",
-    "max_interface_len",
-    "max_interfaces",
-];
-
-fn expect_u64(key: &str, v: &Json) -> Result<u64, ConfigError> {
-    v.as_u64().ok_or_else(|| {
-        ConfigError(format!(
-            "{key} must be a non-negative integer, not {}",
-            v.kind()
-        ))
-    })
+/// An optional key that, when present, must hold a value (not `null`).
+fn some<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
-fn expect_str(key: &str, v: &Json) -> Result<String, ConfigError> {
-    match v {
-        Json::String(s) => Ok(s.clone()),
-        other => err(format!("{key} must be a string, not {}", other.kind())),
-    }
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn expect_bool(key: &str, v: &Json) -> Result<bool, ConfigError> {
-    match v {
-        Json::Bool(b) => Ok(*b),
-        other => err(format!("{key} must be true or false, not {}", other.kind())),
-    }
+fn n(v: usize) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
 }
 
-fn expect_enum<T: Copy>(key: &str, v: &Json, options: &[(&str, T)]) -> Result<T, ConfigError> {
-    let s = expect_str(key, v)?;
-    match options.iter().find(|(name, _)| *name == s) {
-        Some((_, t)) => Ok(*t),
-        None => {
-            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-            err(format!(
-                "{key} must be one of {}, not {s:?}",
-                names.join(", ")
-            ))
+impl Default for Raw {
+    /// The defaults of [`Config::default`], as the document would spell them.
+    fn default() -> Self {
+        let c = Config::default();
+        let d = &c.debounce;
+        let l = &c.limits;
+        Self {
+            paths: None,
+            max_body_bytes: n(c.max_body_bytes),
+            namespace_policy: c.namespace_policy,
+            on_mismatch: c.on_mismatch,
+            node_namespace_key: c.node_namespace_key,
+            ack_mode: c.ack_mode,
+            durable_timeout_ms: ms(c.durable_timeout),
+            shim_cluster: c.shim_cluster,
+            push_timeout_ms: ms(c.push_timeout),
+            auth_token: None,
+            source: None,
+            ack_header: c.ack_header,
+            ack_response_header: c.ack_response_header,
+            tick_ms: ms(c.tick),
+            debounce: d.enabled,
+            debounce_after_ms: ms(d.debounce_after),
+            debounce_max_ms: ms(d.debounce_max),
+            first_check_ms: ms(d.first_check),
+            max_in_flight: n(d.max_in_flight),
+            max_pending_keys: n(d.max_pending_keys),
+            max_apps_per_key: n(d.max_apps_per_key),
+            max_batch_keys: n(d.max_batch_keys),
+            suppress_acked_ms: ms(d.suppress_acked_for),
+            retry_base_ms: ms(d.retry.base),
+            retry_max_ms: ms(d.retry.cap),
+            retry_jitter: d.retry.jitter,
+            max_application_len: n(l.max_application_len),
+            max_interface_len: n(l.max_interface_len),
+            max_interfaces: n(l.max_interfaces),
         }
-    }
-}
-
-fn expect_paths(v: &Json) -> Result<Vec<RawPath>, ConfigError> {
-    let Json::Array(items) = v else {
-        return err(format!("paths must be an array, not {}", v.kind()));
-    };
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        let Json::Object(members) = item else {
-            return err("each entry of paths must be an object {\"path\": ..., \"flavour\": ...}");
-        };
-        let (mut path, mut flavour) = (None, None);
-        for (k, v) in members {
-            match k.as_str() {
-                "path" => path = Some(expect_str("paths[].path", v)?),
-                "flavour" => {
-                    flavour = Some(expect_enum(
-                        "paths[].flavour",
-                        v,
-                        &[("dubbo", Flavour::Dubbo), ("admin", Flavour::Admin)],
-                    )?)
-                }
-                other => {
-                    return err(format!(
-                        "unknown key {other:?} in paths[] (expected path, flavour)"
-                    ))
-                }
-            }
-        }
-        match (path, flavour) {
-            (Some(path), Some(flavour)) => out.push(RawPath { path, flavour }),
-            _ => return err("each entry of paths needs both path and flavour"),
-        }
-    }
-    Ok(out)
-}
-
-impl Raw {
-    fn from_json(doc: &Json) -> Result<Self, ConfigError> {
-        let Json::Object(members) = doc else {
-            return err(format!(
-                "the configuration must be a JSON object, not {}",
-                doc.kind()
-            ));
-        };
-        let mut r = Raw::default();
-        for (k, v) in members {
-            let key = k.as_str();
-            let n = || expect_u64(key, v).map(Some);
-            let s = || expect_str(key, v).map(Some);
-            match key {
-                "paths" => r.paths = Some(expect_paths(v)?),
-                "max_body_bytes" => r.max_body_bytes = n()?,
-                "namespace_policy" => {
-                    r.namespace_policy = Some(expect_enum(
-                        key,
-                        v,
-                        &[
-                            ("trust", NamespacePolicy::Trust),
-                            ("node", NamespacePolicy::Node),
-                            ("peer", NamespacePolicy::Peer),
-                        ],
-                    )?)
-                }
-                "on_mismatch" => {
-                    r.on_mismatch = Some(expect_enum(
-                        key,
-                        v,
-                        &[
-                            ("reject", OnMismatch::Reject),
-                            ("rewrite", OnMismatch::Rewrite),
-                        ],
-                    )?)
-                }
-                "node_namespace_key" => r.node_namespace_key = s()?,
-                "ack_mode" => {
-                    r.ack_mode = Some(expect_enum(
-                        key,
-                        v,
-                        &[
-                            ("immediate", AckMode::Immediate),
-                            ("durable", AckMode::Durable),
-                        ],
-                    )?)
-                }
-                "durable_timeout_ms" => r.durable_timeout_ms = n()?,
-                "shim_cluster" => r.shim_cluster = s()?,
-                "push_timeout_ms" => r.push_timeout_ms = n()?,
-                "auth_token" => r.auth_token = s()?,
-                "source" => r.source = s()?,
-                "ack_header" => r.ack_header = s()?,
-                "ack_response_header" => r.ack_response_header = s()?,
-                "tick_ms" => r.tick_ms = n()?,
-                "debounce" => r.debounce = Some(expect_bool(key, v)?),
-                "debounce_after_ms" => r.debounce_after_ms = n()?,
-                "debounce_max_ms" => r.debounce_max_ms = n()?,
-                "first_check_ms" => r.first_check_ms = n()?,
-                "max_in_flight" => r.max_in_flight = n()?,
-                "max_pending_keys" => r.max_pending_keys = n()?,
-                "max_apps_per_key" => r.max_apps_per_key = n()?,
-                "max_batch_keys" => r.max_batch_keys = n()?,
-                "suppress_acked_ms" => r.suppress_acked_ms = n()?,
-                "retry_base_ms" => r.retry_base_ms = n()?,
-                "retry_max_ms" => r.retry_max_ms = n()?,
-                "retry_jitter" => {
-                    r.retry_jitter = Some(v.as_unit_fraction().ok_or_else(|| {
-                        ConfigError("retry_jitter must be a number between 0 and 1".to_owned())
-                    })?)
-                }
-                "max_application_len" => r.max_application_len = n()?,
-                "max_interface_len" => r.max_interface_len = n()?,
-                "max_interfaces" => r.max_interfaces = n()?,
-                other => {
-                    return err(format!(
-                        "unknown key {other:?}; the keys are: {}",
-                        KEYS.join(", ")
-                    ))
-                }
-            }
-        }
-        Ok(r)
     }
 }
 
@@ -362,27 +260,22 @@ impl Default for Config {
 }
 
 /// Milliseconds in `[min, max]` (Envoy's timers and callouts take 32-bit milliseconds).
-fn millis(key: &str, v: Option<u64>, default: Duration, min: u64) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(ms) if ms < min || ms > u64::from(u32::MAX) => {
-            err(format!("{key} must be between {min} and {} ms", u32::MAX))
-        }
-        Some(ms) => Ok(Duration::from_millis(ms)),
+fn millis(key: &str, ms: u64, min: u64) -> Result<Duration, ConfigError> {
+    if ms < min || ms > u64::from(u32::MAX) {
+        return err(format!("{key} must be between {min} and {} ms", u32::MAX));
     }
+    Ok(Duration::from_millis(ms))
 }
 
-fn count(key: &str, v: Option<u64>, default: usize, min: u64) -> Result<usize, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(n) if n < min => err(format!("{key} must be at least {min}")),
-        Some(n) => usize::try_from(n).or_else(|_| err(format!("{key} is too large"))),
+fn count(key: &str, n: u64, min: u64) -> Result<usize, ConfigError> {
+    if n < min {
+        return err(format!("{key} must be at least {min}"));
     }
+    usize::try_from(n).or_else(|_| err(format!("{key} is too large")))
 }
 
 /// An HTTP header name Envoy accepts from a filter: lower-case token characters.
-fn header_name(key: &str, v: Option<String>, default: &str) -> Result<String, ConfigError> {
-    let name = v.unwrap_or_else(|| default.to_owned());
+fn header_name(key: &str, name: String) -> Result<String, ConfigError> {
     let ok = !name.is_empty()
         && name
             .bytes()
@@ -404,17 +297,30 @@ fn is_header_value(s: &str) -> bool {
 impl Config {
     /// Parses the plugin configuration. Empty (or whitespace-only) input means defaults.
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
             return Ok(Self::default());
+        };
+        // A struct also deserializes from a JSON array (field by field): refuse that
+        // before serde reads it.
+        if *first == b'[' {
+            return err("the configuration must be a JSON object, not an array");
         }
-        let doc = json::parse(bytes).map_err(|e| ConfigError(e.to_string()))?;
-        Self::from_raw(Raw::from_json(&doc)?)
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: Raw = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                ConfigError(e.into_inner().to_string())
+            } else {
+                ConfigError(format!("{path}: {}", e.into_inner()))
+            }
+        })?;
+        de.end().map_err(|e| ConfigError(e.to_string()))?;
+        Self::from_raw(raw)
     }
 
     fn from_raw(raw: Raw) -> Result<Self, ConfigError> {
-        let d = Self::default();
         let paths = match raw.paths {
-            None => d.paths,
+            None => default_paths(),
             Some(list) => {
                 if list.is_empty() {
                     return err("paths must not be empty");
@@ -427,22 +333,22 @@ impl Config {
                     if out.iter().any(|(q, _)| *q == p.path) {
                         return err(format!("path {:?} is listed twice", p.path));
                     }
-                    out.push((p.path, p.flavour));
+                    out.push((p.path, p.flavour.into()));
                 }
                 out
             }
         };
         // The body holds a 5-byte frame header plus the message; anything below 64 bytes
         // can't hold a real registration, anything above 16 MiB defeats the limit.
-        let max_body_bytes = count("max_body_bytes", raw.max_body_bytes, d.max_body_bytes, 64)?;
+        let max_body_bytes = count("max_body_bytes", raw.max_body_bytes, 64)?;
         if max_body_bytes > 16 * 1024 * 1024 {
             return err("max_body_bytes must be at most 16 MiB");
         }
-        let node_namespace_key = raw.node_namespace_key.unwrap_or(d.node_namespace_key);
+        let node_namespace_key = raw.node_namespace_key;
         if node_namespace_key.is_empty() {
             return err("node_namespace_key must not be empty");
         }
-        let shim_cluster = raw.shim_cluster.unwrap_or(d.shim_cluster);
+        let shim_cluster = raw.shim_cluster;
         if shim_cluster.is_empty() || !is_header_value(&shim_cluster) {
             return err("shim_cluster must be a non-empty cluster name");
         }
@@ -456,104 +362,66 @@ impl Config {
                 return err("source must be 1 to 253 bytes");
             }
         }
-        let ack_header = header_name("ack_header", raw.ack_header, &d.ack_header)?;
-        let ack_response_header = header_name(
-            "ack_response_header",
-            raw.ack_response_header,
-            &d.ack_response_header,
-        )?;
+        let ack_header = header_name("ack_header", raw.ack_header)?;
+        let ack_response_header = header_name("ack_response_header", raw.ack_response_header)?;
 
-        let dd = DebounceConfig::default();
-        let retry_base = millis("retry_base_ms", raw.retry_base_ms, dd.retry.base, 1)?;
-        let retry_cap = millis("retry_max_ms", raw.retry_max_ms, dd.retry.cap, 1)?;
+        let retry_base = millis("retry_base_ms", raw.retry_base_ms, 1)?;
+        let retry_cap = millis("retry_max_ms", raw.retry_max_ms, 1)?;
         if retry_cap < retry_base {
             return err("retry_max_ms must not be below retry_base_ms");
         }
-        let jitter = raw.retry_jitter.unwrap_or(dd.retry.jitter);
+        let jitter = raw.retry_jitter;
+        if !(0.0..=1.0).contains(&jitter) {
+            return err("retry_jitter must be a number between 0 and 1");
+        }
         // Grow the shift until `base << n` reaches the cap, so the cap is reachable.
         let mut max_failures = 0u32;
         while max_failures < 31 && retry_base.saturating_mul(1u32 << max_failures) < retry_cap {
             max_failures += 1;
         }
-        let debounce_after = millis(
-            "debounce_after_ms",
-            raw.debounce_after_ms,
-            dd.debounce_after,
-            0,
-        )?;
-        let debounce_max = millis("debounce_max_ms", raw.debounce_max_ms, dd.debounce_max, 0)?;
+        let debounce_after = millis("debounce_after_ms", raw.debounce_after_ms, 0)?;
+        let debounce_max = millis("debounce_max_ms", raw.debounce_max_ms, 0)?;
         if debounce_max < debounce_after {
             return err("debounce_max_ms must not be below debounce_after_ms");
         }
         let debounce = DebounceConfig {
-            enabled: raw.debounce.unwrap_or(dd.enabled),
+            enabled: raw.debounce,
             debounce_after,
             debounce_max,
-            first_check: millis("first_check_ms", raw.first_check_ms, dd.first_check, 0)?,
-            max_in_flight: count("max_in_flight", raw.max_in_flight, dd.max_in_flight, 1)?,
-            max_pending_keys: count(
-                "max_pending_keys",
-                raw.max_pending_keys,
-                dd.max_pending_keys,
-                1,
-            )?,
-            max_apps_per_key: count(
-                "max_apps_per_key",
-                raw.max_apps_per_key,
-                dd.max_apps_per_key,
-                1,
-            )?,
-            max_batch_keys: count("max_batch_keys", raw.max_batch_keys, dd.max_batch_keys, 1)?,
-            suppress_acked_for: millis(
-                "suppress_acked_ms",
-                raw.suppress_acked_ms,
-                dd.suppress_acked_for,
-                0,
-            )?,
+            first_check: millis("first_check_ms", raw.first_check_ms, 0)?,
+            max_in_flight: count("max_in_flight", raw.max_in_flight, 1)?,
+            max_pending_keys: count("max_pending_keys", raw.max_pending_keys, 1)?,
+            max_apps_per_key: count("max_apps_per_key", raw.max_apps_per_key, 1)?,
+            max_batch_keys: count("max_batch_keys", raw.max_batch_keys, 1)?,
+            suppress_acked_for: millis("suppress_acked_ms", raw.suppress_acked_ms, 0)?,
             retry: Backoff {
                 base: retry_base,
                 cap: retry_cap,
                 max_failures,
                 jitter,
             },
-            seed: dd.seed,
+            seed: DebounceConfig::default().seed,
         };
-        let dl = Limits::default();
         let limits = Limits {
-            max_application_len: count(
-                "max_application_len",
-                raw.max_application_len,
-                dl.max_application_len,
-                1,
-            )?,
-            max_interface_len: count(
-                "max_interface_len",
-                raw.max_interface_len,
-                dl.max_interface_len,
-                1,
-            )?,
-            max_interfaces: count("max_interfaces", raw.max_interfaces, dl.max_interfaces, 1)?,
+            max_application_len: count("max_application_len", raw.max_application_len, 1)?,
+            max_interface_len: count("max_interface_len", raw.max_interface_len, 1)?,
+            max_interfaces: count("max_interfaces", raw.max_interfaces, 1)?,
         };
         Ok(Self {
             paths,
             max_body_bytes,
-            namespace_policy: raw.namespace_policy.unwrap_or(d.namespace_policy),
-            on_mismatch: raw.on_mismatch.unwrap_or(d.on_mismatch),
+            namespace_policy: raw.namespace_policy,
+            on_mismatch: raw.on_mismatch,
             node_namespace_key,
-            ack_mode: raw.ack_mode.unwrap_or(d.ack_mode),
-            durable_timeout: millis(
-                "durable_timeout_ms",
-                raw.durable_timeout_ms,
-                d.durable_timeout,
-                1,
-            )?,
+            ack_mode: raw.ack_mode,
+            durable_timeout: millis("durable_timeout_ms", raw.durable_timeout_ms, 1)?,
             shim_cluster,
-            push_timeout: millis("push_timeout_ms", raw.push_timeout_ms, d.push_timeout, 1)?,
+            push_timeout: millis("push_timeout_ms", raw.push_timeout_ms, 1)?,
             auth_token: raw.auth_token,
             source: raw.source,
             ack_header,
             ack_response_header,
-            tick: millis("tick_ms", raw.tick_ms, d.tick, 1)?,
+            tick: millis("tick_ms", raw.tick_ms, 1)?,
             debounce,
             limits,
         })
@@ -686,6 +554,28 @@ mod tests {
                 r#"{"paths": [{"path": "/a", "flavour": "dubbo"}, {"path": "/a", "flavour": "admin"}]}"#,
                 "twice",
             ),
+        ] {
+            let e = Config::parse(json.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains(needle), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn type_errors_carry_the_path_of_the_key() {
+        for (json, needle) in [
+            (r#"{"tick_ms": null}"#, "tick_ms: invalid type: null"),
+            (r#"{"auth_token": null}"#, "auth_token: invalid type: null"),
+            (r#"{"tick_ms": -1}"#, "tick_ms: invalid value"),
+            (
+                r#"{"tick_ms": 1.5}"#,
+                "tick_ms: invalid type: floating point",
+            ),
+            (
+                r#"{"paths": [{"path": "/a", "flavour": "c"}]}"#,
+                "paths[0].flavour",
+            ),
+            (r#"{"paths": [3]}"#, "paths[0]: invalid type"),
+            (r#"{} x"#, "trailing characters"),
         ] {
             let e = Config::parse(json.as_bytes()).unwrap_err();
             assert!(e.to_string().contains(needle), "{json}: {e}");

@@ -1,7 +1,9 @@
-//! Metric names, host-agnostic. Envoy shows proxy-wasm metrics at the admin `/stats`
-//! under the `wasmcustom.` prefix, e.g. `wasmcustom.snp.registrations.ok`.
+//! Metrics: their names, and the mapping from filter outcomes to the host's metric ids.
+//! Envoy shows proxy-wasm metrics at the admin `/stats` under the `wasmcustom.` prefix,
+//! e.g. `wasmcustom.snp.registrations.ok`.
 
-use crate::request::{Code, Reason};
+use crate::host::{Host, MetricKind};
+use crate::request::{Code, Reason, Rejection};
 
 /// Counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +123,74 @@ impl GaugeShare {
         let delta = i128::from(value) - i128::from(self.0);
         self.0 = value;
         i64::try_from(delta).unwrap_or(0)
+    }
+}
+
+/// Metric ids, defined once per root context. A failed definition only loses the metric.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    counters: Vec<Option<u32>>,
+    gauges: Vec<Option<u32>>,
+    reasons: Vec<Option<u32>>,
+}
+
+impl Metrics {
+    /// Defines every metric on `host`.
+    pub fn define(host: &impl Host) -> Self {
+        let def = |k, n: &str| host.define_metric(k, n);
+        Self {
+            counters: Counter::ALL
+                .iter()
+                .map(|c| def(MetricKind::Counter, c.name()))
+                .collect(),
+            gauges: Gauge::ALL
+                .iter()
+                .map(|g| def(MetricKind::Gauge, g.name()))
+                .collect(),
+            reasons: Reason::ALL
+                .iter()
+                .map(|r| def(MetricKind::Counter, &reason_name(*r)))
+                .collect(),
+        }
+    }
+
+    /// Adds `n` to counter `c`.
+    pub fn add(&self, host: &impl Host, c: Counter, n: u64) {
+        let id = Counter::ALL
+            .iter()
+            .position(|x| *x == c)
+            .and_then(|i| self.counters.get(i).copied().flatten());
+        if let (Some(id), Ok(n @ 1..)) = (id, i64::try_from(n)) {
+            host.increment_metric(id, n);
+        }
+    }
+
+    /// Adds 1 to counter `c`.
+    pub fn inc(&self, host: &impl Host, c: Counter) {
+        self.add(host, c, 1);
+    }
+
+    /// Counts a refusal: its status counter and its reason counter.
+    pub fn rejected(&self, host: &impl Host, r: &Rejection) {
+        self.inc(host, Counter::for_code(r.code));
+        let id = Reason::ALL
+            .iter()
+            .position(|x| *x == r.reason)
+            .and_then(|i| self.reasons.get(i).copied().flatten());
+        if let Some(id) = id {
+            host.increment_metric(id, 1);
+        }
+    }
+
+    /// Moves gauge `g` by `delta` (this worker's change).
+    pub fn gauge_delta(&self, host: &impl Host, g: Gauge, delta: i64) {
+        let id = Gauge::ALL
+            .iter()
+            .position(|x| *x == g)
+            .and_then(|i| self.gauges.get(i).copied().flatten());
+        if let (Some(id), true) = (id, delta != 0) {
+            host.increment_metric(id, delta);
+        }
     }
 }
 

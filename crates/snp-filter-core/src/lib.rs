@@ -1,0 +1,41 @@
+//! The logic of snp's proxy-wasm filter, host-agnostic: it answers service-name-mapping
+//! registrations inside Envoy, debounces and merges them per worker with `snp-core`, and
+//! forwards batches to the shim's `snp.v1.MappingService/PushMappings`.
+//!
+//! Everything talks to Envoy through the [`host::Host`] trait, so the whole filter runs
+//! natively under a mock host in tests, and `filter/` (the `.wasm`) is only the proxy-wasm
+//! implementation of that trait. One module per reason to change:
+//!
+//! * [`stream`]: the per-stream state machine and the response rewriting;
+//! * [`root`]: configuration, the tick, batch dispatch and completion, the drain;
+//! * [`request`]: header checks, body decoding and validation, rejections;
+//! * [`policy`]: namespace enforcement (`trust`, `node`, `peer`);
+//! * [`engine`]: one worker's debouncer, batches in flight and held (durable) replies;
+//! * [`config`]: the JSON configuration (serde) and its defaults;
+//! * [`metrics`]: metric names and the mapping of outcomes to them;
+//! * [`clock`]: a monotonic clock from the host's wall clock;
+//! * [`host`]: what the filter needs from Envoy.
+//!
+//! A panic kills the Envoy VM and every stream on it: `unwrap`, `expect` and `panic` are
+//! denied outside tests.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod host;
+pub mod metrics;
+pub mod policy;
+pub mod request;
+pub mod root;
+pub mod stream;
+
+#[cfg(test)]
+mod lifecycle_tests;
+#[cfg(test)]
+mod mock;
+
+pub use host::{Action, Host};
+pub use root::Root;
+pub use stream::Stream;

@@ -1,0 +1,686 @@
+//! Whole request lifecycles through [`Root`] and [`Stream`] on the mock host: what Envoy
+//! would see, callback by callback, without Envoy.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use prost::Message;
+use snp_proto::api::PushMappingsRequest;
+use snp_proto::dubbo::ServiceMappingRequest;
+use snp_proto::{frame, Flavour};
+
+use crate::host::{Action, LogLevel};
+use crate::mock::{MockHost, MockStream, Reply};
+use crate::stream::Phase;
+use crate::{Root, Stream};
+
+const ROOT: u32 = 1;
+const DUBBO: &str =
+    "/dubbo.networking.v1alpha1.ServiceNameMappingService/registerServiceAppMapping";
+const ADMIN: &str = "/v1alpha1.ServiceNameMappingService/registerServiceAppMapping";
+
+fn body(ns: &str, app: &str, ifaces: &[&str]) -> Vec<u8> {
+    frame::encode(
+        &ServiceMappingRequest {
+            namespace: ns.into(),
+            application_name: app.into(),
+            interface_names: ifaces.iter().map(|s| s.to_string()).collect(),
+        }
+        .encode_to_vec(),
+    )
+}
+
+/// Envoy as far as the filter can tell: one root context, streams by id, a wall clock.
+struct Envoy {
+    host: Rc<MockHost>,
+    root: Root<MockHost>,
+    streams: BTreeMap<u32, Stream<MockHost>>,
+    next: u32,
+}
+
+impl Envoy {
+    fn new(config: &str) -> Self {
+        let host = Rc::new(MockHost::new(ROOT));
+        let mut root = Root::new(ROOT, Rc::clone(&host));
+        host.state.borrow_mut().config = config.as_bytes().to_vec();
+        assert!(root.on_configure(), "{:?}", host.state.borrow().logs);
+        Self {
+            host,
+            root,
+            streams: BTreeMap::new(),
+            next: 10,
+        }
+    }
+
+    fn reconfigure(&mut self, config: &str) -> bool {
+        self.host.state.borrow_mut().config = config.as_bytes().to_vec();
+        self.host.state.borrow_mut().effective = ROOT;
+        self.root.on_configure()
+    }
+
+    fn advance(&self, ms: u64) {
+        self.host.state.borrow_mut().wall_ms += ms;
+    }
+
+    fn tick(&mut self) {
+        self.host.state.borrow_mut().effective = ROOT;
+        self.root.on_tick();
+        assert_eq!(
+            self.host.state.borrow().effective,
+            ROOT,
+            "root not restored"
+        );
+    }
+
+    /// A new stream with a gRPC call's request headers to `path`.
+    fn open(&mut self, path: &str, extra: &[(&str, &str)], request_body: Vec<u8>) -> u32 {
+        let id = self.next;
+        self.next += 1;
+        let mut s = MockStream::default();
+        for (k, v) in [
+            (":path", path),
+            (":method", "POST"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        {
+            s.request_headers.insert(k.into(), v.as_bytes().to_vec());
+        }
+        s.request_body = request_body;
+        self.host.state.borrow_mut().streams.insert(id, s);
+        self.streams.insert(id, self.root.create_stream(id));
+        id
+    }
+
+    fn on<T>(&mut self, id: u32, f: impl FnOnce(&mut Stream<MockHost>) -> T) -> T {
+        self.host.state.borrow_mut().effective = id;
+        let stream = self.streams.get_mut(&id).expect("open stream");
+        f(stream)
+    }
+
+    fn request_headers(&mut self, id: u32, end_of_stream: bool) -> Action {
+        self.host.state.borrow_mut().in_request_headers = true;
+        let a = self.on(id, |s| s.on_request_headers(end_of_stream));
+        self.host.state.borrow_mut().in_request_headers = false;
+        a
+    }
+
+    fn request_body(&mut self, id: u32, end_of_stream: bool) -> Action {
+        let len = self.host.state.borrow().streams[&id].request_body.len();
+        self.on(id, |s| s.on_request_body(len, end_of_stream))
+    }
+
+    /// A complete unary call: headers, then the whole body.
+    fn call(&mut self, path: &str, request_body: Vec<u8>) -> (u32, Action) {
+        let id = self.open(path, &[], request_body);
+        assert_eq!(self.request_headers(id, false), Action::Pause);
+        let a = self.request_body(id, true);
+        (id, a)
+    }
+
+    /// The ack listener's answer (200, the empty frame, its marker) flows back through
+    /// the filter.
+    fn ack_listener_answers(&mut self, id: u32) {
+        {
+            let mut st = self.host.state.borrow_mut();
+            let s = st.streams.get_mut(&id).expect("stream");
+            for (k, v) in [
+                (":status", "200"),
+                ("content-type", "application/octet-stream"),
+                ("content-length", "5"),
+                ("x-snp-acked", "1"),
+            ] {
+                s.response_headers.insert(k.into(), v.as_bytes().to_vec());
+            }
+            s.response_body = vec![0; 5];
+        }
+        assert_eq!(
+            self.on(id, |s| s.on_response_headers(false)),
+            Action::Continue
+        );
+        assert_eq!(
+            self.on(id, |s| s.on_response_body(5, true)),
+            Action::Continue
+        );
+    }
+
+    /// The client resets the stream: Envoy forgets it and destroys its context.
+    fn reset(&mut self, id: u32) {
+        self.host
+            .state
+            .borrow_mut()
+            .streams
+            .get_mut(&id)
+            .expect("stream")
+            .gone = true;
+        self.streams.remove(&id);
+    }
+
+    fn complete(&mut self, token: u32, status: u32) {
+        self.host.state.borrow_mut().effective = ROOT;
+        self.root.on_grpc_call_response(token, status);
+        assert_eq!(
+            self.host.state.borrow().effective,
+            ROOT,
+            "root not restored"
+        );
+    }
+
+    fn reply(&self, id: u32) -> Option<Reply> {
+        self.host.state.borrow().streams[&id].reply.clone()
+    }
+
+    fn phase(&self, id: u32) -> Phase {
+        self.streams[&id].phase().clone()
+    }
+
+    fn request_header(&self, id: u32, name: &str) -> Option<String> {
+        self.host.state.borrow().streams[&id]
+            .request_headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    fn calls(&self) -> usize {
+        self.host.state.borrow().calls.len()
+    }
+
+    /// The `n`th batch sent: its token and its request.
+    fn batch(&self, n: usize) -> (u32, PushMappingsRequest) {
+        let st = self.host.state.borrow();
+        let c = &st.calls[n];
+        (
+            c.token,
+            PushMappingsRequest::decode(c.message.as_slice()).expect("PushMappingsRequest"),
+        )
+    }
+
+    fn metric(&self, name: &str) -> i64 {
+        self.host.metric(name)
+    }
+}
+
+fn mappings(req: &PushMappingsRequest) -> Vec<(String, String, Vec<String>)> {
+    req.mappings
+        .iter()
+        .map(|m| {
+            (
+                m.namespace.clone(),
+                m.interface_name.clone(),
+                m.application_names.clone(),
+            )
+        })
+        .collect()
+}
+
+fn grpc(status: u32) -> impl Fn(&Option<Reply>) -> bool {
+    move |r| matches!(r, Some(Reply::Grpc { status: s, .. }) if *s == status)
+}
+
+#[test]
+fn immediate_dubbo_call_is_answered_in_the_proxy_and_forwarded_in_a_batch() {
+    let mut envoy = Envoy::new(r#"{"retry_jitter": 0, "auth_token": "s3cret"}"#);
+    assert_eq!(
+        envoy.host.state.borrow().tick,
+        Some(core::time::Duration::from_millis(50))
+    );
+    let (id, action) = envoy.call(
+        DUBBO,
+        body(
+            "default",
+            "demo-provider",
+            &["org.apache.dubbo.demo.DemoService"],
+        ),
+    );
+    // Valid and queued: on to the ack route.
+    assert_eq!(action, Action::Continue);
+    assert_eq!(envoy.reply(id), None);
+    assert_eq!(
+        envoy.request_header(id, "content-type").as_deref(),
+        Some("application/octet-stream")
+    );
+    assert_eq!(envoy.request_header(id, "x-snp-ack").as_deref(), Some("1"));
+    assert_eq!(envoy.metric("snp.registrations.ok"), 1);
+
+    envoy.ack_listener_answers(id);
+    {
+        let st = envoy.host.state.borrow();
+        let s = &st.streams[&id];
+        assert_eq!(
+            s.response_headers.get("content-type").map(Vec::as_slice),
+            Some(&b"application/grpc"[..])
+        );
+        assert!(!s.response_headers.contains_key("content-length"));
+        assert!(!s.response_headers.contains_key("x-snp-acked"));
+        assert_eq!(s.response_body, Flavour::Dubbo.ok_response_frame());
+        assert_eq!(
+            s.response_trailers,
+            vec![("grpc-status".into(), "0".into())]
+        );
+    }
+    assert_eq!(envoy.phase(id), Phase::Done);
+
+    // The batch waits for the first check (200 ms after the burst), then goes out.
+    envoy.advance(150);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 0);
+    assert_eq!(envoy.metric("snp.pending_keys"), 1);
+    envoy.advance(60);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 1);
+    let (token, req) = envoy.batch(0);
+    {
+        let st = envoy.host.state.borrow();
+        let c = &st.calls[0];
+        assert_eq!(
+            (c.cluster.as_str(), c.service.as_str(), c.method.as_str()),
+            ("snp_shim", "snp.v1.MappingService", "PushMappings")
+        );
+        assert_eq!(
+            c.metadata,
+            vec![("authorization".into(), b"Bearer s3cret".to_vec())]
+        );
+        assert_eq!(c.timeout, core::time::Duration::from_secs(5));
+    }
+    assert_eq!(
+        mappings(&req),
+        vec![(
+            "default".into(),
+            "org.apache.dubbo.demo.DemoService".into(),
+            vec!["demo-provider".into()]
+        )]
+    );
+    assert!(req.source.starts_with("envoy/"), "{}", req.source);
+    assert_eq!(envoy.metric("snp.batches.sent"), 1);
+    envoy.complete(token, 0);
+    assert_eq!(envoy.metric("snp.batches.acked"), 1);
+    assert_eq!(envoy.metric("snp.mappings.acked"), 1);
+    envoy.tick();
+    assert_eq!(envoy.metric("snp.pending_keys"), 0);
+}
+
+#[test]
+fn admin_call_with_request_trailers_gets_the_admin_answer() {
+    let mut envoy = Envoy::new("");
+    let b = body("shop", "cart", &["com.shop.Cart", "com.shop.Order"]);
+    let id = envoy.open(ADMIN, &[], b);
+    assert_eq!(envoy.request_headers(id, false), Action::Pause);
+    // The body arrives without end of stream; the trailers end the request.
+    assert_eq!(envoy.request_body(id, false), Action::Pause);
+    assert!(matches!(envoy.phase(id), Phase::Reading { .. }));
+    assert_eq!(envoy.on(id, |s| s.on_request_trailers()), Action::Continue);
+    assert_eq!(
+        envoy.phase(id),
+        Phase::Forwarded {
+            flavour: Flavour::Admin
+        }
+    );
+    envoy.ack_listener_answers(id);
+    let st = envoy.host.state.borrow();
+    let s = &st.streams[&id];
+    assert_eq!(s.response_body, Flavour::Admin.ok_response_frame());
+    assert_ne!(s.response_body, Flavour::Dubbo.ok_response_frame());
+    assert_eq!(
+        s.response_trailers,
+        vec![("grpc-status".into(), "0".into())]
+    );
+}
+
+#[test]
+fn other_traffic_and_other_answers_are_untouched() {
+    let mut envoy = Envoy::new("");
+    let id = envoy.open("/grpc.health.v1.Health/Check", &[], vec![0; 5]);
+    assert_eq!(envoy.request_headers(id, false), Action::Continue);
+    assert_eq!(envoy.request_body(id, true), Action::Continue);
+    assert_eq!(envoy.phase(id), Phase::Pass);
+    // A registration whose answer is not the ack listener's (a timeout, no route).
+    let (id, _) = envoy.call(DUBBO, body("default", "a", &["x.A"]));
+    envoy
+        .host
+        .state
+        .borrow_mut()
+        .streams
+        .get_mut(&id)
+        .unwrap()
+        .response_headers
+        .insert(":status".into(), b"504".to_vec());
+    assert_eq!(
+        envoy.on(id, |s| s.on_response_headers(false)),
+        Action::Continue
+    );
+    assert_eq!(envoy.phase(id), Phase::Done);
+    assert_eq!(
+        envoy.on(id, |s| s.on_response_body(3, true)),
+        Action::Continue
+    );
+    assert!(envoy.host.state.borrow().streams[&id]
+        .response_trailers
+        .is_empty());
+}
+
+#[test]
+fn bad_input_gets_its_own_local_reply_and_never_reaches_the_ack_route() {
+    let mut envoy = Envoy::new("");
+    let good = body("default", "app", &["a.B"]);
+
+    let (id, a) = envoy.call(DUBBO, good[..good.len() - 2].to_vec());
+    assert_eq!(a, Action::Pause);
+    assert!(grpc(3)(&envoy.reply(id)));
+    assert_eq!(envoy.request_header(id, "x-snp-ack"), None);
+    assert_eq!(envoy.metric("snp.registrations.invalid"), 1);
+    assert_eq!(envoy.metric("snp.invalid.truncated_frame"), 1);
+
+    let (id, _) = envoy.call(DUBBO, body("Not_A_Label", "app", &["a.B"]));
+    match envoy.reply(id) {
+        Some(Reply::Grpc { status: 3, message }) => {
+            assert!(message.contains("Not_A_Label"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(envoy.metric("snp.invalid.invalid_namespace"), 1);
+
+    // Not gRPC at all: HTTP 415, decided on the headers.
+    let id = envoy.open(DUBBO, &[("content-type", "application/json")], good.clone());
+    assert_eq!(envoy.request_headers(id, false), Action::Pause);
+    assert!(matches!(
+        envoy.reply(id),
+        Some(Reply::Http { status: 415, .. })
+    ));
+    assert_eq!(envoy.metric("snp.invalid.not_grpc"), 1);
+    // Nothing more happens to an answered stream.
+    assert_eq!(envoy.request_body(id, true), Action::Pause);
+
+    // Compressed: UNIMPLEMENTED before the body is read.
+    let id = envoy.open(DUBBO, &[("grpc-encoding", "gzip")], good.clone());
+    assert_eq!(envoy.request_headers(id, false), Action::Pause);
+    assert!(grpc(12)(&envoy.reply(id)));
+
+    // Oversized: refused on the frame header, before the rest is buffered.
+    let id = envoy.open(DUBBO, &[], vec![0, 0, 1, 0, 0, 1, 2]);
+    assert_eq!(envoy.request_headers(id, false), Action::Pause);
+    assert_eq!(envoy.request_body(id, false), Action::Pause);
+    assert!(grpc(8)(&envoy.reply(id)));
+    assert_eq!(envoy.metric("snp.invalid.too_large"), 1);
+
+    // No body at all (end of stream on the headers).
+    let id = envoy.open(DUBBO, &[], vec![]);
+    assert_eq!(envoy.request_headers(id, true), Action::Pause);
+    assert!(grpc(3)(&envoy.reply(id)));
+
+    // Nothing was queued by any of them.
+    envoy.advance(5000);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 0);
+}
+
+#[test]
+fn namespace_policy_peer_denies_and_node_rewrites() {
+    let mut envoy = Envoy::new(r#"{"namespace_policy": "peer"}"#);
+    envoy.host.state.borrow_mut().properties.insert(
+        vec!["connection".into(), "uri_san_peer_certificate".into()],
+        b"spiffe://cluster.local/ns/shop/sa/default".to_vec(),
+    );
+    let (id, _) = envoy.call(DUBBO, body("mapping", "app", &["a.B"]));
+    assert!(grpc(7)(&envoy.reply(id)));
+    assert_eq!(envoy.metric("snp.rejected.namespace_mismatch"), 1);
+    let (id, a) = envoy.call(DUBBO, body("shop", "app", &["a.B"]));
+    assert_eq!((a, envoy.reply(id)), (Action::Continue, None));
+
+    let host = Rc::new(MockHost::new(ROOT));
+    host.state.borrow_mut().properties.insert(
+        vec![
+            "xds".into(),
+            "node".into(),
+            "metadata".into(),
+            "NAMESPACE".into(),
+        ],
+        b"shop".to_vec(),
+    );
+    host.state.borrow_mut().config =
+        br#"{"namespace_policy": "node", "on_mismatch": "rewrite", "retry_jitter": 0}"#.to_vec();
+    let mut root = Root::new(ROOT, Rc::clone(&host));
+    assert!(root.on_configure());
+    let mut envoy = Envoy {
+        host,
+        root,
+        streams: BTreeMap::new(),
+        next: 10,
+    };
+    let (id, a) = envoy.call(DUBBO, body("mapping", "app", &["a.B"]));
+    assert_eq!((a, envoy.reply(id)), (Action::Continue, None));
+    assert_eq!(envoy.metric("snp.registrations.rewritten"), 1);
+    envoy.advance(300);
+    envoy.tick();
+    let (_, req) = envoy.batch(0);
+    assert_eq!(mappings(&req)[0].0, "shop");
+}
+
+#[test]
+fn durable_calls_are_held_until_the_shim_acknowledges_them() {
+    let mut envoy = Envoy::new(r#"{"ack_mode": "durable", "retry_jitter": 0}"#);
+    let (id, a) = envoy.call(DUBBO, body("default", "a", &["x.A"]));
+    assert_eq!(a, Action::Pause);
+    assert_eq!(
+        envoy.phase(id),
+        Phase::Held {
+            flavour: Flavour::Dubbo
+        }
+    );
+    assert_eq!(envoy.metric("snp.registrations.held"), 1);
+    assert_eq!(envoy.request_header(id, "x-snp-ack"), None);
+    envoy.advance(250);
+    envoy.tick();
+    assert_eq!(envoy.metric("snp.held_replies"), 1);
+    let (token, _) = envoy.batch(0);
+    assert!(!envoy.host.state.borrow().streams[&id].resumed);
+    envoy.complete(token, 0);
+    // Released: routed to the ack listener and resumed by the root context.
+    {
+        let st = envoy.host.state.borrow();
+        let s = &st.streams[&id];
+        assert!(s.resumed);
+        assert_eq!(
+            s.request_headers.get("x-snp-ack").map(Vec::as_slice),
+            Some(&b"1"[..])
+        );
+    }
+    assert_eq!(envoy.metric("snp.registrations.ok"), 1);
+    envoy.ack_listener_answers(id);
+    assert_eq!(
+        envoy.host.state.borrow().streams[&id].response_trailers,
+        vec![("grpc-status".into(), "0".into())]
+    );
+    envoy.tick();
+    assert_eq!(envoy.metric("snp.held_replies"), 0);
+}
+
+#[test]
+fn durable_timeout_answers_unavailable_and_the_mapping_is_still_delivered() {
+    let mut envoy = Envoy::new(
+        r#"{"ack_mode": "durable", "durable_timeout_ms": 400, "retry_jitter": 0, "retry_base_ms": 500}"#,
+    );
+    let (id, _) = envoy.call(DUBBO, body("default", "a", &["x.A"]));
+    envoy.advance(250);
+    envoy.tick();
+    let (token, _) = envoy.batch(0);
+    // The callout times out (Envoy reports DEADLINE_EXCEEDED).
+    envoy.complete(token, 4);
+    assert_eq!(envoy.metric("snp.batches.failed"), 1);
+    assert!(envoy
+        .host
+        .logged(LogLevel::Warn, "failed with gRPC status 4"));
+    assert_eq!(envoy.reply(id), None);
+    envoy.advance(100);
+    envoy.tick();
+    assert_eq!(envoy.reply(id), None, "399 ms: still held");
+    envoy.advance(60);
+    envoy.tick();
+    match envoy.reply(id) {
+        Some(Reply::Grpc {
+            status: 14,
+            message,
+        }) => {
+            assert!(message.contains("not yet acknowledged"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(envoy.metric("snp.registrations.unavailable"), 1);
+    assert_eq!(envoy.metric("snp.rejected.not_acknowledged"), 1);
+    assert_eq!(envoy.metric("snp.held_replies"), 0);
+    assert_eq!(envoy.metric("snp.pending_keys"), 1);
+    // The retry (500 ms << 1 after the failure, at 1,250 ms) carries the mapping.
+    envoy.advance(700);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 1, "1,110 ms: still backing off");
+    envoy.advance(150);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 2);
+    let (token, req) = envoy.batch(1);
+    assert_eq!(
+        mappings(&req),
+        vec![("default".into(), "x.A".into(), vec!["a".into()])]
+    );
+    envoy.complete(token, 0);
+    assert!(
+        !envoy.host.state.borrow().streams[&id].resumed,
+        "answered once"
+    );
+}
+
+#[test]
+fn a_stream_reset_during_a_hold_is_forgotten() {
+    let mut envoy = Envoy::new(r#"{"ack_mode": "durable", "retry_jitter": 0}"#);
+    let (gone, _) = envoy.call(DUBBO, body("default", "a", &["x.A"]));
+    let (kept, _) = envoy.call(DUBBO, body("default", "b", &["x.A"]));
+    envoy.tick();
+    assert_eq!(envoy.metric("snp.held_replies"), 2);
+    envoy.reset(gone);
+    envoy.tick();
+    assert_eq!(envoy.metric("snp.held_replies"), 1);
+    envoy.advance(250);
+    envoy.tick();
+    let (token, req) = envoy.batch(0);
+    // The mapping of the reset call is still delivered: it was accepted.
+    assert_eq!(req.mappings[0].application_names, vec!["a", "b"]);
+    envoy.complete(token, 0);
+    assert!(envoy.host.state.borrow().streams[&kept].resumed);
+    assert_eq!(envoy.metric("snp.registrations.ok"), 1);
+    envoy.tick();
+    assert_eq!(envoy.metric("snp.held_replies"), 0);
+}
+
+#[test]
+fn reconfiguration_with_mappings_pending_keeps_them() {
+    let mut envoy = Envoy::new(r#"{"retry_jitter": 0}"#);
+    envoy.call(DUBBO, body("default", "a", &["x.A"]));
+    assert!(envoy.reconfigure(r#"{"shim_cluster": "other", "tick_ms": 20}"#));
+    assert!(envoy
+        .host
+        .logged(LogLevel::Warn, "reconfigured while mappings are pending"));
+    assert_eq!(
+        envoy.host.state.borrow().tick,
+        Some(core::time::Duration::from_millis(20))
+    );
+    envoy.advance(250);
+    envoy.tick();
+    let (token, req) = envoy.batch(0);
+    assert_eq!(envoy.host.state.borrow().calls[0].cluster, "other");
+    assert_eq!(
+        mappings(&req),
+        vec![("default".into(), "x.A".into(), vec!["a".into()])]
+    );
+    envoy.complete(token, 0);
+
+    // Idle now: a stream that started before the next reconfiguration still reaches the
+    // engine this root context drives.
+    let id = envoy.open(DUBBO, &[], body("default", "b", &["x.B"]));
+    assert_eq!(envoy.request_headers(id, false), Action::Pause);
+    assert!(envoy.reconfigure(r#"{"debounce_after_ms": 10, "first_check_ms": 10}"#));
+    assert_eq!(envoy.request_body(id, true), Action::Continue);
+    envoy.advance(1000);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 2);
+    let (_, req) = envoy.batch(1);
+    assert_eq!(
+        mappings(&req),
+        vec![("default".into(), "x.B".into(), vec!["b".into()])]
+    );
+
+    // A refused configuration is reported and changes nothing.
+    assert!(!envoy.reconfigure(r#"{"namespace_polcy": "node"}"#));
+    assert!(envoy.host.logged(LogLevel::Error, "namespace_polcy"));
+}
+
+#[test]
+fn batches_that_cannot_be_sent_or_fail_are_retried() {
+    let mut envoy = Envoy::new(r#"{"retry_jitter": 0, "retry_base_ms": 100}"#);
+    envoy.call(DUBBO, body("default", "a", &["x.A"]));
+    envoy.host.state.borrow_mut().dispatch_error = Some("BadArgument".into());
+    envoy.advance(250);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 0);
+    assert_eq!(envoy.metric("snp.batches.failed"), 1);
+    assert!(envoy.host.logged(LogLevel::Warn, "cannot send batch"));
+    envoy.host.state.borrow_mut().dispatch_error = None;
+    // Backoff: 100 ms << 1.
+    envoy.advance(150);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 0);
+    envoy.advance(100);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 1);
+    let (token, _) = envoy.batch(0);
+    // The shim answers with an error status: merged back, retried.
+    envoy.complete(token, 14);
+    assert_eq!(envoy.metric("snp.batches.failed"), 2);
+    envoy.advance(1000);
+    envoy.tick();
+    let (token, req) = envoy.batch(1);
+    assert_eq!(
+        mappings(&req),
+        vec![("default".into(), "x.A".into(), vec!["a".into()])]
+    );
+    envoy.complete(token, 0);
+    assert_eq!(envoy.metric("snp.batches.acked"), 1);
+    // An unknown token (a stale callout) changes nothing.
+    envoy.complete(999, 0);
+    assert_eq!(envoy.metric("snp.batches.acked"), 1);
+}
+
+#[test]
+fn stopping_flushes_pending_mappings_then_reports_done() {
+    let mut envoy = Envoy::new(
+        r#"{"debounce_after_ms": 5000, "debounce_max_ms": 10000, "first_check_ms": 5000}"#,
+    );
+    envoy.call(DUBBO, body("default", "a", &["x.A"]));
+    envoy.host.state.borrow_mut().effective = ROOT;
+    assert!(!envoy.root.on_done(), "pending: not done yet");
+    // Sent at once, whatever the debounce windows say.
+    assert_eq!(envoy.calls(), 1);
+    assert_eq!(envoy.host.state.borrow().done, 0);
+    let (token, _) = envoy.batch(0);
+    envoy.complete(token, 0);
+    assert_eq!(envoy.host.state.borrow().done, 1);
+
+    let mut idle = Envoy::new("");
+    assert!(idle.root.on_done());
+}
+
+#[test]
+fn an_unconfigured_root_passes_everything_through() {
+    let host = Rc::new(MockHost::new(ROOT));
+    let root = Root::new(ROOT, Rc::clone(&host));
+    let mut envoy = Envoy {
+        host,
+        root,
+        streams: BTreeMap::new(),
+        next: 10,
+    };
+    let id = envoy.open(DUBBO, &[], body("default", "a", &["x.A"]));
+    assert_eq!(envoy.request_headers(id, false), Action::Continue);
+    assert_eq!(envoy.request_body(id, true), Action::Continue);
+    assert_eq!(envoy.reply(id), None);
+    envoy.tick();
+}

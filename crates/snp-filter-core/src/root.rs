@@ -1,0 +1,385 @@
+//! The root context: configuration, the tick that sends due batches and expires held
+//! replies, batch completions that release held streams, and the drain when Envoy stops
+//! the plugin.
+//!
+//! One root context runs per plugin configuration and Envoy worker (one VM per worker), so
+//! each worker has its own [`Engine`]. Streams share it through [`Worker`].
+
+use core::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use snp_core::Instant;
+
+use crate::clock::MonoClock;
+use crate::config::{Config, NamespacePolicy};
+use crate::engine::Engine;
+use crate::host::{GrpcCall, Host, LogLevel};
+use crate::metrics::{Counter, Gauge, GaugeShare, Metrics};
+use crate::policy::node_namespace;
+use crate::request::{Code, Reason, Rejection};
+use crate::stream::{mark_for_ack, reply_rejection, Stream};
+
+/// The shim's batch API.
+pub const PUSH_SERVICE: &str = "snp.v1.MappingService";
+/// Its method.
+pub const PUSH_METHOD: &str = "PushMappings";
+
+/// What every context of one configuration shares. Immutable once configured.
+#[derive(Debug)]
+pub(crate) struct Plugin {
+    pub(crate) cfg: Config,
+    pub(crate) metrics: Metrics,
+    /// The caller's namespace from node metadata (policy `node`).
+    pub(crate) node_ns: Option<String>,
+}
+
+/// One worker's engine and the monotonic clock it runs on, shared by the root context and
+/// its streams.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) engine: RefCell<Engine>,
+    clock: Cell<MonoClock>,
+}
+
+impl Worker {
+    fn new(engine: Engine) -> Self {
+        Self {
+            engine: RefCell::new(engine),
+            clock: Cell::new(MonoClock::default()),
+        }
+    }
+
+    /// Monotonic milliseconds from the host's wall clock (see [`MonoClock`]).
+    pub(crate) fn now(&self, host: &impl Host) -> Instant {
+        let wall = u64::try_from(host.wall_clock_nanos() / 1_000_000).unwrap_or(u64::MAX);
+        let mut clock = self.clock.get();
+        let t = clock.at(wall);
+        self.clock.set(clock);
+        t
+    }
+
+    fn is_idle(&self) -> bool {
+        self.engine.try_borrow().is_ok_and(|e| e.is_idle())
+    }
+}
+
+/// A property of the Envoy node: `xds.node.<path>` (Envoy >= 1.3x), else the older
+/// `node.<path>` (still what some builds, Istio's among them, expose).
+fn node_property(host: &impl Host, path: &[&str]) -> Option<Vec<u8>> {
+    let mut xds = vec!["xds", "node"];
+    xds.extend_from_slice(path);
+    let mut plain = vec!["node"];
+    plain.extend_from_slice(path);
+    host.property(&xds).or_else(|| host.property(&plain))
+}
+
+/// The root context of one plugin configuration on one worker.
+pub struct Root<H: Host> {
+    id: u32,
+    host: Rc<H>,
+    plugin: Option<Rc<Plugin>>,
+    worker: Option<Rc<Worker>>,
+    shares: [GaugeShare; 2],
+    /// Envoy asked this root context to finish (its configuration was replaced or
+    /// removed): flush what is pending and report `done` once the shim has it all.
+    draining: bool,
+}
+
+impl<H: Host> Root<H> {
+    /// A root context, not yet configured: its streams pass everything through.
+    pub fn new(id: u32, host: Rc<H>) -> Self {
+        Self {
+            id,
+            host,
+            plugin: None,
+            worker: None,
+            shares: [GaugeShare::default(); 2],
+            draining: false,
+        }
+    }
+
+    /// The filter of a new stream.
+    pub fn create_stream(&self, id: u32) -> Stream<H> {
+        Stream::new(
+            id,
+            Rc::clone(&self.host),
+            self.plugin.clone(),
+            self.worker.clone(),
+        )
+    }
+
+    /// Reads and applies the plugin configuration; `false` (logged) refuses it.
+    pub fn on_configure(&mut self) -> bool {
+        match self.configure() {
+            Ok(()) => true,
+            Err(e) => {
+                self.host.log(LogLevel::Error, &e);
+                false
+            }
+        }
+    }
+
+    /// The periodic tick.
+    pub fn on_tick(&mut self) {
+        self.drain_step();
+        self.drive();
+        self.drain_step();
+    }
+
+    /// Envoy stops this root context. `true`: done now; `false`: draining, [`Host::done`]
+    /// follows once nothing is pending or in flight.
+    pub fn on_done(&mut self) -> bool {
+        if self.is_idle() {
+            return true;
+        }
+        self.host.log(
+            LogLevel::Info,
+            "stopping: flushing pending mappings to the shim first",
+        );
+        self.draining = true;
+        self.drain_step();
+        self.drive();
+        false
+    }
+
+    /// A batch callout finished with gRPC `status` (0: the shim has it).
+    pub fn on_grpc_call_response(&mut self, token: u32, status: u32) {
+        let (Some(plugin), Some(worker)) = (self.plugin.clone(), self.worker.clone()) else {
+            return;
+        };
+        let host = &*self.host;
+        let now = worker.now(host);
+        let done = match worker.engine.try_borrow_mut() {
+            Ok(mut e) => e.completed(now, token, status == 0),
+            Err(_) => None,
+        };
+        let Some(done) = done else { return };
+        if done.ok {
+            plugin.metrics.inc(host, Counter::BatchesAcked);
+            plugin
+                .metrics
+                .add(host, Counter::MappingsAcked, done.acked_entries as u64);
+        } else {
+            plugin.metrics.inc(host, Counter::BatchesFailed);
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "batch to {} failed with gRPC status {status}; merged back for a retry",
+                    plugin.cfg.shim_cluster
+                ),
+            );
+        }
+        // More may be due at once (a capped batch's rest, registrations that came in
+        // while this one was in flight): send before switching to held streams.
+        self.send_due(&plugin, &worker, now);
+        let mut switched = false;
+        for ctx in done.released {
+            if host.set_effective_context(ctx) {
+                switched = true;
+                mark_for_ack(host, &plugin.cfg);
+                host.resume_request();
+                plugin.metrics.inc(host, Counter::RegistrationsOk);
+            }
+        }
+        if switched {
+            host.set_effective_context(self.id);
+        }
+        self.update_gauges(&plugin, &worker);
+        self.drain_step();
+    }
+
+    fn is_idle(&self) -> bool {
+        self.worker.as_ref().is_none_or(|w| w.is_idle())
+    }
+
+    /// While draining: everything pending is due at once (retries still back off), and
+    /// the context reports `done` once nothing is pending or in flight.
+    fn drain_step(&mut self) {
+        if !self.draining {
+            return;
+        }
+        if let Some(Ok(mut e)) = self.worker.as_ref().map(|w| w.engine.try_borrow_mut()) {
+            e.flush();
+        }
+        if self.is_idle() {
+            self.draining = false;
+            self.host.done();
+        }
+    }
+
+    fn configure(&mut self) -> Result<(), String> {
+        let host = &*self.host;
+        let bytes = host
+            .plugin_configuration()
+            .map_err(|s| format!("cannot read the plugin configuration: {s}"))?;
+        let cfg = Config::parse(&bytes).map_err(|e| e.to_string())?;
+        let node_ns = match cfg.namespace_policy {
+            NamespacePolicy::Node => {
+                let v = node_property(host, &["metadata", &cfg.node_namespace_key]);
+                let ns = v.as_deref().and_then(node_namespace);
+                if ns.is_none() {
+                    host.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "namespace_policy is node but node metadata {} holds no valid namespace; registrations will be denied",
+                            cfg.node_namespace_key
+                        ),
+                    );
+                }
+                ns
+            }
+            _ => None,
+        };
+        let source = match &cfg.source {
+            Some(s) => s.clone(),
+            None => node_property(host, &["id"])
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "envoy".to_owned()),
+        };
+        // Batch ids must be unique per sender: each worker VM adds the nanosecond it was
+        // configured at.
+        let nanos = host.wall_clock_nanos();
+        let source = format!("{source}/{nanos:x}-{}", self.id);
+        let engine = Engine::new(
+            cfg.debounce.clone(),
+            cfg.ack_mode,
+            cfg.durable_timeout,
+            source,
+        );
+        host.set_tick_period(cfg.tick)
+            .map_err(|s| format!("cannot set the tick period: {s}"))?;
+        host.log(
+            LogLevel::Info,
+            &format!(
+                "configured: {} paths, namespace_policy {:?}, on_mismatch {:?}, ack_mode {:?}, shim cluster {}",
+                cfg.paths.len(),
+                cfg.namespace_policy,
+                cfg.on_mismatch,
+                cfg.ack_mode,
+                cfg.shim_cluster
+            ),
+        );
+        self.plugin = Some(Rc::new(Plugin {
+            cfg,
+            metrics: Metrics::define(host),
+            node_ns,
+        }));
+        if !self.is_idle() {
+            host.log(
+                LogLevel::Warn,
+                "reconfigured while mappings are pending: they keep the previous debounce settings",
+            );
+            return Ok(());
+        }
+        // Replaced in place, so that streams created before still reach the engine this
+        // root context drives.
+        let mut engine = Some(engine);
+        if let Some(Ok(mut e)) = self.worker.as_ref().map(|w| w.engine.try_borrow_mut()) {
+            if let Some(new) = engine.take() {
+                *e = new;
+            }
+        }
+        if let Some(new) = engine {
+            self.worker = Some(Rc::new(Worker::new(new)));
+        }
+        Ok(())
+    }
+
+    /// Expires held replies, sends due batches, updates gauges.
+    fn drive(&mut self) {
+        let (Some(plugin), Some(worker)) = (self.plugin.clone(), self.worker.clone()) else {
+            return;
+        };
+        let host = &*self.host;
+        let now = worker.now(host);
+        let expired = match worker.engine.try_borrow_mut() {
+            Ok(mut e) => e.expired(now),
+            Err(_) => return,
+        };
+        // Send batches first: a callout must belong to the root context, not to a stream
+        // made effective below.
+        self.send_due(&plugin, &worker, now);
+        let mut switched = false;
+        for ctx in expired {
+            if host.set_effective_context(ctx) {
+                switched = true;
+                let r = Rejection::new(
+                    Code::Unavailable,
+                    Reason::NotAcknowledged,
+                    "the mapping was not yet acknowledged by the shim; it stays pending and will be delivered",
+                );
+                reply_rejection(host, &plugin, &r);
+            }
+        }
+        if switched {
+            host.set_effective_context(self.id);
+        }
+        self.update_gauges(&plugin, &worker);
+    }
+
+    fn send_due(&self, plugin: &Plugin, worker: &Worker, now: Instant) {
+        let host = &*self.host;
+        let cfg = &plugin.cfg;
+        let bearer = cfg.auth_token.as_ref().map(|t| format!("Bearer {t}"));
+        loop {
+            let Ok(mut e) = worker.engine.try_borrow_mut() else {
+                return;
+            };
+            let Some(batch) = e.next_batch(now) else {
+                return;
+            };
+            let mut metadata: Vec<(&str, &[u8])> = Vec::new();
+            if let Some(b) = &bearer {
+                metadata.push(("authorization", b.as_bytes()));
+            }
+            let call = GrpcCall {
+                cluster: &cfg.shim_cluster,
+                service: PUSH_SERVICE,
+                method: PUSH_METHOD,
+                metadata,
+                message: &batch.payload,
+                timeout: cfg.push_timeout,
+            };
+            match host.dispatch_grpc_call(&call) {
+                Ok(token) => {
+                    e.sent(token, batch.id);
+                    plugin.metrics.inc(host, Counter::BatchesSent);
+                    host.log(
+                        LogLevel::Debug,
+                        &format!(
+                            "sent batch {} ({} keys, {} mappings)",
+                            batch.label, batch.keys, batch.entries
+                        ),
+                    );
+                }
+                Err(s) => {
+                    e.send_failed(now, batch.id);
+                    plugin.metrics.inc(host, Counter::BatchesFailed);
+                    host.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "cannot send batch {} to cluster {}: {s}; will retry",
+                            batch.label, cfg.shim_cluster
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn update_gauges(&mut self, plugin: &Plugin, worker: &Worker) {
+        let Ok(e) = worker.engine.try_borrow() else {
+            return;
+        };
+        let values = [e.pending_keys() as u64, e.held() as u64];
+        drop(e);
+        for (i, g) in Gauge::ALL.iter().enumerate() {
+            if let (Some(share), Some(v)) = (self.shares.get_mut(i), values.get(i)) {
+                plugin
+                    .metrics
+                    .gauge_delta(&*self.host, *g, share.update(*v));
+            }
+        }
+    }
+}
