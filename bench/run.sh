@@ -9,14 +9,16 @@
 # Markdown: each figure's tables with the ratio against its target and PASS/MISS, then a
 # summary. It is also written to target/bench/results.md.
 # Needs: Envoy >= 1.35 (.venv/bin/envoy from scripts/setup.sh, or $SNP_ENVOY), the
-# wasm32-wasip1 target, and Go for the test API server (scripts/k8s-apiserver.sh).
+# wasm32-wasip1 target, wasm-opt (binaryen), and Go for the test API server
+# (scripts/k8s-apiserver.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 cargo build --release -p snp-shim -p snp-bench
-cargo build --release --target wasm32-wasip1 -p snp-filter -p snp-bench-wasm
+cargo build --release --target wasm32-wasip1 -p snp-bench-wasm
+scripts/build-filter.sh   # the filter as Envoy runs it: target/wasm/snp_filter.wasm (wasm-opt -Oz)
 scripts/k8s-apiserver.sh build
 
 mkdir -p target/bench
