@@ -27,8 +27,8 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "wasm32-wasip1 build of snp-core and snp-proto"
-cargo build --locked --target wasm32-wasip1 -p snp-core -p snp-proto
+step "wasm32-wasip1 build of snp-core, snp-proto and snp-filter-core"
+cargo build --locked --target wasm32-wasip1 -p snp-core -p snp-proto -p snp-filter-core
 
 step "build: filter (.wasm, release), shim binary, test API server"
 if [ -d filter ]; then
