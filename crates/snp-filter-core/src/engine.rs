@@ -1,7 +1,7 @@
 //! One worker's state, host-agnostic: the `snp-core` debouncer, the batches in flight to
 //! the shim, and (durable mode) the replies held until the shim acknowledges them.
 //!
-//! The proxy-wasm adapter owns one `Engine` per root context (one per Envoy worker VM)
+//! Each [`crate::Root`] (one per plugin configuration and Envoy worker VM) owns one `Engine`
 //! and drives it from `on_tick` and from callout completions; tests drive it on a virtual
 //! clock.
 

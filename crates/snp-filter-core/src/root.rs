@@ -3,7 +3,7 @@
 //! the plugin.
 //!
 //! One root context runs per plugin configuration and Envoy worker (one VM per worker), so
-//! each worker has its own [`Engine`]. Streams share it through [`Worker`].
+//! each worker has its own [`Engine`]. Streams share it (`Worker`).
 
 use core::cell::{Cell, RefCell};
 use std::rc::Rc;
