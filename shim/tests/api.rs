@@ -96,6 +96,28 @@ async fn both_flavours_register_and_lookups_see_the_union() {
     assert!(eventually(Duration::from_secs(5), || on_disk(tmp.path()) == expected).await);
 
     let mut api = api(shim.grpc_addr).await;
+    // The embedded store renames the files into place, makes the renames durable, then
+    // updates the view lookups read: the disk may show a write a moment before lookups do.
+    assert!(
+        eventually_async(Duration::from_secs(5), || {
+            let mut api = api.clone();
+            async move {
+                let all = api
+                    .get_mappings(GetMappingsRequest {
+                        namespace: "default".into(),
+                        interface_names: vec![],
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                // Names only grow: 3 in all is the union on disk.
+                let names: usize = all.mappings.iter().map(|m| m.application_names.len()).sum();
+                names == 3
+            }
+        })
+        .await,
+        "lookups never saw what is on disk"
+    );
     let got = api
         .get_mappings(GetMappingsRequest {
             namespace: "default".into(),
