@@ -34,7 +34,7 @@
 //!     127.0.0.1:15051 dubbo.networking.v1alpha1.ServiceNameMappingService/registerServiceAppMapping
 //! ```
 //!
-//! The example prints `default/org.apache.dubbo.demo.DemoService -> {"demo-provider"}` once
+//! The example prints `default/org.apache.dubbo.demo.DemoService -> ["demo-provider"]` once
 //! the shim has written the mapping. `scripts/demo.sh` runs its shim on free ports and logs
 //! them in `shim.log` (`grpc_addr`); point the example at that address to watch a demo
 //! rollout (`DEMO_INTERFACES` interfaces named as in `scripts/demo_rollout.py`).
