@@ -102,42 +102,20 @@ async fn both_flavours_register_and_lookups_see_the_union() {
         eventually_async(Duration::from_secs(5), || {
             let mut api = api.clone();
             async move {
-                let all = api
-                    .get_mappings(GetMappingsRequest {
-                        namespace: "default".into(),
-                        interface_names: vec![],
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
                 // Names only grow: 3 in all is the union on disk.
-                let names: usize = all.mappings.iter().map(|m| m.application_names.len()).sum();
-                names == 3
+                let all = lookup(&mut api, "default", &[]).await;
+                all.iter().map(|m| m.application_names.len()).sum::<usize>() == 3
             }
         })
         .await,
         "lookups never saw what is on disk"
     );
-    let got = api
-        .get_mappings(GetMappingsRequest {
-            namespace: "default".into(),
-            interface_names: vec![iface.into(), "com.unknown.X".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(got.mappings.len(), 1);
-    assert_eq!(got.mappings[0].application_names, vec!["demo-a", "demo-b"]);
-    assert!(!got.mappings[0].revision.is_empty());
-    let all = api
-        .get_mappings(GetMappingsRequest {
-            namespace: "default".into(),
-            interface_names: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(all.mappings.len(), 2);
+    let got = lookup(&mut api, "default", &[iface, "com.unknown.X"]).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].application_names, vec!["demo-a", "demo-b"]);
+    assert!(!got[0].revision.is_empty());
+    let all = lookup(&mut api, "default", &[]).await;
+    assert_eq!(all.len(), 2);
     let none = api
         .get_mappings(GetMappingsRequest {
             namespace: "other".into(),

@@ -41,14 +41,7 @@ pub async fn fig3(env: &Env) -> Result<Vec<Verdict>> {
         converge_timeout: Duration::from_secs(60),
     };
     let snp = load::run(&cfg).await?;
-    if snp.error_count() > 0 || snp.missing > 0 {
-        bail!(
-            "figure 3: snp run failed: {:?} {:?}, {} missing",
-            snp.errors,
-            snp.first_error,
-            snp.missing
-        );
-    }
+    check_complete("figure 3: snp run", &snp)?;
     let client = crate::kube::client(&api.kubeconfig).await?;
     let stored = crate::kube::list_mappings(&client, &api.group, &cfg.rollout.prefix).await?;
     let expected = cfg.rollout.expected();

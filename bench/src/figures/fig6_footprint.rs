@@ -138,20 +138,7 @@ pub async fn fig6(env: &Env) -> Result<Vec<Verdict>> {
     let r = rollout(pods, ifaces, ns, Duration::from_secs(3), "fig6");
     let regs = r.registrations();
     let keys = r.keys();
-    let cfg = LoadConfig {
-        kind: TargetKind::Shim,
-        targets: vec![shim.grpc.clone()],
-        rollout: r,
-        concurrency: 64,
-        connections: 4,
-        rpc: Rpc::Mixed,
-        duration: None,
-        shim_metrics: vec![shim.http.clone()],
-        envoy_admin: None,
-        kube: None,
-        converge_shims: vec![shim.grpc.clone()],
-        converge_timeout: Duration::from_secs(120),
-    };
+    let cfg = storm(&shim, r, None, Duration::from_secs(120));
     let pid = shim.proc.pid();
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let sampler = tokio::spawn(async move {
@@ -171,13 +158,7 @@ pub async fn fig6(env: &Env) -> Result<Vec<Verdict>> {
     let _ = stop_tx.send(true);
     let peak = sampler.await.unwrap_or(0);
     let after = crate::procs::memory(shim.proc.pid())?;
-    if report.error_count() > 0 || report.missing > 0 {
-        bail!(
-            "figure 6: storm failed: {:?} {:?}",
-            report.errors,
-            report.first_error
-        );
-    }
+    check_complete("figure 6: storm", &report)?;
     let mut st = Table::new(&["process", "state", "VmRSS", "VmHWM (peak)"]);
     st.row([
         "snp-shim (embedded store)".to_owned(),

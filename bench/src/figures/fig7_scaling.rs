@@ -157,28 +157,7 @@ pub async fn fig7(env: &Env) -> Result<Vec<Verdict>> {
 }
 
 async fn run_storm(shim: &Shim, r: Rollout, kube: Option<KubeTarget>) -> Result<LoadReport> {
-    let cfg = LoadConfig {
-        kind: TargetKind::Shim,
-        targets: vec![shim.grpc.clone()],
-        rollout: r,
-        concurrency: 64,
-        connections: 4,
-        rpc: Rpc::Mixed,
-        duration: None,
-        shim_metrics: vec![shim.http.clone()],
-        envoy_admin: None,
-        kube,
-        converge_shims: vec![shim.grpc.clone()],
-        converge_timeout: Duration::from_secs(900),
-    };
-    let report = load::run(&cfg).await?;
-    if report.error_count() > 0 || report.missing > 0 {
-        bail!(
-            "storm failed: {:?} {:?}, {} missing",
-            report.errors,
-            report.first_error,
-            report.missing
-        );
-    }
+    let report = load::run(&storm(shim, r, kube, Duration::from_secs(900))).await?;
+    check_complete("storm", &report)?;
     Ok(report)
 }

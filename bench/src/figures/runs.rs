@@ -187,3 +187,40 @@ pub(crate) fn ratio(a: f64, b: f64) -> f64 {
 pub(crate) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
+
+/// A storm into one shim: the calls of rollout `r` from 64 callers over 4 connections,
+/// measured until the shim holds every mapping (or `converge_timeout` passes).
+pub(crate) fn storm(
+    shim: &Shim,
+    r: Rollout,
+    kube: Option<KubeTarget>,
+    converge_timeout: Duration,
+) -> LoadConfig {
+    LoadConfig {
+        kind: TargetKind::Shim,
+        targets: vec![shim.grpc.clone()],
+        rollout: r,
+        concurrency: 64,
+        connections: 4,
+        rpc: Rpc::Mixed,
+        duration: None,
+        shim_metrics: vec![shim.http.clone()],
+        envoy_admin: None,
+        kube,
+        converge_shims: vec![shim.grpc.clone()],
+        converge_timeout,
+    }
+}
+
+/// Fails, naming `what`, if a run had failed calls or mappings that never arrived.
+pub(crate) fn check_complete(what: &str, report: &LoadReport) -> Result<()> {
+    if report.error_count() > 0 || report.missing > 0 {
+        bail!(
+            "{what} failed: {:?} {:?}, {} missing",
+            report.errors,
+            report.first_error,
+            report.missing
+        );
+    }
+    Ok(())
+}

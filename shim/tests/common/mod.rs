@@ -91,6 +91,22 @@ pub async fn api(addr: SocketAddr) -> MappingServiceClient<Channel> {
     MappingServiceClient::new(channel(addr).await)
 }
 
+/// `GetMappings` of `ns`: the mappings of `interfaces`, or of every interface when empty.
+pub async fn lookup(
+    api: &mut MappingServiceClient<Channel>,
+    ns: &str,
+    interfaces: &[&str],
+) -> Vec<snp_proto::api::MappingState> {
+    api.get_mappings(snp_proto::api::GetMappingsRequest {
+        namespace: ns.into(),
+        interface_names: interfaces.iter().map(|s| s.to_string()).collect(),
+    })
+    .await
+    .expect("GetMappings")
+    .into_inner()
+    .mappings
+}
+
 pub fn dubbo_req(ns: &str, app: &str, ifaces: &[&str]) -> snp_proto::dubbo::ServiceMappingRequest {
     snp_proto::dubbo::ServiceMappingRequest {
         namespace: ns.into(),
