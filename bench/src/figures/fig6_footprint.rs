@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use super::runs::*;
 use super::setup::*;
 use super::{print_table, section, Env, Verdict};
-use crate::load::{self, LoadConfig, Rpc, TargetKind};
+use crate::load::{self, Rpc, TargetKind};
 use crate::stats::{fmt_int, fmt_mib, fmt_rate};
 use crate::table::Table;
 

@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::runs::*;
 use super::setup::*;
 use super::{print_table, section, Env, Verdict};
 use crate::kube::KubeTarget;
-use crate::load::{self, LoadConfig, LoadReport, Rpc, TargetKind};
+use crate::load::{self, LoadReport};
 use crate::stats::{fmt_dur, fmt_int, fmt_rate};
 use crate::table::Table;
 use crate::workload::Rollout;

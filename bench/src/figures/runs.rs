@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
+use super::setup::Shim;
 use super::Env;
+use crate::kube::KubeTarget;
 use crate::load::{self, LoadConfig, LoadReport, Rpc, TargetKind};
 use crate::stats::{fmt_dur, fmt_int, fmt_rate, Latency};
 use crate::table::Table;
