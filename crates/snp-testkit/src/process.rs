@@ -161,6 +161,38 @@ pub fn local(port: u16) -> String {
     SocketAddr::from(([127, 0, 0, 1], port)).to_string()
 }
 
+/// Polls `probe` every `every` until it holds; an error (with the log) if `proc` exits
+/// first or `timeout` passes, saying it is not `what`.
+async fn wait_for<F, Fut>(
+    proc: &mut Proc,
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut probe: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if probe().await {
+            return Ok(());
+        }
+        if !proc.alive() {
+            bail!("{} exited:\n{}", proc.name, proc.log_tail(3000));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} is not {what} after {timeout:?}:\n{}",
+                proc.name,
+                proc.log_tail(3000)
+            );
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Waits until `GET http://addr{path}` answers 200 (and, if given, its body contains
 /// `body`), or `proc` exits, or `timeout` passes.
 pub async fn wait_http(
@@ -170,45 +202,20 @@ pub async fn wait_http(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok((200, text)) = http::get(addr, path).await {
-            if body.is_none_or(|b| text.contains(b)) {
-                return Ok(());
-            }
-        }
-        if !proc.alive() {
-            bail!("{} exited:\n{}", proc.name, proc.log_tail(3000));
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{} not ready at http://{addr}{path} after {timeout:?}:\n{}",
-                proc.name,
-                proc.log_tail(3000)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("ready at http://{addr}{path}");
+    wait_for(proc, &what, timeout, Duration::from_millis(50), || async {
+        matches!(http::get(addr, path).await, Ok((200, text)) if body.is_none_or(|b| text.contains(b)))
+    })
+    .await
 }
 
 /// Waits until `addr` accepts TCP connections.
 pub async fn wait_tcp(proc: &mut Proc, addr: &str, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        if !proc.alive() {
-            bail!("{} exited:\n{}", proc.name, proc.log_tail(3000));
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{} does not accept connections on {addr} after {timeout:?}",
-                proc.name
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("accepting connections on {addr}");
+    wait_for(proc, &what, timeout, Duration::from_millis(20), || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await
 }
 
 /// The `snp-shim` binary, started with `--log-format=json` and stopped when dropped.

@@ -226,13 +226,18 @@ impl RequestCounts {
         )
     }
 
-    /// Requests of `verb` (any code).
-    pub fn verb(&self, verb: &str) -> u64 {
+    /// Requests whose (verb, code) pass `keep`.
+    fn count(&self, keep: impl Fn(&str, &str) -> bool) -> u64 {
         self.0
             .iter()
-            .filter(|((v, _), _)| v == verb)
+            .filter(|((v, c), _)| keep(v, c))
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// Requests of `verb` (any code).
+    pub fn verb(&self, verb: &str) -> u64 {
+        self.count(|v, _| v == verb)
     }
 
     /// Requests of `verb` answered with `code`.
@@ -245,11 +250,7 @@ impl RequestCounts {
 
     /// Requests answered with `code` (any verb).
     pub fn code(&self, code: &str) -> u64 {
-        self.0
-            .iter()
-            .filter(|((_, c), _)| c == code)
-            .map(|(_, n)| n)
-            .sum()
+        self.count(|_, c| c == code)
     }
 
     /// Mutating requests (POST, PUT, PATCH, APPLY, DELETE, DELETECOLLECTION), any code.
@@ -259,11 +260,7 @@ impl RequestCounts {
 
     /// Mutating requests that succeeded (2xx).
     pub fn writes_ok(&self) -> u64 {
-        self.0
-            .iter()
-            .filter(|((v, c), _)| WRITE_VERBS.contains(&v.as_str()) && c.starts_with('2'))
-            .map(|(_, n)| n)
-            .sum()
+        self.count(|v, c| WRITE_VERBS.contains(&v) && c.starts_with('2'))
     }
 
     /// Every request, any verb and code.
