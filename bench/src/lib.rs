@@ -1,4 +1,4 @@
-//! snp's benchmark instruments (issue 7). See `BENCHMARKS.md` at the repository root for
+//! snp's benchmark instruments. See `BENCHMARKS.md` at the repository root for
 //! the figures and the commands that reproduce them.
 //!
 //! Binaries:
@@ -12,9 +12,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-pub mod envoy;
 pub mod figures;
-pub mod httpget;
 pub mod kube;
 pub mod load;
 pub mod naive;

@@ -22,13 +22,14 @@ use snp_proto::api::WatchMappingsRequest;
 use tokio::sync::{watch, Semaphore};
 use tonic::transport::Channel;
 
+use crate::kube;
 use crate::kube::KubeTarget;
 use crate::prom::{self, RequestCounts};
 use crate::rawgrpc::{self, PATH_GET_MAPPINGS};
 use crate::stats::{fmt_dur, fmt_int, fmt_rate, Latency};
 use crate::table::Table;
 use crate::workload::Rollout;
-use crate::{httpget, kube};
+use snp_testkit::http;
 
 /// Which RPC the load sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -122,20 +123,21 @@ pub struct ShimCounters {
 }
 
 impl ShimCounters {
-    /// Parses one shim's `/metrics`.
-    pub fn parse(text: &str) -> Self {
-        let s = |name: &str, l: &[(&str, &str)]| prom::sum(text, name, l);
-        Self {
-            batches_ok: s("snp_batches_total", &[("result", "ok")]),
-            batches_error: s("snp_batches_total", &[("result", "error")]),
-            creates: s("snp_store_writes_total", &[("verb", "create")]),
-            updates: s("snp_store_writes_total", &[("verb", "update")]),
-            gets: s("snp_store_writes_total", &[("verb", "get")]),
-            conflicts: s("snp_store_conflicts_total", &[]),
-            noop_skips: s("snp_noop_skips_total", &[]),
-            registrations: s("snp_registrations_total", &[]),
-            calls_ok: s("snp_calls_total", &[("result", "ok")]),
-        }
+    /// Parses one shim's `/metrics`; an error if one of the metrics is absent.
+    pub fn parse(text: &str) -> Result<Self, prom::MetricError> {
+        let m = prom::Metrics::parse(text)?;
+        let s = |name: &str, l: &[(&str, &str)]| m.sum(name, l);
+        Ok(Self {
+            batches_ok: s("snp_batches_total", &[("result", "ok")])?,
+            batches_error: s("snp_batches_total", &[("result", "error")])?,
+            creates: s("snp_store_writes_total", &[("verb", "create")])?,
+            updates: s("snp_store_writes_total", &[("verb", "update")])?,
+            gets: s("snp_store_writes_total", &[("verb", "get")])?,
+            conflicts: s("snp_store_conflicts_total", &[])?,
+            noop_skips: s("snp_noop_skips_total", &[])?,
+            registrations: s("snp_registrations_total", &[])?,
+            calls_ok: s("snp_calls_total", &[("result", "ok")])?,
+        })
     }
 
     fn add(&mut self, o: &Self) {
@@ -340,14 +342,13 @@ async fn snapshot(cfg: &LoadConfig, kube: Option<&::kube::Client>) -> Result<Sna
     } else {
         let mut sum = ShimCounters::default();
         for addr in &cfg.shim_metrics {
-            sum.add(&ShimCounters::parse(
-                &httpget::get_ok(addr, "/metrics").await?,
-            ));
+            let text = http::get_ok(addr, "/metrics").await?;
+            sum.add(&ShimCounters::parse(&text).with_context(|| format!("{addr}/metrics"))?);
         }
         Some(sum)
     };
     let envoy = match &cfg.envoy_admin {
-        Some(a) => Some(EnvoyCounters::parse(&httpget::get_ok(a, "/stats").await?)),
+        Some(a) => Some(EnvoyCounters::parse(&http::get_ok(a, "/stats").await?)),
         None => None,
     };
     let api = match (kube, &cfg.kube) {
@@ -363,12 +364,13 @@ async fn wait_idle(cfg: &LoadConfig, timeout: Duration) -> Result<()> {
     loop {
         let mut busy = 0.0;
         for addr in &cfg.shim_metrics {
-            let text = httpget::get_ok(addr, "/metrics").await?;
-            busy += prom::sum(&text, "snp_pending_keys", &[]);
-            busy += prom::sum(&text, "snp_batches_in_flight", &[]);
+            let text = http::get_ok(addr, "/metrics").await?;
+            let m = prom::Metrics::parse(&text)?;
+            busy += m.sum("snp_pending_keys", &[])?;
+            busy += m.sum("snp_batches_in_flight", &[])?;
         }
         if let Some(a) = &cfg.envoy_admin {
-            let s = prom::envoy_stats(&httpget::get_ok(a, "/stats").await?);
+            let s = prom::envoy_stats(&http::get_ok(a, "/stats").await?);
             busy += s.get("wasmcustom.snp.pending_keys").copied().unwrap_or(0) as f64;
         }
         if busy == 0.0 {

@@ -1,111 +1,12 @@
-//! Child processes of the driver (Envoy, shims, the no-op server): started with their
-//! output in a log file, measured through `/proc/<pid>/status`, stopped by their own pid
-//! (SIGTERM, then SIGKILL) when dropped.
+//! Child processes of the driver (Envoy, shims, the no-op server), measured through
+//! `/proc/<pid>`. Starting and stopping them is the test kit's
+//! ([`snp_testkit::process`], re-exported here).
 
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-
-use crate::httpget;
-
-/// A child process that is stopped when dropped.
-#[derive(Debug)]
-pub struct Proc {
-    /// Short name (log file stem).
-    pub name: String,
-    /// Its log (stdout and stderr).
-    pub log: PathBuf,
-    child: std::process::Child,
-}
-
-impl Proc {
-    /// Starts `program args` with stdout and stderr appended to `dir/<name>.log`.
-    pub fn spawn(
-        name: &str,
-        program: &Path,
-        args: &[String],
-        dir: &Path,
-        cwd: &Path,
-    ) -> Result<Self> {
-        let log = dir.join(format!("{name}.log"));
-        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = Command::new(program)
-            .args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("start {}", program.display()))?;
-        Ok(Self {
-            name: name.to_owned(),
-            log,
-            child,
-        })
-    }
-
-    /// Its pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether it still runs.
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// The last `n` bytes of its log.
-    pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let start = text.len().saturating_sub(n);
-        let start = (start..text.len())
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(text.len());
-        text[start..].to_owned()
-    }
-
-    /// Its whole log.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `VmRSS` and `VmHWM` (peak), in bytes.
-    pub fn memory(&self) -> Result<Memory> {
-        memory(self.pid())
-    }
-
-    /// SIGTERM, wait up to 10 s, then SIGKILL.
-    pub fn stop(&mut self) {
-        if !self.alive() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if !self.alive() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use anyhow::{Context, Result};
+pub use snp_testkit::process::{free_port, local, wait_http, wait_tcp, Proc};
 
 /// Resident memory of a process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -169,67 +70,6 @@ fn clock_ticks() -> u64 {
             .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
             .unwrap_or(100)
     })
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released: a small race, as in the e2e harness).
-pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-/// `127.0.0.1:port`.
-pub fn local(port: u16) -> String {
-    SocketAddr::from(([127, 0, 0, 1], port)).to_string()
-}
-
-/// Waits until `GET http://addr{path}` answers 200 (and, if given, its body contains
-/// `body`), or `proc` exits, or `timeout` passes.
-pub async fn wait_http(
-    proc: &mut Proc,
-    addr: &str,
-    path: &str,
-    body: Option<&str>,
-    timeout: Duration,
-) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok((200, text)) = httpget::get(addr, path).await {
-            if body.is_none_or(|b| text.contains(b)) {
-                return Ok(());
-            }
-        }
-        if !proc.alive() {
-            bail!("{} exited:\n{}", proc.name, proc.log_tail(3000));
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{} not ready at http://{addr}{path} after {timeout:?}:\n{}",
-                proc.name,
-                proc.log_tail(3000)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until `addr` accepts TCP connections.
-pub async fn wait_tcp(proc: &mut Proc, addr: &str, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        if !proc.alive() {
-            bail!("{} exited:\n{}", proc.name, proc.log_tail(3000));
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{} does not accept connections on {addr} after {timeout:?}",
-                proc.name
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[cfg(test)]

@@ -53,10 +53,7 @@ async fn a_rollout_into_a_shim_converges_and_is_counted() {
     let shim = snp_shim::app::start(args).await.unwrap();
     let (grpc, http) = (shim.grpc_addr.to_string(), shim.http_addr.to_string());
     for _ in 0..200 {
-        if matches!(
-            snp_bench::httpget::get(&http, "/readyz").await,
-            Ok((200, _))
-        ) {
+        if matches!(snp_testkit::http::get(&http, "/readyz").await, Ok((200, _))) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

@@ -79,6 +79,9 @@ pub enum ShimError {
     /// The shim's task ended abnormally.
     #[error("the shim task failed: {0}")]
     Task(String),
+    /// A flag's value makes no sense.
+    #[error(transparent)]
+    Flags(#[from] crate::config::FlagError),
 }
 
 /// How the shim ended.
@@ -209,6 +212,7 @@ fn tls_config(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, ShimError> {
 
 /// Binds the listeners and starts the shim. Returns once both ports accept connections.
 pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
+    args.validate()?;
     let token = args
         .auth_token_file
         .as_deref()

@@ -209,3 +209,198 @@ mod tests {
         assert_eq!(s.store, StoreKind::Auto);
     }
 }
+
+// ----------------------------------------------------------------------------------------
+// Validation: values that parse but make no sense, refused at start-up with an error that
+// names the flag (as the filter refuses its configuration), instead of being clamped or
+// misbehaving later.
+
+/// A flag whose value makes no sense, alone or with another flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value for {flag}: {reason}")]
+pub struct FlagError {
+    /// The flag, as written on the command line (`--retry-base`).
+    pub flag: &'static str,
+    /// What is wrong with its value.
+    pub reason: String,
+}
+
+fn refuse(flag: &'static str, reason: String) -> Result<(), FlagError> {
+    Err(FlagError { flag, reason })
+}
+
+fn positive(flag: &'static str, value: Duration, why: &str) -> Result<(), FlagError> {
+    if value.is_zero() {
+        return refuse(flag, format!("must be greater than 0s ({why})"));
+    }
+    Ok(())
+}
+
+fn at_least(
+    flag: &'static str,
+    value: Duration,
+    other: &'static str,
+    other_value: Duration,
+) -> Result<(), FlagError> {
+    if value < other_value {
+        return refuse(
+            flag,
+            format!(
+                "{} is below {other} ({}); it must be at least {other}",
+                humantime::format_duration(value),
+                humantime::format_duration(other_value)
+            ),
+        );
+    }
+    Ok(())
+}
+
+impl ServeArgs {
+    /// Checks the flags together; the first nonsense found is the error.
+    pub fn validate(&self) -> Result<(), FlagError> {
+        positive(
+            "--retry-base",
+            self.retry_base,
+            "a failed batch would be retried in a busy loop",
+        )?;
+        at_least(
+            "--retry-max",
+            self.retry_max,
+            "--retry-base",
+            self.retry_base,
+        )?;
+        at_least(
+            "--debounce-max",
+            self.debounce_max,
+            "--debounce-after",
+            self.debounce_after,
+        )?;
+        positive(
+            "--ack-timeout",
+            self.ack_timeout,
+            "every durable call and PushMappings would time out at once",
+        )?;
+        positive(
+            "--shutdown-timeout",
+            self.shutdown_timeout,
+            "pending mappings would not be flushed at shutdown",
+        )?;
+        if self.max_in_flight == 0 {
+            refuse("--max-in-flight", "must be at least 1".to_owned())?;
+        }
+        if self.max_pending_keys == 0 {
+            refuse(
+                "--max-pending-keys",
+                "must be at least 1 (0 would refuse every registration)".to_owned(),
+            )?;
+        }
+        if !self.kube_qps.is_finite() || self.kube_qps < 0.0 {
+            refuse(
+                "--kube-qps",
+                format!(
+                    "must be a finite number of requests per second, 0 or more, not {}",
+                    self.kube_qps
+                ),
+            )?;
+        }
+        if self.node_name.is_empty() || self.node_name.len() > 253 {
+            refuse(
+                "--node-name",
+                format!(
+                    "must be 1 to 253 bytes (it is the source of every batch), not {}",
+                    self.node_name.len()
+                ),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+
+    fn check(flags: &[&str]) -> Result<(), FlagError> {
+        let argv = std::iter::once("snp-shim").chain(flags.iter().copied());
+        Cli::parse_from(argv).serve.validate()
+    }
+
+    fn refused(flags: &[&str], flag: &str, says: &str) {
+        let err = check(flags).expect_err("refused");
+        assert_eq!(err.flag, flag, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("invalid value for {flag}: ")),
+            "{text}"
+        );
+        assert!(text.contains(says), "{text}");
+    }
+
+    #[test]
+    fn defaults_and_the_tests_flags_are_valid() {
+        assert_eq!(check(&[]), Ok(()));
+        assert_eq!(
+            check(&[
+                "--debounce-first-check=5ms",
+                "--debounce-after=5ms",
+                "--debounce-max=20ms",
+                "--retry-base=100ms",
+                "--retry-max=100ms",
+                "--ack-timeout=600ms",
+                "--kube-qps=0",
+                "--max-pending-keys=2",
+            ]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_zero_retry_base_is_refused() {
+        refused(&["--retry-base=0s"], "--retry-base", "greater than 0s");
+        refused(&["--retry-base=0ms"], "--retry-base", "busy loop");
+    }
+
+    #[test]
+    fn retry_max_below_retry_base_is_refused() {
+        refused(
+            &["--retry-base=2s", "--retry-max=1s"],
+            "--retry-max",
+            "1s is below --retry-base (2s)",
+        );
+    }
+
+    #[test]
+    fn debounce_max_below_debounce_after_is_refused() {
+        refused(
+            &["--debounce-after=500ms", "--debounce-max=100ms"],
+            "--debounce-max",
+            "100ms is below --debounce-after (500ms)",
+        );
+        assert_eq!(
+            check(&["--debounce-after=500ms", "--debounce-max=500ms"]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_zero_ack_timeout_is_refused() {
+        refused(&["--ack-timeout=0s"], "--ack-timeout", "greater than 0s");
+    }
+
+    #[test]
+    fn other_nonsense_is_refused() {
+        refused(&["--shutdown-timeout=0s"], "--shutdown-timeout", "flushed");
+        refused(&["--max-in-flight=0"], "--max-in-flight", "at least 1");
+        refused(
+            &["--max-pending-keys=0"],
+            "--max-pending-keys",
+            "at least 1",
+        );
+        refused(&["--kube-qps=-1"], "--kube-qps", "not -1");
+        refused(&["--kube-qps=NaN"], "--kube-qps", "not NaN");
+        refused(&["--kube-qps=inf"], "--kube-qps", "not inf");
+        refused(&["--node-name="], "--node-name", "1 to 253 bytes");
+        let long = format!("--node-name={}", "n".repeat(254));
+        refused(&[&long], "--node-name", "not 254");
+    }
+}

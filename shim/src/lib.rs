@@ -6,7 +6,6 @@
 //! * [`grpc`]: the registration API (both flavours) and `snp.v1.MappingService`.
 //! * [`pipeline`]: the task that owns the debouncer and writes batches to the store.
 //! * [`store`]: the store contract, the embedded store and the Kubernetes store.
-//! * [`client`]: a subscription client for apps (Nacos-style schedule plus watch).
 //! * [`auth`], [`http`], [`metrics`], [`crd`]: authentication, the operations endpoint,
 //!   Prometheus metrics, the custom resource type.
 #![cfg_attr(
@@ -16,7 +15,6 @@
 
 pub mod app;
 pub mod auth;
-pub mod client;
 pub mod config;
 pub mod crd;
 pub mod grpc;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use snp_shim::app::{self, ShimHandle};
 use snp_shim::config::{Cli, Command, LogFormat, ServeArgs};
 use tracing_subscriber::EnvFilter;
@@ -41,7 +41,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(Command::Serve) | None => serve(cli.serve),
+        Some(Command::Serve) | None => {
+            // Nonsense values are usage errors, reported like clap's own (exit code 2).
+            if let Err(e) = cli.serve.validate() {
+                Cli::command()
+                    .error(clap::error::ErrorKind::ValueValidation, e)
+                    .exit();
+            }
+            serve(cli.serve)
+        }
     }
 }
 

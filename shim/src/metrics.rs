@@ -266,7 +266,7 @@ impl Metrics {
         }
         for result in [Outcome::Ok, Outcome::Error] {
             drop(m.batches.get_or_create(&ResultLabels { result }));
-            for verb in [Verb::Create, Verb::Update] {
+            for verb in [Verb::Get, Verb::Create, Verb::Update] {
                 drop(m.store_writes.get_or_create(&WriteLabels { verb, result }));
             }
         }

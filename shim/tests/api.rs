@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -12,6 +12,7 @@ use snp_core::MappingKey;
 use snp_proto::api::mapping_event::Kind;
 use snp_proto::api::{GetMappingsRequest, PushMappingsRequest, WatchMappingsRequest};
 use snp_shim::grpc::codec::BytesCodec;
+use tokio::time::Instant;
 use tonic::codegen::http;
 use tonic::Code;
 
@@ -95,26 +96,26 @@ async fn both_flavours_register_and_lookups_see_the_union() {
     assert!(eventually(Duration::from_secs(5), || on_disk(tmp.path()) == expected).await);
 
     let mut api = api(shim.grpc_addr).await;
-    let got = api
-        .get_mappings(GetMappingsRequest {
-            namespace: "default".into(),
-            interface_names: vec![iface.into(), "com.unknown.X".into()],
+    // The embedded store renames the files into place, makes the renames durable, then
+    // updates the view lookups read: the disk may show a write a moment before lookups do.
+    assert!(
+        eventually_async(Duration::from_secs(5), || {
+            let mut api = api.clone();
+            async move {
+                // Names only grow: 3 in all is the union on disk.
+                let all = lookup(&mut api, "default", &[]).await;
+                all.iter().map(|m| m.application_names.len()).sum::<usize>() == 3
+            }
         })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(got.mappings.len(), 1);
-    assert_eq!(got.mappings[0].application_names, vec!["demo-a", "demo-b"]);
-    assert!(!got.mappings[0].revision.is_empty());
-    let all = api
-        .get_mappings(GetMappingsRequest {
-            namespace: "default".into(),
-            interface_names: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(all.mappings.len(), 2);
+        .await,
+        "lookups never saw what is on disk"
+    );
+    let got = lookup(&mut api, "default", &[iface, "com.unknown.X"]).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].application_names, vec!["demo-a", "demo-b"]);
+    assert!(!got[0].revision.is_empty());
+    let all = lookup(&mut api, "default", &[]).await;
+    assert_eq!(all.len(), 2);
     let none = api
         .get_mappings(GetMappingsRequest {
             namespace: "other".into(),
@@ -411,7 +412,8 @@ async fn push_mappings_is_durable_when_acked_and_idempotent() {
     shim.stop().await.unwrap();
 }
 
-#[tokio::test]
+// On the paused clock: windows and "within" bounds are virtual time, exact under load.
+#[tokio::test(start_paused = true)]
 async fn ack_modes_immediate_and_durable() {
     // Immediate (the seed's): the answer comes before the write, which waits for the
     // debounce window.
@@ -489,7 +491,15 @@ async fn durable_calls_time_out_with_unavailable_when_the_store_cannot_write() {
     assert!(err.message().contains("resend later"));
     assert!(metric(shim.http_addr, "snp_batches_total", &[r#"result="error""#]).await >= 1.0);
     // The failed batch is retried with backoff, and lands once the obstacle is gone.
-    assert!(metric(shim.http_addr, "snp_pending_keys", &[]).await >= 0.0);
+    // Meanwhile its key waits in the debouncer (it is out of it only while a retry is in
+    // flight).
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            metric(shim.http_addr, "snp_pending_keys", &[]).await == 1.0
+        })
+        .await,
+        "the failed key is not pending"
+    );
     std::fs::remove_file(data.join("blocked")).unwrap();
     assert!(
         eventually(Duration::from_secs(10), || on_disk(&data)
@@ -501,7 +511,8 @@ async fn durable_calls_time_out_with_unavailable_when_the_store_cannot_write() {
     shim.stop().await.unwrap();
 }
 
-#[tokio::test]
+// On the paused clock: windows and "within" bounds are virtual time, exact under load.
+#[tokio::test(start_paused = true)]
 async fn watch_delivers_a_snapshot_then_changes_within_a_second() {
     let tmp = tempfile::tempdir().unwrap();
     let shim = start(
@@ -746,6 +757,7 @@ async fn health_readiness_and_metrics_endpoints() {
     assert_eq!(http_get(shim.http_addr, "/nope").await.0, 404);
     let (status, body) = http_get(shim.http_addr, "/metrics").await;
     assert_eq!(status, 200);
+    let metrics = snp_testkit::prom::Metrics::parse(&body).unwrap();
     for name in [
         "snp_calls_total",
         "snp_registrations_total",
@@ -757,11 +769,9 @@ async fn health_readiness_and_metrics_endpoints() {
         "snp_pending_keys",
         "snp_flush_duration_seconds",
     ] {
-        assert!(
-            body.contains(&format!("# TYPE {name}"))
-                || body.contains(&format!("# TYPE {}", name.trim_end_matches("_total"))),
-            "{name} missing:\n{body}"
-        );
+        if let Err(e) = metrics.matching(name, &[]) {
+            panic!("{e}:\n{body}");
+        }
     }
     shim.stop().await.unwrap();
 }
@@ -999,7 +1009,8 @@ async fn mutual_tls_guards_writes_when_configured() {
     shim.stop().await.unwrap();
 }
 
-#[tokio::test]
+// On the paused clock: windows and "within" bounds are virtual time, exact under load.
+#[tokio::test(start_paused = true)]
 async fn without_debounce_each_registration_goes_out_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let shim = start(

@@ -1,17 +1,19 @@
-//! The subscription client against an in-process shim, in real time (the schedule's
-//! arithmetic itself is unit-tested in snp-core on a virtual clock; here the timers,
-//! the calls and the watch are real, with the schedule scaled down where waiting for
-//! Nacos's 6 s interval would make the test slow).
+//! The subscription client (`snp-client`) against an in-process shim. The calls and the
+//! watch are real; the clock is tokio's paused clock, so the schedule's delays, the
+//! backoff gaps and every "within" below are exact virtual time, not wall-clock time on a
+//! loaded machine (the runtime only moves the clock when every task waits on a timer).
+//! The schedule's arithmetic itself is unit-tested in snp-core.
 
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
+use snp_client::{ClientConfig, MappingClient};
 use snp_core::{AppSet, Backoff, MappingKey, ScheduleConfig};
 use snp_proto::api::PushMappingsRequest;
-use snp_shim::client::{ClientConfig, MappingClient};
+use tokio::time::Instant;
 
 type Heard = Arc<Mutex<Vec<(Instant, AppSet)>>>;
 
@@ -56,7 +58,7 @@ fn fast() -> &'static [&'static str] {
     &["--debounce-first-check=20ms", "--debounce-after=10ms"]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn listeners_hear_changes_only_and_the_watch_delivers_them() {
     let tmp = tempfile::tempdir().unwrap();
     let shim = start(tmp.path(), fast()).await;
@@ -112,7 +114,7 @@ async fn listeners_hear_changes_only_and_the_watch_delivers_them() {
     shim.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn refreshes_back_off_while_the_shim_is_down_and_reset_when_it_is_back() {
     let port = unused_port();
     // Nacos's schedule scaled down 50x: first refresh after 50 ms, then every 120 ms; a
@@ -151,11 +153,12 @@ async fn refreshes_back_off_while_the_shim_is_down_and_reset_when_it_is_back() {
         .map(|w| (w[1] - w[0]).as_millis())
         .collect();
     eprintln!("shim down: calls at {attempts:?}, gaps {gaps:?} ms");
-    assert!(attempts[0] >= Duration::from_millis(50) && attempts[0] < Duration::from_millis(250));
+    // Virtual time: the only slack is the 5 ms polling above.
+    assert!(attempts[0] >= Duration::from_millis(50) && attempts[0] <= Duration::from_millis(60));
     for (gap, want) in gaps.iter().zip([240u128, 480, 960, 1920]) {
         assert!(
-            *gap >= want - 10 && *gap <= want + 300,
-            "gap {gap} ms, want about {want} ms ({gaps:?})"
+            gap.abs_diff(want) <= 10,
+            "gap {gap} ms, want {want} ms ({gaps:?})"
         );
     }
     assert_eq!(client.stats().fetch_failures, client.stats().fetches);
@@ -183,7 +186,7 @@ async fn refreshes_back_off_while_the_shim_is_down_and_reset_when_it_is_back() {
     shim.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_broken_watch_falls_back_to_refreshes_then_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let port = unused_port();

@@ -1,4 +1,4 @@
-//! Issue 5 with real processes: `snp-shim` binaries (`--store kubernetes`) against the real
+//! The Kubernetes store with real processes: `snp-shim` binaries (`--store kubernetes`) against the real
 //! API server (apiextensions-apiserver + etcd, `support/apiserver.rs`), driven over gRPC.
 //!
 //! * test 2: 8 shim processes take 2,000 registrations (both flavours) and converge on the

@@ -1,4 +1,4 @@
-//! The Kubernetes manifests in `deploy/` (issue 6):
+//! The Kubernetes manifests in `deploy/`:
 //!
 //! 1. `deploy/crd.yaml` is exactly what `snp-shim crd` prints (generated from the Rust type);
 //! 2. every document of every YAML file in `deploy/` parses into its typed Kubernetes
@@ -43,7 +43,7 @@ use snp_shim::metrics::Metrics;
 use snp_shim::store::kube::KubeStore;
 use snp_shim::store::Store;
 
-/// The verbs the ClusterRole grants, exactly (issue 6).
+/// The verbs the ClusterRole grants, exactly.
 const GRANTED_VERBS: [&str; 6] = ["get", "list", "watch", "create", "update", "patch"];
 /// The verbs `shim/src/store/kube.rs` uses; all must be granted.
 const USED_VERBS: [&str; 5] = ["get", "list", "watch", "create", "update"];

@@ -1,11 +1,11 @@
-//! Helpers shared by the integration tests: run the shim in-process or as the built
-//! binary, call it, read `/metrics`.
+//! Helpers shared by the shim's integration tests: run the shim in-process, or as the
+//! built binary through the test kit (`snp_testkit`), call it, read `/metrics` with the
+//! test kit's reader (an absent metric fails the test, it never reads as 0).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use snp_core::{AppSet, MappingKey, Mappings};
@@ -14,6 +14,9 @@ use snp_proto::api::mapping_service_client::MappingServiceClient;
 use snp_proto::dubbo::service_name_mapping_service_client::ServiceNameMappingServiceClient as DubboClient;
 use snp_shim::app::{self, ShimHandle};
 use snp_shim::config::Cli;
+use snp_testkit::process::ShimBinary;
+#[allow(unused_imports)] // not every test binary polls both ways
+pub use snp_testkit::wait::{eventually, eventually_async};
 use tonic::transport::Channel;
 
 /// Flags of an in-process shim on `dir`, on ephemeral ports, plus `extra`.
@@ -88,6 +91,22 @@ pub async fn api(addr: SocketAddr) -> MappingServiceClient<Channel> {
     MappingServiceClient::new(channel(addr).await)
 }
 
+/// `GetMappings` of `ns`: the mappings of `interfaces`, or of every interface when empty.
+pub async fn lookup(
+    api: &mut MappingServiceClient<Channel>,
+    ns: &str,
+    interfaces: &[&str],
+) -> Vec<snp_proto::api::MappingState> {
+    api.get_mappings(snp_proto::api::GetMappingsRequest {
+        namespace: ns.into(),
+        interface_names: interfaces.iter().map(|s| s.to_string()).collect(),
+    })
+    .await
+    .expect("GetMappings")
+    .into_inner()
+    .mappings
+}
+
 pub fn dubbo_req(ns: &str, app: &str, ifaces: &[&str]) -> snp_proto::dubbo::ServiceMappingRequest {
     snp_proto::dubbo::ServiceMappingRequest {
         namespace: ns.into(),
@@ -124,93 +143,30 @@ pub fn on_disk(dir: &Path) -> Mappings {
     snp_shim::store::embedded::read_dir_mappings(dir).expect("read manifests")
 }
 
-/// Polls `f` until it is true or `timeout` passes; returns whether it became true.
-pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls the async `f` until it is true or `timeout` passes.
-pub async fn eventually_async<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A plain HTTP/1.1 GET; returns (status, body).
+/// A plain HTTP/1.1 GET; returns (status, body). Panics if the request fails.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
+    snp_testkit::http::get(addr, path)
         .await
-        .expect("connect http");
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text))
-        .await
-        .expect("http response in time")
-        .unwrap();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+        .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e:#}"))
 }
 
 /// Sum of every sample of `name` whose labels contain all of `labels` (`k="v"` pairs),
-/// as scraped from `/metrics`.
+/// as scraped from `/metrics`. Panics if no sample matches.
 pub async fn metric(addr: SocketAddr, name: &str, labels: &[&str]) -> f64 {
     let (status, body) = http_get(addr, "/metrics").await;
     assert_eq!(status, 200, "{body}");
     metric_in(&body, name, labels)
 }
 
+/// [`metric`] on a scraped text. Panics if no sample matches.
 pub fn metric_in(body: &str, name: &str, labels: &[&str]) -> f64 {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest),
-                None => (series, ""),
-            };
-            (n == name && labels.iter().all(|lv| rest.contains(lv)))
-                .then(|| value.parse::<f64>().ok())?
-        })
-        .sum::<f64>()
-        + 0.0
+    snp_testkit::prom::sum_kv(body, name, labels).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The shim binary, started with stderr in a file, on ephemeral ports.
+/// The shim binary, started with its output in a file, on ephemeral ports; killed when
+/// dropped.
 pub struct Binary {
-    pub child: Child,
+    shim: ShimBinary,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub log: PathBuf,
@@ -232,94 +188,44 @@ impl Binary {
         Self::spawn(log, &args)
     }
 
-    /// Starts the binary with `--log-format=json` and exactly `args` (they must not repeat
-    /// `--log-format`; give `--grpc-addr`/`--http-addr` with port 0 for free ports), stderr
-    /// in `log`. Returns once it listens, with the addresses it logged. Panics if it exits
-    /// first or does not listen within 20 s.
+    /// Starts the binary with `--log-format=json` and exactly `args` (see
+    /// [`ShimBinary::spawn`]), output in `log`. Panics if it exits first or does not
+    /// listen within 20 s.
     pub fn spawn(log: &Path, args: &[String]) -> Binary {
-        let err = std::fs::File::create(log).unwrap();
-        #[allow(clippy::zombie_processes)] // reaped in Drop
-        let mut child = Command::new(env!("CARGO_BIN_EXE_snp-shim"))
-            .arg("--log-format=json")
-            .args(args)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn snp-shim");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.contains("snp-shim listening")) {
-                let v: serde_json::Value = serde_json::from_str(line).expect("json log line");
-                let grpc = v["grpc_addr"].as_str().unwrap().parse().unwrap();
-                let http = v["http_addr"].as_str().unwrap().parse().unwrap();
-                return Binary {
-                    child,
-                    grpc,
-                    http,
-                    log: log.to_path_buf(),
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("snp-shim {args:?} exited ({status}):\n{text}");
-            }
-            assert!(Instant::now() < deadline, "snp-shim did not start:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
+        let shim = ShimBinary::spawn(Path::new(env!("CARGO_BIN_EXE_snp-shim")), log, args)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Binary {
+            grpc: shim.grpc,
+            http: shim.http,
+            log: log.to_path_buf(),
+            shim,
         }
     }
 
     /// Waits until `GET /readyz` answers 200; panics (with the log) after `within` or if
     /// the process exits.
     pub async fn wait_ready(&mut self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("snp-shim exited ({status}):\n{}", self.log_text());
-            }
-            if http_get(self.http, "/readyz").await.0 == 200 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "snp-shim not ready within {within:?}:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(e) = self.shim.wait_ready(within).await {
+            panic!("snp-shim not ready: {e:#}\n{}", self.log_text());
         }
     }
 
     /// Sends SIGTERM and waits for the exit (without blocking the test's runtime, so its
     /// clients keep answering); returns whether it exited with 0.
     pub async fn terminate(&mut self) -> bool {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.success();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "snp-shim did not exit after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.shim
+            .terminate()
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.shim.proc.log_text()
     }
 }
 
 impl Drop for Binary {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.shim.proc.kill();
     }
 }

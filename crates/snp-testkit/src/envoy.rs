@@ -1,12 +1,15 @@
-//! Envoy configurations for the figures, derived from `envoy/envoy.yaml` (the file users
-//! run) with only what a benchmark must change: ports, upstream ports, the wasm path,
-//! whether the snp filter is in the chain, a second listener without the filter, and a
-//! bootstrap wasm service (figure 5).
+//! Envoy with the filter, as tests and benchmarks run it: configurations derived from
+//! `envoy/envoy.yaml` (the file users run) with only what a run must change (ports,
+//! upstream ports, the wasm path, whether the snp filter is in the chain, a second
+//! listener without the filter, a bootstrap wasm service), and the process that runs one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+
+use crate::process::{local, wait_http, wait_tcp, Proc};
 
 /// What to change in `envoy/envoy.yaml`.
 #[derive(Debug, Clone)]
@@ -33,11 +36,11 @@ pub struct EnvoySpec {
     /// Run the snp filter only on the registration routes (Envoy's route-based filter
     /// chain: the filter is `disabled` by default and enabled by a per-route
     /// `FilterConfig` on the four registration routes), so other traffic never enters
-    /// the wasm VM. Not what `envoy/envoy.yaml` does: an alternative measured in figure 2.
+    /// the wasm VM. Not what `envoy/envoy.yaml` does: an alternative the benchmarks measure.
     pub route_scoped: bool,
     /// Talk HTTP/2 to the internal ack listener (cluster `snp_ack`). `envoy/envoy.yaml`
-    /// does so since figure 1 measured it; kept so that configs derived from an older
-    /// `envoy.yaml` (HTTP/1.1, a cluster without protocol options) can be compared.
+    /// does so since the benchmarks measured it; kept so that configs derived from an
+    /// older `envoy.yaml` (HTTP/1.1, a cluster without protocol options) can be compared.
     pub ack_h2: bool,
 }
 
@@ -167,6 +170,101 @@ pub fn write_config(root: &Path, spec: &EnvoySpec, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A running Envoy, stopped when dropped.
+#[derive(Debug)]
+pub struct EnvoyProcess {
+    /// The process.
+    pub proc: Proc,
+    /// Admin address.
+    pub admin: String,
+    /// The `apps` listener.
+    pub apps: String,
+    /// The `apps_nofilter` listener, if configured.
+    pub nofilter: Option<String>,
+    /// Its configuration file.
+    pub config: PathBuf,
+}
+
+impl EnvoyProcess {
+    /// Writes the configuration for `spec` (from `root/envoy/envoy.yaml`) to
+    /// `dir/<name>.json` and starts `envoy` on it with `concurrency` workers, its log in
+    /// `dir/<name>.log`; returns once the admin says `LIVE` and the listeners accept
+    /// connections (an error, with the log, if Envoy exits or is not ready in 60 s).
+    pub async fn start(
+        envoy: &Path,
+        root: &Path,
+        dir: &Path,
+        name: &str,
+        spec: &EnvoySpec,
+        concurrency: usize,
+    ) -> Result<Self> {
+        let config = dir.join(format!("{name}.json"));
+        write_config(root, spec, &config)?;
+        let args: Vec<String> = vec![
+            "-c".into(),
+            config.display().to_string(),
+            "--concurrency".into(),
+            concurrency.to_string(),
+            "--disable-hot-restart".into(),
+            "-l".into(),
+            "warn".into(),
+        ];
+        let mut proc = Proc::spawn(name, envoy, &args, dir, root)?;
+        let admin = local(spec.admin_port);
+        wait_http(
+            &mut proc,
+            &admin,
+            "/ready",
+            Some("LIVE"),
+            Duration::from_secs(60),
+        )
+        .await?;
+        let apps = local(spec.apps_port);
+        wait_tcp(&mut proc, &apps, Duration::from_secs(10)).await?;
+        let nofilter = spec.nofilter_port.map(local);
+        if let Some(n) = &nofilter {
+            wait_tcp(&mut proc, n, Duration::from_secs(10)).await?;
+        }
+        Ok(Self {
+            proc,
+            admin,
+            apps,
+            nofilter,
+            config,
+        })
+    }
+
+    /// Fails if a wasm VM failed (a panic kills the VM and every stream on it) or Envoy
+    /// exited.
+    pub fn check_vm_healthy(&mut self) -> Result<()> {
+        let log = self.proc.log_text();
+        for marker in [
+            "panicked at",
+            "Wasm VM failed",
+            "wasm vm failed",
+            "Uncaught RuntimeError",
+        ] {
+            if log.contains(marker) {
+                bail!("{}: wasm VM failure in the log ({marker})", self.proc.name);
+            }
+        }
+        if !self.proc.alive() {
+            bail!("{} exited", self.proc.name);
+        }
+        Ok(())
+    }
+}
+
+/// Envoy admin `/stats` (text): `name: value` for counters and gauges; histograms skipped.
+pub fn stats(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(": ")?;
+            Some((name.to_owned(), value.trim().parse::<u64>().ok()?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,9 +296,11 @@ mod tests {
 
     #[test]
     fn derives_the_benchmark_configs_from_envoy_yaml() {
-        let text =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/envoy.yaml"))
-                .unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../envoy/envoy.yaml"
+        ))
+        .unwrap();
         let c = config(&text, &spec(true)).unwrap();
         let l = c["static_resources"]["listeners"].as_array().unwrap();
         let apps = l.iter().find(|x| x["name"] == "apps").unwrap();
@@ -230,5 +330,15 @@ mod tests {
             .unwrap()
             .clone();
         assert_eq!(names(&apps), ["envoy.filters.http.router"]);
+    }
+
+    #[test]
+    fn reads_envoy_stats() {
+        let s = stats(
+            "wasmcustom.snp.batches.sent: 4\nserver.concurrency: 2\ncluster.x.upstream_rq_time: P0(nan,1)\n",
+        );
+        assert_eq!(s["wasmcustom.snp.batches.sent"], 4);
+        assert_eq!(s["server.concurrency"], 2);
+        assert!(!s.contains_key("cluster.x.upstream_rq_time"));
     }
 }

@@ -1,9 +1,12 @@
-//! A subscription client for apps: the Nacos client's subscribe API over the shim's
-//! `snp.v1.MappingService`.
+//! snp-client: a subscription client for apps, the Nacos client's subscribe API over the
+//! shim's `snp.v1.MappingService`.
+//!
+//! It depends only on the engine ([`snp_core`]), the wire types ([`snp_proto`]) and tonic,
+//! so an application pulls in none of the shim's Kubernetes, HTTP or metrics stacks.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), snp_shim::client::ClientError> {
-//! use snp_shim::client::{ClientConfig, MappingClient};
+//! # async fn demo() -> Result<(), snp_client::ClientError> {
+//! use snp_client::{ClientConfig, MappingClient};
 //! use snp_core::MappingKey;
 //! let client = MappingClient::connect("http://127.0.0.1:15051", ClientConfig::default())?;
 //! let key = MappingKey::new("default", "org.apache.dubbo.demo.DemoService");
@@ -14,6 +17,27 @@
 //! client.unsubscribe(&key, id).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # The example
+//!
+//! `examples/watch.rs` subscribes to interfaces and prints every change. Against a shim
+//! started as the demo (`scripts/demo.sh`) starts it, on the embedded store, but on the
+//! default ports:
+//!
+//! ```sh
+//! cargo run -p snp-shim -- --store embedded --data-dir /tmp/snp-data --log-format text &
+//! cargo run -p snp-client --example watch -- http://127.0.0.1:15051 default \
+//!     org.apache.dubbo.demo.DemoService
+//! # in another shell: register an application for the interface
+//! grpcurl -plaintext -import-path crates/snp-proto/proto -proto dubbo/networking/v1alpha1/snp.proto \
+//!     -d '{"namespace":"default","applicationName":"demo-provider","interfaceNames":["org.apache.dubbo.demo.DemoService"]}' \
+//!     127.0.0.1:15051 dubbo.networking.v1alpha1.ServiceNameMappingService/registerServiceAppMapping
+//! ```
+//!
+//! The example prints `default/org.apache.dubbo.demo.DemoService -> ["demo-provider"]` once
+//! the shim has written the mapping. `scripts/demo.sh` runs its shim on free ports and logs
+//! them in `shim.log` (`grpc_addr`); point the example at that address to watch a demo
+//! rollout (`DEMO_INTERFACES` interfaces named as in `scripts/demo_rollout.py`).
 //!
 //! Behaviour, as the Nacos client's `UpdateTask` (timing from [`snp_core::Scheduler`]):
 //!
@@ -32,6 +56,10 @@
 //!
 //! Listeners run on the client's task: keep them short, hand work off if it blocks. A
 //! listener that panics is logged and does not stop the client.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
