@@ -153,6 +153,10 @@ pub struct ShimHandle {
     pub http_addr: SocketAddr,
     /// The shim's metrics.
     pub metrics: Metrics,
+    /// Where the Nacos endpoint is served (`--nacos`).
+    pub nacos_addr: Option<SocketAddr>,
+    /// Where the Nacos login stub is served (`--nacos-login-addr`).
+    pub nacos_login_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<Result<ExitReport, ShimError>>>,
 }
@@ -229,6 +233,12 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
             source,
         })?;
 
+    let nacos = crate::nacos::bind(&args.nacos)
+        .await
+        .map_err(|(addr, source)| ShimError::Bind { addr, source })?;
+    let nacos_addr = nacos.as_ref().map(|n| n.addr);
+    let nacos_login_addr = nacos.as_ref().and_then(|n| n.login_addr);
+
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let registry = Arc::new(registry);
@@ -256,6 +266,7 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         auth,
         tls,
         grpc,
+        nacos,
         metrics: metrics.clone(),
         shutdown: shutdown_rx,
         synced_once,
@@ -272,6 +283,8 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         grpc_addr,
         http_addr,
         metrics,
+        nacos_addr,
+        nacos_login_addr,
         shutdown: shutdown_tx,
         task: Some(task),
     })
@@ -282,6 +295,7 @@ struct Context {
     auth: Auth,
     tls: Option<ServerTlsConfig>,
     grpc: TcpListener,
+    nacos: Option<crate::nacos::Listeners>,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
     /// Set once the store was first reachable and synced; `/readyz` follows it.
@@ -327,7 +341,7 @@ impl Context {
         }
     }
 
-    async fn serve<S: Store>(self, store: S) -> Result<ExitReport, ShimError> {
+    async fn serve<S: Store>(mut self, store: S) -> Result<ExitReport, ShimError> {
         tokio::spawn(track_store_readiness(
             store.clone(),
             Arc::clone(&self.synced_once),
@@ -364,6 +378,14 @@ impl Context {
                 MappingServiceServer::new(MappingApi::new(Arc::clone(&shared)))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             );
+        if let Some(nacos) = self.nacos.take() {
+            tokio::spawn(crate::nacos::serve(
+                nacos,
+                Arc::clone(&shared),
+                self.args.nacos.clone(),
+                self.shutdown.clone(),
+            ));
+        }
         drop(shared);
         let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let mut stop_grpc = self.shutdown.clone();
