@@ -5,8 +5,8 @@ use std::io;
 
 fn main() -> io::Result<()> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["proto/nacos_grpc_service.proto"], ["proto"])
-        .map_err(io::Error::other)?;
+    let fds =
+        protox::compile(["proto/nacos_grpc_service.proto"], ["proto"]).map_err(io::Error::other)?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -299,10 +299,13 @@ impl Connections {
             if conn.listens.len() >= MAX_LISTENS_PER_CONNECTION {
                 return Err(TooManyListens);
             }
-            conn.listens.insert(id, Listen {
-                key: key.clone(),
-                md5,
-            });
+            conn.listens.insert(
+                id,
+                Listen {
+                    key: key.clone(),
+                    md5,
+                },
+            );
             true
         };
         t.index.entry(key).or_default().insert(peer);

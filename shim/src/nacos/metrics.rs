@@ -66,7 +66,11 @@ const KNOWN: [&str; 8] = [
 
 /// The label value of a request type.
 pub fn type_label(kind: &str) -> &'static str {
-    KNOWN.iter().find(|k| **k == kind).copied().unwrap_or("other")
+    KNOWN
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Every metric of the Nacos endpoint.

@@ -65,7 +65,9 @@ fn namespace_name(s: &str) -> Result<String, String> {
     if snp_core::validate::is_rfc1123_label(s) {
         Ok(s.to_owned())
     } else {
-        Err(format!("{s:?} is not a valid namespace name (RFC 1123 label)"))
+        Err(format!(
+            "{s:?} is not a valid namespace name (RFC 1123 label)"
+        ))
     }
 }
 
@@ -159,9 +161,7 @@ pub async fn serve<S: Store>(
     let grpc = NacosGrpc::new(endpoint);
     let router = Server::builder()
         .add_service(RequestServer::new(grpc.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .add_service(
-            BiRequestStreamServer::new(grpc).max_decoding_message_size(MAX_MESSAGE_BYTES),
-        );
+        .add_service(BiRequestStreamServer::new(grpc).max_decoding_message_size(MAX_MESSAGE_BYTES));
     tracing::info!(
         addr = %listeners.addr,
         identity = ?args.nacos_identity,

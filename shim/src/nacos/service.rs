@@ -56,7 +56,10 @@ fn now_millis() -> i64 {
 }
 
 fn fail(kind: &str, result: CallResult, rid: Option<String>, code: i32, msg: String) -> Answer {
-    (result, wire::payload(kind, &ResponseHead::fail(rid, code, msg)))
+    (
+        result,
+        wire::payload(kind, &ResponseHead::fail(rid, code, msg)),
+    )
 }
 
 fn not_found(rid: Option<String>) -> Answer {
@@ -147,7 +150,12 @@ impl<S: Store> Endpoint<S> {
     }
 
     /// The mapping a read of `(tenant, data_id)` names, if it can name one.
-    fn read_key(&self, peer: Option<SocketAddr>, tenant: &str, data_id: &str) -> Option<MappingKey> {
+    fn read_key(
+        &self,
+        peer: Option<SocketAddr>,
+        tenant: &str,
+        data_id: &str,
+    ) -> Option<MappingKey> {
         let namespace = self.policy.read_namespace(peer, tenant).ok()?;
         let interface = decode_data_id(data_id);
         validate_interface(&interface, Field::InterfaceName(0), &self.shared.limits).ok()?;
@@ -199,7 +207,10 @@ impl<S: Store> Endpoint<S> {
             GROUP_DUBBO => {
                 // Service definitions: Dubbo retries a refused one every 3 s, 100 times.
                 tracing::debug!(data_id = %req.key.data_id(), "discarding a write to group dubbo");
-                return (CallResult::Discarded, wire::payload(KIND, &ResponseHead::ok(rid)));
+                return (
+                    CallResult::Discarded,
+                    wire::payload(KIND, &ResponseHead::ok(rid)),
+                );
             }
             other => {
                 return fail(
@@ -334,7 +345,13 @@ impl<S: Store> Endpoint<S> {
             // Only mappings ever change; other groups have nothing to push.
             if let (Some(key), Some(peer)) = (key, peer) {
                 if let Err(e) = self.conns.listen(peer, id, key, current) {
-                    return fail(KIND, CallResult::Overloaded, rid, ERROR_OVERLOADED, e.to_string());
+                    return fail(
+                        KIND,
+                        CallResult::Overloaded,
+                        rid,
+                        ERROR_OVERLOADED,
+                        e.to_string(),
+                    );
                 }
             }
         }

@@ -39,7 +39,9 @@ impl<S: Store> View<S> {
     }
 
     fn overlay(&self) -> std::sync::MutexGuard<'_, HashMap<MappingKey, AppSet>> {
-        self.overlay.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.overlay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Every application of `key` a client should see.
@@ -70,10 +72,7 @@ impl<S: Store> View<S> {
         if apps.is_subset(&before) {
             return false;
         }
-        self.overlay()
-            .entry(key.clone())
-            .or_default()
-            .union(apps);
+        self.overlay().entry(key.clone()).or_default().union(apps);
         true
     }
 

@@ -12,7 +12,10 @@ pub fn kind(payload: &Payload) -> &str {
 
 /// The JSON body of a payload.
 pub fn body(payload: &Payload) -> &[u8] {
-    payload.body.as_ref().map_or(&[][..], |b| b.value.as_slice())
+    payload
+        .body
+        .as_ref()
+        .map_or(&[][..], |b| b.value.as_slice())
 }
 
 /// Decodes the body of `payload` as `T`.
