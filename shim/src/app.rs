@@ -76,6 +76,9 @@ pub enum ShimError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The Nacos endpoint could not start.
+    #[error(transparent)]
+    Nacos(#[from] crate::nacos::NacosError),
     /// The shim's task ended abnormally.
     #[error("the shim task failed: {0}")]
     Task(String),
@@ -233,9 +236,9 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
             source,
         })?;
 
-    let nacos = crate::nacos::bind(&args.nacos)
-        .await
-        .map_err(|(addr, source)| ShimError::Bind { addr, source })?;
+    let registrations_need_auth =
+        auth.enabled() && args.auth_scope == crate::config::AuthScope::All;
+    let nacos = crate::nacos::bind(&args.nacos, registrations_need_auth).await?;
     let nacos_addr = nacos.as_ref().map(|n| n.addr);
     let nacos_login_addr = nacos.as_ref().and_then(|n| n.login_addr);
 

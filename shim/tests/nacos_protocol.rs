@@ -288,3 +288,67 @@ async fn durable_ack_mode_answers_a_publish_once_it_is_stored() {
     );
     shim.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn login_stub_hands_out_a_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let shim = common::start(
+        dir.path(),
+        &[
+            "--nacos",
+            "--nacos-addr=127.0.0.1:0",
+            "--nacos-login-addr=127.0.0.1:0",
+        ],
+    )
+    .await;
+    let addr = shim.nacos_login_addr.expect("login stub address");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // As nacos-client sends it: a form POST with the credentials.
+    let form = "username=dubbo&password=secret";
+    s.write_all(
+        format!(
+            "POST /nacos/v1/auth/users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body: Value = serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert!(!body["accessToken"].as_str().unwrap().is_empty());
+    assert!(body["tokenTtl"].as_i64().unwrap() > 0);
+    shim.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn refuses_to_start_where_registrations_must_authenticate() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let token_flag = format!("--auth-token-file={}", token.display());
+    let args = common::args(
+        dir.path(),
+        &[
+            "--nacos",
+            "--nacos-addr=127.0.0.1:0",
+            &token_flag,
+            "--auth-scope=all",
+        ],
+    );
+    match snp_shim::app::start(args).await {
+        Err(e) => assert!(e.to_string().contains("--auth-scope all"), "{e}"),
+        Ok(_) => panic!("the Nacos endpoint would bypass registration authentication"),
+    }
+    // With authentication of PushMappings only (the default scope), it starts.
+    let args = common::args(
+        dir.path(),
+        &["--nacos", "--nacos-addr=127.0.0.1:0", &token_flag],
+    );
+    let shim = snp_shim::app::start(args).await.unwrap();
+    assert!(shim.nacos_addr.is_some());
+    shim.stop().await.unwrap();
+}

@@ -122,17 +122,42 @@ async fn bind_one(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     Ok((l, local))
 }
 
-/// Binds the endpoint's listeners if `--nacos` is on.
-pub async fn bind(args: &NacosArgs) -> Result<Option<Listeners>, (SocketAddr, std::io::Error)> {
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NacosError {
+    /// A listener could not be bound.
+    #[error("binding the Nacos endpoint on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Registrations must authenticate, and Nacos clients cannot.
+    #[error("--nacos cannot be combined with --auth-scope all: Nacos clients present no bearer token or client certificate, so their publishes would bypass the authentication registrations need")]
+    Unauthenticated,
+}
+
+/// Binds the endpoint's listeners if `--nacos` is on. `registrations_need_auth`: the shim
+/// authenticates registrations (`--auth-scope all` with a token or client CA); the Nacos
+/// endpoint cannot, so it refuses to start rather than open a way around it.
+pub async fn bind(
+    args: &NacosArgs,
+    registrations_need_auth: bool,
+) -> Result<Option<Listeners>, NacosError> {
     if !args.enabled {
         return Ok(None);
     }
+    if registrations_need_auth {
+        return Err(NacosError::Unauthenticated);
+    }
+    let bind_err = |addr| move |source| NacosError::Bind { addr, source };
     let (grpc, addr) = bind_one(args.nacos_addr)
         .await
-        .map_err(|e| (args.nacos_addr, e))?;
+        .map_err(bind_err(args.nacos_addr))?;
     let (login, login_addr) = match args.nacos_login_addr {
         Some(a) => {
-            let (l, local) = bind_one(a).await.map_err(|e| (a, e))?;
+            let (l, local) = bind_one(a).await.map_err(bind_err(a))?;
             (Some(l), Some(local))
         }
         None => (None, None),
