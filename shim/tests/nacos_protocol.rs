@@ -265,6 +265,17 @@ async fn bad_publishes_get_400_with_the_registration_api_message() {
             assert_eq!(body["message"], "the content names no application");
         }
     }
+    // Bounded: at most 1,024 names per publish (the debouncer's bound per key).
+    let many: Vec<String> = (0..1025).map(|i| format!("app-{i}")).collect();
+    let body = publish(&conn.channel, "", "com.acme.Svc", &many.join(",")).await;
+    assert_eq!(body["errorCode"], 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("1025 applications"),
+        "{body}"
+    );
     assert!(common::on_disk(dir.path()).is_empty());
     shim.stop().await.unwrap();
 }

@@ -256,10 +256,16 @@ impl Connections {
             .map_or_else(|| connection_id(peer), |c| c.id.clone())
     }
 
-    /// Binds the bi-stream of `peer`; a stream opened again replaces the old one.
+    /// Binds the bi-stream of `peer`; a stream opened again replaces the old one. Listens
+    /// that arrived before the stream (a race of the client's first calls) get one push
+    /// each, so a change that came in between is not missed.
     pub fn open(&self, peer: SocketAddr, outbox: Arc<Outbox>) {
         let mut t = self.table();
-        t.conn(peer).outbox = Some(outbox);
+        let conn = t.conn(peer);
+        for id in conn.listens.keys() {
+            outbox.mark(id.clone());
+        }
+        conn.outbox = Some(outbox);
         self.gauges(&t);
     }
 

@@ -36,6 +36,8 @@ pub const GROUP_DUBBO: &str = "dubbo";
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Overlay changes buffered for the push task before it rescans everything.
 const LOCAL_CHANGES: usize = 4096;
+/// Application names one publish may carry (the debouncer's bound of names per key).
+pub const MAX_APPS_PER_PUBLISH: usize = 1024;
 
 /// The endpoint's state, shared by both services and the push task.
 pub struct Endpoint<S: Store> {
@@ -238,12 +240,25 @@ impl<S: Store> Endpoint<S> {
                 "the content names no application".into(),
             );
         }
+        if names.len() > MAX_APPS_PER_PUBLISH {
+            return fail(
+                KIND,
+                CallResult::Invalid,
+                rid,
+                ERROR_INVALID,
+                format!(
+                    "the content names {} applications; at most {MAX_APPS_PER_PUBLISH} are allowed",
+                    names.len()
+                ),
+            );
+        }
+        let apps: AppSet = names.iter().copied().collect();
         // The same validation, and so the same messages, as the registration API.
-        let mut registrations = Vec::with_capacity(names.len());
-        for name in &names {
+        let mut registrations = Vec::with_capacity(apps.len());
+        for name in apps.iter() {
             match Registration::new(
                 namespace.clone(),
-                (*name).to_owned(),
+                name.to_owned(),
                 vec![interface.clone()],
                 &self.shared.limits,
             ) {
@@ -255,7 +270,6 @@ impl<S: Store> Endpoint<S> {
             }
         }
         let key = MappingKey::new(namespace, interface);
-        let apps: AppSet = names.iter().copied().collect();
         // Union semantics: casMd5 is ignored, nothing is removed, only new names are offered.
         registrations.retain(|r| {
             let one: AppSet = std::iter::once(r.application.as_str()).collect();
