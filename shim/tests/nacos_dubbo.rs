@@ -445,3 +445,63 @@ async fn dubbo_provider_and_consumer_through_the_shim() {
     );
     shim.stop().await.unwrap();
 }
+
+// ---------------------------------------------------------------- login
+
+/// A free port P with P - 1000 free as well: a client configured with P - 1000 dials P.
+fn port_pair() -> (u16, u16) {
+    for _ in 0..100 {
+        let high = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = high.local_addr().unwrap().port();
+        if p > 2000 && std::net::TcpListener::bind(("127.0.0.1", p - 1000)).is_ok() {
+            return (p - 1000, p);
+        }
+    }
+    panic!("no free port pair");
+}
+
+#[tokio::test]
+async fn login_stub_satisfies_a_client_with_a_username() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut started = None;
+    for _ in 0..5 {
+        let (login, grpc) = port_pair();
+        let args = common::args(
+            &dir.path().join("data"),
+            &[
+                "--nacos",
+                &format!("--nacos-addr=127.0.0.1:{grpc}"),
+                &format!("--nacos-login-addr=127.0.0.1:{login}"),
+            ],
+        );
+        // Another process may take a port between the probe and the bind: try again.
+        if let Ok(shim) = snp_shim::app::start(args).await {
+            started = Some((shim, login));
+            break;
+        }
+    }
+    let (shim, login) = started.expect("the shim starts on a free port pair");
+    let http = shim.http_addr;
+    let client = Java::start(
+        dir.path(),
+        "login",
+        "snp.it.Login",
+        &[format!("127.0.0.1:{login}"), "12".into()],
+    );
+    assert!(
+        common::eventually(Duration::from_secs(60), || client.has("read ")).await,
+        "{}",
+        client.log()
+    );
+    let first = common::metric(http, "snp_nacos_logins_total", &[]).await;
+    assert!(first >= 1.0, "the client logged in");
+    let out = client.finish(Duration::from_secs(60)).await;
+    assert_eq!(out.get("read").map(String::as_str), Some("null"));
+    // A client without a usable token logs in again every 5 s; this one kept its token.
+    assert_eq!(
+        common::metric(http, "snp_nacos_logins_total", &[]).await,
+        first,
+        "no more logins over 12 s"
+    );
+    shim.stop().await.unwrap();
+}

@@ -90,6 +90,9 @@ pub struct NacosMetrics {
     pub push_retries: Counter,
     /// Notifications given up on after every retry (the client's periodic full listen heals).
     pub push_failures: Counter,
+    /// Tokens handed out by the login stub (`--nacos-login-addr`). A client that keeps
+    /// logging in every 5 s did not get one it could use.
+    pub logins: Counter,
 }
 
 impl NacosMetrics {
@@ -130,6 +133,11 @@ impl NacosMetrics {
             "push_failures",
             "Config change notifications given up after every retry",
             self.push_failures.clone(),
+        );
+        r.register(
+            "logins",
+            "Tokens handed out by the Nacos login stub",
+            self.logins.clone(),
         );
         // Series that dashboards and alerts expect exist from the start, at zero.
         for kind in [types::CONFIG_QUERY, types::CONFIG_PUBLISH] {

@@ -178,10 +178,10 @@ pub async fn serve<S: Store>(
     shutdown: watch::Receiver<bool>,
 ) {
     let metrics = shared.metrics.nacos.clone();
-    let endpoint = Endpoint::new(Arc::clone(&shared), args.policy(), metrics);
+    let endpoint = Endpoint::new(Arc::clone(&shared), args.policy(), metrics.clone());
     tokio::spawn(Arc::clone(&endpoint).run_pushes(shutdown.clone()));
     if let Some(login) = listeners.login {
-        tokio::spawn(serve_login(login, shutdown.clone()));
+        tokio::spawn(serve_login(login, metrics.clone(), shutdown.clone()));
     }
     let grpc = NacosGrpc::new(endpoint);
     let router = Server::builder()
@@ -206,9 +206,16 @@ pub async fn serve<S: Store>(
 }
 
 /// The login stub: hands out a token so that apps with a Nacos `username` stop retrying.
-async fn serve_login(listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+async fn serve_login(
+    listener: TcpListener,
+    metrics: metrics::NacosMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
     use axum::routing::post;
-    async fn login() -> impl axum::response::IntoResponse {
+    async fn login(
+        axum::extract::State(metrics): axum::extract::State<metrics::NacosMetrics>,
+    ) -> impl axum::response::IntoResponse {
+        metrics.logins.inc();
         let body = serde_json::json!({
             "accessToken": "snp-shim-no-auth",
             "tokenTtl": 18000,
@@ -219,7 +226,9 @@ async fn serve_login(listener: TcpListener, mut shutdown: watch::Receiver<bool>)
             body.to_string(),
         )
     }
-    let app = axum::Router::new().route("/nacos/v1/auth/users/login", post(login));
+    let app = axum::Router::new()
+        .route("/nacos/v1/auth/users/login", post(login))
+        .with_state(metrics);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { crate::shutdown::signalled(&mut shutdown).await })
         .await
