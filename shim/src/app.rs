@@ -76,6 +76,9 @@ pub enum ShimError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The Nacos endpoint could not start.
+    #[error(transparent)]
+    Nacos(#[from] crate::nacos::NacosError),
     /// The shim's task ended abnormally.
     #[error("the shim task failed: {0}")]
     Task(String),
@@ -156,6 +159,10 @@ pub struct ShimHandle {
     pub http_addr: SocketAddr,
     /// The shim's metrics.
     pub metrics: Metrics,
+    /// Where the Nacos endpoint is served (`--nacos`).
+    pub nacos_addr: Option<SocketAddr>,
+    /// Where the Nacos login stub is served (`--nacos-login-addr`).
+    pub nacos_login_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<Result<ExitReport, ShimError>>>,
 }
@@ -233,6 +240,12 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
             source,
         })?;
 
+    let registrations_need_auth =
+        auth.enabled() && args.auth_scope == crate::config::AuthScope::All;
+    let nacos = crate::nacos::bind(&args.nacos, registrations_need_auth).await?;
+    let nacos_addr = nacos.as_ref().map(|n| n.addr);
+    let nacos_login_addr = nacos.as_ref().and_then(|n| n.login_addr);
+
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let registry = Arc::new(registry);
@@ -260,6 +273,7 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         auth,
         tls,
         grpc,
+        nacos,
         metrics: metrics.clone(),
         shutdown: shutdown_rx,
         synced_once,
@@ -276,6 +290,8 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         grpc_addr,
         http_addr,
         metrics,
+        nacos_addr,
+        nacos_login_addr,
         shutdown: shutdown_tx,
         task: Some(task),
     })
@@ -286,6 +302,7 @@ struct Context {
     auth: Auth,
     tls: Option<ServerTlsConfig>,
     grpc: TcpListener,
+    nacos: Option<crate::nacos::Listeners>,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
     /// Set once the store was first reachable and synced; `/readyz` follows it.
@@ -331,7 +348,7 @@ impl Context {
         }
     }
 
-    async fn serve<S: Store>(self, store: S) -> Result<ExitReport, ShimError> {
+    async fn serve<S: Store>(mut self, store: S) -> Result<ExitReport, ShimError> {
         tokio::spawn(track_store_readiness(
             store.clone(),
             Arc::clone(&self.synced_once),
@@ -368,6 +385,14 @@ impl Context {
                 MappingServiceServer::new(MappingApi::new(Arc::clone(&shared)))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             );
+        if let Some(nacos) = self.nacos.take() {
+            tokio::spawn(crate::nacos::serve(
+                nacos,
+                Arc::clone(&shared),
+                self.args.nacos.clone(),
+                self.shutdown.clone(),
+            ));
+        }
         drop(shared);
         let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let mut stop_grpc = self.shutdown.clone();

@@ -175,6 +175,10 @@ pub struct ServeArgs {
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "SNP_LOG", default_value = "info")]
     pub log: String,
+
+    /// The Nacos endpoint (`--nacos*`).
+    #[command(flatten)]
+    pub nacos: crate::nacos::NacosArgs,
 }
 
 /// Which calls authentication applies to.

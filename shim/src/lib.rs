@@ -6,6 +6,7 @@
 //! * [`grpc`]: the registration API (both flavours) and `snp.v1.MappingService`.
 //! * [`pipeline`]: the task that owns the debouncer and writes batches to the store.
 //! * [`store`]: the store contract, the embedded store and the Kubernetes store.
+//! * [`nacos`]: the Nacos 2.x config protocol for Dubbo 3's `mapping` group.
 //! * [`auth`], [`http`], [`metrics`], [`crd`]: authentication, the operations endpoint,
 //!   Prometheus metrics, the custom resource type.
 #![cfg_attr(
@@ -20,6 +21,7 @@ pub mod crd;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod nacos;
 pub mod pipeline;
 pub mod shutdown;
 pub mod store;

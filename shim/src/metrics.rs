@@ -162,6 +162,8 @@ pub struct Metrics {
     pub flush_seconds: Histogram,
     /// Calls waiting for their mappings to become durable (durable acks, PushMappings).
     pub durable_waiters: Gauge,
+    /// The Nacos endpoint's metrics (`snp_nacos_*`).
+    pub nacos: crate::nacos::metrics::NacosMetrics,
 }
 
 impl Metrics {
@@ -185,6 +187,7 @@ impl Metrics {
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
             durable_waiters: Gauge::default(),
+            nacos: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("snp");
         r.register(
@@ -258,6 +261,7 @@ impl Metrics {
             "Calls waiting for their mappings to become durable",
             m.durable_waiters.clone(),
         );
+        m.nacos.register(r);
         // Series that dashboards and alerts expect exist from the start, at zero.
         for api in [Api::Dubbo, Api::Admin, Api::Push] {
             for result in [Outcome::Ok, Outcome::Invalid, Outcome::Error] {

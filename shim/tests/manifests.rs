@@ -816,6 +816,14 @@ fn everything_names_the_same_group_namespace_and_ports() {
     );
     assert_eq!(cfg.grpc_addr.port(), defaults.grpc_addr.port());
     assert_eq!(cfg.http_addr.port(), defaults.http_addr.port());
+    // The Nacos endpoint (issue 17) is on, on the port Nacos clients dial (8848 + 1000).
+    assert!(cfg.nacos.enabled, "SNP_NACOS=true");
+    assert_eq!(defaults.nacos.nacos_addr.port(), 9848);
+    assert_eq!(cfg.nacos.nacos_addr.port(), 9848);
+    assert_eq!(
+        container_port(c, "grpc-nacos"),
+        i32::from(cfg.nacos.nacos_addr.port())
+    );
     // The kustomization installs every top-level manifest (not the samples).
     let mut top_level: Vec<String> = yaml_files()
         .iter()
@@ -1012,6 +1020,7 @@ fn service_is_node_local_and_reaches_the_daemonset() {
     for (name, listen) in [
         ("grpc", cfg.grpc_addr.port()),
         ("http-metrics", cfg.http_addr.port()),
+        ("grpc-nacos", cfg.nacos.nacos_addr.port()),
     ] {
         let p = port(name);
         assert_eq!(p.port, i32::from(listen), "{name} port");
@@ -1024,6 +1033,7 @@ fn service_is_node_local_and_reaches_the_daemonset() {
         assert_ne!(p.protocol.as_deref(), Some("UDP"));
     }
     assert_eq!(port("grpc").app_protocol.as_deref(), Some("grpc"));
+    assert_eq!(port("grpc-nacos").app_protocol.as_deref(), Some("grpc"));
 }
 
 #[test]

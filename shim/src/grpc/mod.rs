@@ -58,8 +58,9 @@ fn pipeline_status(e: PipelineError) -> Status {
 }
 
 /// Offers `payload` to the pipeline and, with `durable`, waits until the store holds it
-/// (up to the ack timeout). Both registration flavours and PushMappings answer through here.
-async fn offer_and_wait<S: Store>(
+/// (up to the ack timeout). Both registration flavours, PushMappings and Nacos publishes
+/// answer through here.
+pub(crate) async fn offer_and_wait<S: Store>(
     shared: &Shared<S>,
     payload: Payload,
     durable: bool,
