@@ -1,5 +1,6 @@
 //! Issue 5 with real processes: `snp-shim` binaries (`--store kubernetes`) against the real
-//! API server (apiextensions-apiserver + etcd, `support/apiserver.rs`), driven over gRPC.
+//! API server (kube-apiserver + etcd, `support/apiserver.rs`; the shims act as the shim's
+//! service account), driven over gRPC.
 //!
 //! * test 2: 8 shim processes take 2,000 registrations (both flavours) and converge on the
 //!   exact union; the 409s they met are read from their `/metrics` and match the 409s the
