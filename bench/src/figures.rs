@@ -302,8 +302,10 @@ pub struct ApiServer {
     root: PathBuf,
     /// Its directory.
     pub dir: PathBuf,
-    /// Its kubeconfig.
+    /// The administrator's kubeconfig.
     pub kubeconfig: PathBuf,
+    /// The shim's service account (`deploy/rbac.yaml`): what the shims under test get.
+    pub shim_kubeconfig: PathBuf,
     /// The group the CRD was registered under.
     pub group: String,
 }
@@ -333,6 +335,7 @@ impl ApiServer {
         let s = Self {
             root: env.root.clone(),
             kubeconfig: dir.join("kubeconfig"),
+            shim_kubeconfig: dir.join("shim.kubeconfig"),
             dir,
             group: snp_shim::crd::DEFAULT_GROUP.to_owned(),
         };
@@ -847,7 +850,15 @@ pub async fn fig3(env: &Env) -> Result<Vec<Verdict>> {
     let api = ApiServer::start(env, "fig3-apiserver").await?;
     let mut shims = Vec::new();
     for i in 0..4 {
-        shims.push(Shim::start(env, &format!("fig3-shim-{i}"), Some(&api.kubeconfig), &[]).await?);
+        shims.push(
+            Shim::start(
+                env,
+                &format!("fig3-shim-{i}"),
+                Some(&api.shim_kubeconfig),
+                &[],
+            )
+            .await?,
+        );
     }
     let (c, jitter) = (64, Duration::from_secs(3));
     println!(
@@ -1567,7 +1578,7 @@ pub async fn fig7(env: &Env) -> Result<Vec<Verdict>> {
             let shim = Shim::start(
                 env,
                 &format!("fig7-kshim-{series}-{regs}"),
-                Some(&api.kubeconfig),
+                Some(&api.shim_kubeconfig),
                 &[],
             )
             .await?;
