@@ -12,9 +12,11 @@
 //! * `deploy/` through kustomize, and every manifest the project ships, applied with a
 //!   server-side dry run: real admission (PodSecurity `restricted` on `snp-system`
 //!   included) and validation, nothing stored.
+//! * a Pod can be created (for the shim's identity work) and never runs: its status is the
+//!   test's to set.
 //!
-//! The namespace and quota tests need kube-controller-manager (namespace and quota
-//! controllers), started once for this binary.
+//! The namespace, quota and pod tests need kube-controller-manager (namespace, quota and
+//! service-account controllers), started once for this binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/apiserver.rs"]
@@ -625,4 +627,58 @@ fn kubectl_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+// ---------------------------------------------------------------------------------------
+// Pods
+
+/// Pods can be created (the service-account controller made the namespace's `default`
+/// ServiceAccount, which admission requires) but never run: no scheduler, no kubelet. A
+/// test that needs a running pod sets its status itself, as here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_is_created_and_its_status_is_the_tests_to_set() {
+    use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+    apiserver::controllers();
+    let admin = apiserver::client().await;
+    let ns = apiserver::namespace("pods");
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
+    wait_for(
+        "the default ServiceAccount of a new namespace",
+        Duration::from_secs(30),
+        || async { sas.get_opt("default").await.unwrap().map(|_| ()) },
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "demo-provider-0", "labels": {"app": "demo-provider"}},
+        "spec": {
+            "nodeName": "node-a",
+            "serviceAccountName": "default",
+            "containers": [{"name": "app", "image": "example.invalid/demo-provider:1"}]
+        }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let created = pods.get("demo-provider-0").await.unwrap();
+    assert_eq!(
+        created.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Pending"),
+        "nothing runs it"
+    );
+    pods.patch_status(
+        "demo-provider-0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "phase": "Running",
+            "podIP": "10.244.1.7",
+            "podIPs": [{"ip": "10.244.1.7"}]
+        }})),
+    )
+    .await
+    .unwrap();
+    let running = pods.get("demo-provider-0").await.unwrap();
+    let status = running.status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(status.pod_ip.as_deref(), Some("10.244.1.7"));
+    assert_eq!(running.spec.unwrap().node_name.as_deref(), Some("node-a"));
 }
