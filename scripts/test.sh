@@ -37,7 +37,8 @@ if [ -d filter ]; then
   scripts/build-filter.sh
 fi
 cargo build --locked -p snp-shim
-# The Go-built apiextensions-apiserver + etcd; the Rust tests start it themselves.
+# The Go-built kube-apiserver + etcd (+ controller manager, kubectl), cached by a hash of
+# its inputs; the Rust and Python tests start it themselves.
 scripts/k8s-apiserver.sh build
 
 step "cargo test"

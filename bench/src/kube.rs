@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -14,11 +15,12 @@ use snp_core::{MappingKey, Mappings};
 use snp_shim::crd;
 
 use crate::prom::RequestCounts;
+use crate::workload::Rollout;
 
 /// An API server and the CRD group the run uses.
 #[derive(Debug, Clone)]
 pub struct KubeTarget {
-    /// Its kubeconfig.
+    /// An administrator's kubeconfig (it reads `/metrics` and creates namespaces).
     pub kubeconfig: PathBuf,
     /// The ServiceNameMapping group.
     pub group: String,
@@ -69,15 +71,33 @@ pub async fn register_crd(client: &Client, group: &str) -> Result<()> {
     }
 }
 
+/// Creates the namespaces of `rollout` that do not exist yet: the API server refuses objects
+/// in a namespace that does not exist, and in a cluster the applications' namespaces exist
+/// before their pods register.
+pub async fn ensure_namespaces(client: &Client, rollout: &Rollout) -> Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    for n in 0..rollout.namespaces {
+        let name = rollout.namespace(n);
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+        match api.create(&PostParams::default(), &ns).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e).with_context(|| format!("create namespace {name}")),
+        }
+    }
+    Ok(())
+}
+
 /// A dry-run create, which stores nothing. The test API server takes about 2 s over the
 /// first write of a newly registered resource type, later ones take milliseconds; in a
 /// cluster the CRD has long been written to. Without this, that one-off delay keeps every
 /// shim's first creates in flight together, so they all race for the same names.
 async fn warm_up(client: &Client, ar: &ApiResource) -> Result<()> {
-    let objs: Api<DynamicObject> = Api::namespaced_with(client.clone(), "snp-bench-warmup", ar);
-    let obj = DynamicObject::new("warm-up", ar)
-        .within("snp-bench-warmup")
-        .data(serde_json::json!({"spec": {"interfaceName": "warm.Up", "applicationNames": ["warm-up"]}}));
+    let objs: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", ar);
+    let obj = DynamicObject::new("warm-up", ar).within("default").data(
+        serde_json::json!({"spec": {"interfaceName": "warm.Up", "applicationNames": ["warm-up"]}}),
+    );
     let pp = PostParams {
         dry_run: true,
         ..PostParams::default()

@@ -479,6 +479,9 @@ pub async fn run(cfg: &LoadConfig) -> Result<LoadReport> {
         Some(k) => Some(kube::client(&k.kubeconfig).await?),
         None => None,
     };
+    if let Some(c) = &kube_client {
+        kube::ensure_namespaces(c, &cfg.rollout).await?;
+    }
     // Connections: `connections` per target.
     let mut channels: Vec<Vec<Channel>> = Vec::new();
     for t in &cfg.targets {

@@ -120,6 +120,7 @@ pub async fn run(
     mode: NaiveMode,
 ) -> Result<NaiveReport> {
     let ar = crd::api_resource(group, crd::DEFAULT_VERSION);
+    crate::kube::ensure_namespaces(client, rollout).await?;
     let before = crate::kube::request_counts(client, group).await?;
     let pods = rollout.pods();
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));

@@ -1,5 +1,6 @@
 //! The Kubernetes store with real processes: `snp-shim` binaries (`--store kubernetes`) against the real
-//! API server (apiextensions-apiserver + etcd, `support/apiserver.rs`), driven over gRPC.
+//! API server (kube-apiserver + etcd, `support/apiserver.rs`; the shims act as the shim's
+//! service account), driven over gRPC.
 //!
 //! * test 2: 8 shim processes take 2,000 registrations (both flavours) and converge on the
 //!   exact union; the 409s they met are read from their `/metrics` and match the 409s the
@@ -944,17 +945,20 @@ async fn watch_on_shim_a_sees_shim_b_write_within_a_second() {
 /// After an outage the pending batch is written as soon as the shim's watch sees the API
 /// server again, not when a long retry backoff next fires.
 ///
-/// With `--retry-base=5s` the first retry comes 8–10 s after the first failure (20 %
-/// jitter) and, failing too, schedules the next one at least 16 s later: without the
-/// readiness check nothing could land before ~24 s after the stop. The server is back
-/// after 10 s, so the mappings must land well before that.
+/// With `--retry-base=10s` the first retry comes 16–20 s after the first failure (20 %
+/// jitter) and, failing too (the server is down for 20 s), schedules the next one at
+/// least 32 s later: without the readiness check nothing could land before ~49 s after
+/// the stop. The server is restarted after 20 s and a real kube-apiserver is ready a few
+/// seconds later; the shim then needs up to one watch backoff (5 s cap) to see it, and
+/// another after the 410 Expired that its first watch gets from the restarted server's
+/// fresh watch cache. So the mappings must land within 45 s of the stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_does_not_wait_for_a_long_retry_backoff() {
     let _serial = SERIAL.lock().await;
     let server = apiserver::server();
     let client = apiserver::client().await;
     let ns = apiserver::namespace("cluster-recovery");
-    let mut s = shim("recovery", GROUP, &["--retry-base=5s", "--retry-max=60s"]);
+    let mut s = shim("recovery", GROUP, &["--retry-base=10s", "--retry-max=120s"]);
     s.wait_ready(Duration::from_secs(30)).await;
 
     let dir = server.dir.clone();
@@ -970,16 +974,21 @@ async fn recovery_does_not_wait_for_a_long_retry_backoff() {
     for (i, app) in &plan {
         acked.insert(MappingKey::new(ns.as_str(), i.as_str()), app);
     }
-    tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(stopped.elapsed())).await;
     let dir = server.dir.clone();
     tokio::task::spawn_blocking(move || apiserver::start(&dir))
         .await
         .unwrap();
-    wait_stored(&client, &ns, GROUP, &acked, Duration::from_secs(30)).await;
+    let back = stopped.elapsed();
+    wait_stored(&client, &ns, GROUP, &acked, Duration::from_secs(40)).await;
     let landed = stopped.elapsed();
-    eprintln!("recovery: mappings acked during the outage landed {landed:.2?} after the stop (server back after 10 s)");
+    eprintln!(
+        "recovery: mappings acked during the outage landed {landed:.2?} after the stop \
+         (restarted after 20 s, ready after {back:.2?}: {:.2?} after it was ready)",
+        landed.saturating_sub(back)
+    );
     assert!(
-        landed < Duration::from_secs(20),
+        landed < Duration::from_secs(45),
         "landed {landed:.2?} after the stop: the shim waited for its backoff instead of \
          retrying when the store became ready"
     );

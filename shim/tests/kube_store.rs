@@ -1,5 +1,6 @@
-//! The Kubernetes store against a real API server (apiextensions-apiserver + etcd):
-//! seed compatibility, concurrent writers, no-op suppression, hard names, watch.
+//! The Kubernetes store against a real API server (kube-apiserver + etcd), acting as the
+//! shim's service account: seed compatibility, concurrent writers, no-op suppression, hard
+//! names, watch.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/apiserver.rs"]

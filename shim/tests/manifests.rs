@@ -8,12 +8,12 @@
 //! 3. the objects say what the shim needs (RBAC verbs, probes, security, ports, the
 //!    node-local Service, env flags the shim accepts);
 //! 4. the CRD and the sample custom resource are applied for real (server-side apply, strict
-//!    field validation) to the test API server, and the shim's Kubernetes store reads and
-//!    reuses the sample object.
+//!    field validation) to the test API server (kube-apiserver), and the shim's Kubernetes
+//!    store, acting as the shim's service account, reads and reuses the sample object.
 //!
-//! The test API server (apiextensions-apiserver) serves CRDs and custom resources only: no
-//! Namespaces, RBAC, DaemonSets or Services. Those are checked by typed parsing and the
-//! semantic checks of 2 and 3, not by a server.
+//! Every manifest is also dry-run against the real API server (admission, validation,
+//! PodSecurity) and the shim's effective permissions are compared with `deploy/rbac.yaml`:
+//! `kube_admission.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/apiserver.rs"]

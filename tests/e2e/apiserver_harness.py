@@ -1,8 +1,12 @@
-"""The real Kubernetes API server of the tests (`tests/k8s-apiserver`: the upstream
-apiextensions-apiserver over an embedded etcd), driven by `scripts/k8s-apiserver.sh`, and
-spoken to with nothing but Python's `ssl` and `http.client`, authenticated with the client
-certificate the server generated (`DIR/certs/client.{crt,key}`, group `system:masters`, the
-identity its kubeconfig hands out).
+"""The real Kubernetes API server of the tests (`tests/k8s-apiserver`: kube-apiserver over an
+embedded etcd), driven by `scripts/k8s-apiserver.sh`, and spoken to with nothing but Python's
+`ssl` and `http.client`, authenticated as the administrator with the client certificate the
+server generated (`DIR/certs/admin.{crt,key}`, group `system:masters`).
+
+The shims under test get `ApiServer.kubeconfig`: the shim's service account
+(`snp-system/snp-shim`), whose permissions are those of `deploy/rbac.yaml` (the script applies
+it), so RBAC is checked for real. Namespaces are real too: create the ones a test registers
+into (`ApiServer.create_namespace`).
 
 If the server cannot be built or started, the test fails, with the script's output and the
 tail of the server's log: it never skips.
@@ -33,7 +37,10 @@ class ApiServer:
 
     def __init__(self, dir: Path):
         self.dir = dir
-        self.kubeconfig = dir / "kubeconfig"
+        # The shim's service account: what a shim under test is given.
+        self.kubeconfig = dir / "shim.kubeconfig"
+        # The administrator (group system:masters).
+        self.admin_kubeconfig = dir / "kubeconfig"
         self.url = ""
         self._ctx: ssl.SSLContext | None = None
 
@@ -55,7 +62,7 @@ class ApiServer:
         assert self.url.startswith("https://127.0.0.1:"), res.stdout
         certs = self.dir / "certs"
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(certs / "ca.crt"))
-        ctx.load_cert_chain(str(certs / "client.crt"), str(certs / "client.key"))
+        ctx.load_cert_chain(str(certs / "admin.crt"), str(certs / "admin.key"))
         self._ctx = ctx
         return self
 
@@ -91,6 +98,12 @@ class ApiServer:
     def get(self, path: str) -> tuple[int, dict | str]:
         return self.request("GET", path)
 
+    def create_namespace(self, name: str) -> None:
+        """Creates the Namespace `name` (an existing one is fine): the API server refuses
+        objects in a namespace that does not exist."""
+        status, body = self.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        assert status in (201, 409), f"creating namespace {name}: {status} {body}"
+
     # --- the CRD -----------------------------------------------------------------------
     def register_crd(self, crd: dict, timeout: float = 30.0) -> None:
         """Creates `crd` (or finds it already there), waits until it is Established, then
@@ -125,7 +138,7 @@ class ApiServer:
             "metadata": {"generateName": "warm-up-"},
             "spec": {"interfaceName": "warm.Up", "applicationNames": ["warm-up"]},
         }
-        status, body = self.request("POST", f"/apis/{group}/{version}/namespaces/snp-warm-up/{plural}?dryRun=All", obj)
+        status, body = self.request("POST", f"/apis/{group}/{version}/namespaces/default/{plural}?dryRun=All", obj)
         assert status == 201, f"dry-run create of a {plural}.{group}: {status} {body}"
 
 

@@ -109,6 +109,7 @@ def wait_for_apps(apiserver, namespace: str, interface: str, apps: list[str], si
 @pytest.mark.parametrize("mode", ["immediate", "durable"])
 def test_a_registration_through_envoy_and_the_shim_becomes_an_object(protos, apiserver, shims, envoys, mode):
     ns = f"full-path-{mode}"  # a namespace per test: the API server is shared
+    apiserver.create_namespace(ns)
     # The names expected (the examples of snp_core::naming's and the shim's own tests):
     # the seed's for the plain interfaces, the hashed fallback for the nested class.
     assert object_name(PLAIN) == "org-apache-dubbo-demo-demoservice"

@@ -20,7 +20,15 @@ pub async fn fig3(env: &Env) -> Result<Vec<Verdict>> {
     let api = ApiServer::start(env, "fig3-apiserver").await?;
     let mut shims = Vec::new();
     for i in 0..4 {
-        shims.push(Shim::start(env, &format!("fig3-shim-{i}"), Some(&api.kubeconfig), &[]).await?);
+        shims.push(
+            Shim::start(
+                env,
+                &format!("fig3-shim-{i}"),
+                Some(&api.shim_kubeconfig),
+                &[],
+            )
+            .await?,
+        );
     }
     let (c, jitter) = (64, Duration::from_secs(3));
     println!(

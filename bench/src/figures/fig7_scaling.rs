@@ -71,7 +71,7 @@ pub async fn fig7(env: &Env) -> Result<Vec<Verdict>> {
             let shim = Shim::start(
                 env,
                 &format!("fig7-kshim-{series}-{regs}"),
-                Some(&api.kubeconfig),
+                Some(&api.shim_kubeconfig),
                 &[],
             )
             .await?;

@@ -158,8 +158,10 @@ pub struct ApiServer {
     root: PathBuf,
     /// Its directory.
     pub dir: PathBuf,
-    /// Its kubeconfig.
+    /// The administrator's kubeconfig.
     pub kubeconfig: PathBuf,
+    /// The shim's service account (`deploy/rbac.yaml`): what the shims under test get.
+    pub shim_kubeconfig: PathBuf,
     /// The group the CRD was registered under.
     pub group: String,
 }
@@ -189,6 +191,7 @@ impl ApiServer {
         let s = Self {
             root: env.root.clone(),
             kubeconfig: dir.join("kubeconfig"),
+            shim_kubeconfig: dir.join("shim.kubeconfig"),
             dir,
             group: snp_shim::crd::DEFAULT_GROUP.to_owned(),
         };
