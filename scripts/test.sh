@@ -36,7 +36,9 @@ if [ -d filter ]; then
   size=$(stat -c %s "$wasm")
   echo "snp_filter.wasm: $size bytes (target <= 307200)"
 fi
-cargo build --locked -p snp-shim
+# The status page's simulator first: the shim's build.rs embeds it.
+scripts/build-sim-wasm.sh
+cargo build --locked -p snp-shim -p snp-sim
 # The Go-built apiextensions-apiserver + etcd; the Rust tests start it themselves.
 scripts/k8s-apiserver.sh build
 

@@ -9,6 +9,7 @@
 //! * [`client`]: a subscription client for apps (Nacos-style schedule plus watch).
 //! * [`auth`], [`http`], [`metrics`], [`crd`]: authentication, the operations endpoint,
 //!   Prometheus metrics, the custom resource type.
+//! * [`status`]: the status page at `GET /` on the HTTP port.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -24,4 +25,5 @@ pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod shutdown;
+pub mod status;
 pub mod store;

@@ -215,6 +215,17 @@ impl Cache {
         }
     }
 
+    /// Namespaces with at least one key, sorted.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for key in self.keys.keys() {
+            if out.last() != Some(&key.namespace) {
+                out.push(key.namespace.clone());
+            }
+        }
+        out
+    }
+
     /// Whether every `(key, app)` of `mappings` is cached.
     pub fn contains_all(&self, mappings: &Mappings) -> bool {
         mappings.iter().all(|(k, apps)| self.holds(k, apps))
