@@ -1839,3 +1839,73 @@ fn helm_chart_values_reach_the_objects() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("auth.token.value is required"));
 }
+
+#[test]
+fn networkpolicy_admits_the_shims_ports_and_alerts_carry_runbooks() {
+    let all = load_all();
+    let ds = load_deploy().daemonset;
+    let shim = shim_container(&ds);
+    for (file, m) in &all {
+        match m {
+            Manifest::NetworkPolicy(np) => {
+                let spec = np.spec.as_ref().unwrap();
+                let selects = spec
+                    .pod_selector
+                    .as_ref()
+                    .unwrap()
+                    .match_labels
+                    .as_ref()
+                    .unwrap();
+                let pod_labels = ds
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .template
+                    .metadata
+                    .as_ref()
+                    .unwrap();
+                for (k, v) in selects {
+                    assert_eq!(
+                        pod_labels.labels.as_ref().unwrap().get(k),
+                        Some(v),
+                        "{file}"
+                    );
+                }
+                // Both ports the shim serves are admitted: gRPC from every namespace.
+                let mut admitted = BTreeSet::new();
+                for rule in spec.ingress.iter().flatten() {
+                    for p in rule.ports.iter().flatten() {
+                        let port = resolve_port(shim, p.port.as_ref().unwrap());
+                        admitted.insert(port);
+                        if port == container_port(shim, "grpc") {
+                            let from = rule.from.as_ref().unwrap();
+                            assert!(from.iter().any(|f| f
+                                .namespace_selector
+                                .as_ref()
+                                .is_some_and(
+                                    |s| s.match_labels.is_none() && s.match_expressions.is_none()
+                                )));
+                        }
+                    }
+                }
+                assert_eq!(
+                    admitted,
+                    BTreeSet::from([
+                        container_port(shim, "grpc"),
+                        container_port(shim, "http-metrics")
+                    ])
+                );
+            }
+            Manifest::PrometheusRule(rule) => {
+                for r in rule.spec.groups.iter().flat_map(|g| &g.rules) {
+                    let name = r.alert.as_deref().expect("alerting rules only");
+                    for a in ["summary", "description", "runbook"] {
+                        assert!(r.annotations.contains_key(a), "{name}: no {a}");
+                    }
+                    assert!(r.labels.contains_key("severity"), "{name}: no severity");
+                }
+            }
+            _ => {}
+        }
+    }
+}
