@@ -8,7 +8,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 target="${CARGO_TARGET_DIR:-target}"
 bindgen="$(command -v wasm-bindgen || echo "$root/target/tools/wasm-bindgen")"
-cargo build --locked --release --target wasm32-unknown-unknown -p snp-sim-wasm
+# Not stripped: wasm-bindgen reads the target_features section (and drops what it does not need).
+CARGO_PROFILE_RELEASE_STRIP=false cargo build --locked --release --target wasm32-unknown-unknown -p snp-sim-wasm
 out="$target/snp-sim-web"
 mkdir -p "$out"
 "$bindgen" --target web --no-typescript --out-dir "$out.tmp" \

@@ -236,7 +236,8 @@ function runSimulation() {
   const nodes = report.rollout.nodes;
   const lanes = ['filters', ...Array.from({ length: Math.min(nodes, 8) }, (_, i) => `node ${i}`)];
   const bars = [
-    ...report.filter_batches.map((b) => ({ start: b.start_ms, end: b.end_ms, keys: b.keys, ok: b.ok, lane: 0, color: '#7b61c9' })),
+    // Filter batches as ticks where they left the filter (one may wait out an outage for its ack).
+    ...report.filter_batches.map((b) => ({ start: b.start_ms, end: b.start_ms, keys: b.keys, ok: b.ok, lane: 0, color: '#7b61c9' })),
     ...report.batches.filter((b) => b.node < 8).map((b) => ({ start: b.start_ms, end: b.end_ms, keys: b.keys, ok: b.ok,
       conflicts: b.conflicts, lane: b.node + 1 })),
   ];
