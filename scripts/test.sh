@@ -38,7 +38,7 @@ if [ -d filter ]; then
 fi
 # The status page's simulator first: the shim's build.rs embeds it.
 scripts/build-sim-wasm.sh
-cargo build --locked -p snp-shim -p snp-sim
+SNP_REQUIRE_SIMULATOR=1 cargo build --locked -p snp-shim -p snp-sim
 # The Go-built apiextensions-apiserver + etcd; the Rust tests start it themselves.
 scripts/k8s-apiserver.sh build
 

@@ -3,7 +3,8 @@
 //! writes `snp_sim_wasm.js` and `snp_sim_wasm_bg.wasm` to `$SNP_SIM_WEB_DIR` (default
 //! `<target>/snp-sim-web`). Without them the shim still builds (the wasm target and the
 //! wasm-bindgen CLI are not needed for ordinary development), with a warning, and the page
-//! says the simulator is not built into this binary.
+//! says the simulator is not built into this binary. `SNP_REQUIRE_SIMULATOR=1` turns the
+//! warning into an error (the image build and scripts/test.sh set it).
 
 use std::path::PathBuf;
 
@@ -37,6 +38,11 @@ fn main() {
         println!("cargo:rerun-if-changed={}", wasm.display());
         copy(&js, &out.join("snp_sim_wasm.js"));
         copy(&wasm, &out.join("snp_sim_wasm_bg.wasm"));
+    } else if std::env::var_os("SNP_REQUIRE_SIMULATOR").is_some_and(|v| v != "0") {
+        panic!(
+            "SNP_REQUIRE_SIMULATOR is set but the simulator is not built in {}: run scripts/build-sim-wasm.sh first",
+            dir.display()
+        );
     } else {
         println!(
             "cargo:warning=status page simulator not embedded: run scripts/build-sim-wasm.sh (looked in {})",
