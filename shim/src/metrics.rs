@@ -441,6 +441,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pending_age_grows_until_idle_and_moves_past_written_batches() {
+        use std::time::Duration;
+        let age = PendingAge::default();
+        assert_eq!(age.seconds(), 0.0);
+        age.busy(true);
+        std::thread::sleep(Duration::from_millis(60));
+        let batch_left = tokio::time::Instant::now();
+        std::thread::sleep(Duration::from_millis(20));
+        age.busy(true);
+        let before = age.seconds();
+        assert!(before >= 0.08, "{before}");
+        // What is still pending arrived after that batch left: the age restarts from there.
+        age.written(batch_left);
+        let after = age.seconds();
+        assert!(
+            after >= 0.02 && after <= before - 0.06,
+            "{after} vs {before}"
+        );
+        // An older batch does not move it back.
+        age.written(batch_left - Duration::from_secs(10));
+        assert!(age.seconds() >= after);
+        age.busy(false);
+        assert_eq!(age.seconds(), 0.0);
+
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.oldest_pending.busy(true);
+        std::thread::sleep(Duration::from_millis(30));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let value: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("snp_oldest_pending_age_seconds "))
+            .expect("the gauge is exposed")
+            .parse()
+            .unwrap();
+        assert!(value >= 0.03, "{text}");
+    }
+
+    #[test]
     fn text_format_uses_lower_case_label_values() {
         let mut registry = Registry::default();
         let m = Metrics::register(&mut registry);
