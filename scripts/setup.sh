@@ -81,7 +81,12 @@ if [ -n "$wbg_version" ]; then
   wbg_dir="$cache/wasm-bindgen-$wbg_version"
   if [ ! -x "$wbg_dir/bin/wasm-bindgen" ]; then
     log "installing wasm-bindgen-cli $wbg_version (cached in $wbg_dir)"
-    cargo install --quiet wasm-bindgen-cli --version "$wbg_version" --locked --root "$wbg_dir.tmp" >&2
+    # --locked first (the CLI's own lockfile); if the registry no longer has a version it
+    # pins (a yanked crate), resolve its dependencies afresh within their semver ranges.
+    if ! cargo install --quiet wasm-bindgen-cli --version "$wbg_version" --locked --root "$wbg_dir.tmp" >&2; then
+      log "wasm-bindgen-cli's lockfile does not resolve here; installing it unlocked"
+      cargo install --quiet wasm-bindgen-cli --version "$wbg_version" --root "$wbg_dir.tmp" >&2
+    fi
     rm -rf "$wbg_dir" && mv "$wbg_dir.tmp" "$wbg_dir"
   fi
   ln -sfn "$wbg_dir/bin/wasm-bindgen" "$tools/wasm-bindgen"
