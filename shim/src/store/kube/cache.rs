@@ -602,5 +602,7 @@ mod tests {
         let got = c.get("ab", &[]);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0.namespace, "ab");
+        c.apply(obj("a", "y", "com.Y", &["1"], "4"));
+        assert_eq!(c.namespaces(), ["a", "ab", "b"]);
     }
 }
