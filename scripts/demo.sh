@@ -14,6 +14,18 @@
 # The processes are stopped on exit; the data directory is kept. Exits non-zero if a call
 # failed or a mapping is missing. Environment: DEMO_REPLICAS, DEMO_INTERFACES, DEMO_SPREAD
 # (seconds) change the rollout.
+#
+# Envoy runs under func-e (`func-e run`, with ENVOY_PATH set to the wheel's Envoy, so nothing
+# is downloaded) when func-e is installed (scripts/setup.sh does), else directly.
+# The shim's status page is at the URL printed; `--keep` keeps everything up after the
+# rollout until Ctrl-C, to look at it.
+keep=0
+for arg in "$@"; do
+  case "$arg" in
+    --keep) keep=1 ;;
+    *) echo "usage: scripts/demo.sh [--keep]" >&2; exit 2 ;;
+  esac
+done
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -29,8 +41,9 @@ scripts/setup.sh
 py="$root/.venv/bin/python"
 envoy_bin="$root/.venv/bin/envoy"
 
-say "building the filter (wasm32-wasip1, release) and the shim"
+say "building the filter (wasm32-wasip1, release), the status page's simulator and the shim"
 scripts/build-filter.sh
+PATH="$root/target/tools:$PATH" scripts/build-sim-wasm.sh
 cargo build --locked -p snp-shim
 target="${CARGO_TARGET_DIR:-$root/target}"
 wasm="$target/wasm/snp_filter.wasm"
@@ -89,9 +102,18 @@ for c in cfg["static_resources"]["clusters"]:
 yaml.safe_dump(cfg, open(out, "w"), sort_keys=False)
 EOF
 
-say "starting Envoy $("$envoy_bin" --version | grep -o '1\.[0-9]*\.[0-9]*' | head -1) with the filter: 127.0.0.1:$apps_port (2 workers)"
-"$envoy_bin" -c "$work/envoy.yaml" --concurrency 2 --disable-hot-restart -l warning \
-  >"$work/envoy.log" 2>&1 &
+envoy_version="$("$envoy_bin" --version | grep -o '1\.[0-9]*\.[0-9]*' | head -1)"
+func_e="$(command -v func-e || echo "$root/target/tools/func-e")"
+if [ -x "$func_e" ]; then
+  say "starting Envoy $envoy_version under func-e with the filter: 127.0.0.1:$apps_port (2 workers)"
+  ENVOY_PATH="$envoy_bin" FUNC_E_STATE_HOME="$work/func-e" FUNC_E_RUNTIME_DIR="$work/func-e-run" \
+    "$func_e" run -c "$work/envoy.yaml" --concurrency 2 --disable-hot-restart -l warning \
+    >"$work/envoy.log" 2>&1 &
+else
+  say "starting Envoy $envoy_version with the filter: 127.0.0.1:$apps_port (2 workers)"
+  "$envoy_bin" -c "$work/envoy.yaml" --concurrency 2 --disable-hot-restart -l warning \
+    >"$work/envoy.log" 2>&1 &
+fi
 pids+=($!)
 
 ready() { [ "$(curl -fsS --max-time 1 "$1" 2>/dev/null)" = "$2" ]; }
@@ -110,3 +132,10 @@ ready "http://127.0.0.1:$admin_port/ready" LIVE || { say "Envoy did not become r
   --target "127.0.0.1:$apps_port" --envoy-admin "127.0.0.1:$admin_port" \
   --shim-http "127.0.0.1:$http_port" --data-dir "$data" \
   --replicas "${DEMO_REPLICAS:-100}" --interfaces "${DEMO_INTERFACES:-10}" --spread "${DEMO_SPREAD:-3}"
+
+say "status page: http://127.0.0.1:$http_port/"
+if [ "$keep" = 1 ]; then
+  say "keeping the shim and Envoy up (Envoy: 127.0.0.1:$apps_port); Ctrl-C stops them"
+  trap 'say "stopping"; exit 0' INT TERM
+  wait "${pids[@]}" || true
+fi

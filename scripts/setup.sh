@@ -9,6 +9,10 @@
 #   * a JDK (17+) and Maven (Debian packages), and the Java test programs of
 #     tests/dubbo-nacos (real Dubbo 3.3.5 and nacos-client 2.5.1 from Maven Central), cached
 #     by a hash of their sources under ~/.cache/snp/dubbo-nacos.
+#   * for the status page, the dashboards and the chart: the wasm32-unknown-unknown
+#     target and wasm-bindgen-cli (the version of the crate in Cargo.lock), Debian's
+#     chromium (Playwright drives it), helm, promtool and func-e from the Go module proxy;
+#     cached by version under ${XDG_CACHE_HOME:-~/.cache}/snp/tools, linked in target/tools.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -63,3 +67,55 @@ fi
 tests/dubbo-nacos/build.sh
 
 "$venv/bin/envoy" --version >/dev/null
+
+# --- Operator tooling ------------------------------------------------------------------
+# Tools built from source are cached by version outside the checkout, so a fresh clone (CI)
+# reuses them; target/tools gets a link to each, and test.sh puts target/tools on PATH.
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/snp/tools"
+mkdir -p "$tools" "$cache"
+
+# go_tool NAME PACKAGE VERSION: `go install PACKAGE@VERSION` into the cache, linked as NAME.
+go_tool() {
+  local name="$1" pkg="$2" version="$3" dir="$cache/$1-$3"
+  if [ ! -x "$dir/$name" ]; then
+    log "building $name $version with Go (cached in $dir)"
+    mkdir -p "$dir.tmp"
+    GOBIN="$dir.tmp" GOFLAGS=-mod=mod go install "$pkg@$version" >&2
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  ln -sfn "$dir/$name" "$tools/$name"
+}
+
+# The status page's simulator: snp-core compiled to wasm32-unknown-unknown, bound to JS with
+# wasm-bindgen. The CLI must be exactly the version of the wasm-bindgen crate in Cargo.lock.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  log "adding Rust target wasm32-unknown-unknown"
+  rustup target add wasm32-unknown-unknown >&2
+fi
+wbg_version="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)"
+if [ -n "$wbg_version" ]; then
+  wbg_dir="$cache/wasm-bindgen-$wbg_version"
+  if [ ! -x "$wbg_dir/bin/wasm-bindgen" ]; then
+    log "installing wasm-bindgen-cli $wbg_version (cached in $wbg_dir)"
+    # --locked first (the CLI's own lockfile); if the registry no longer has a version it
+    # pins (a yanked crate), resolve its dependencies afresh within their semver ranges.
+    if ! cargo install --quiet wasm-bindgen-cli --version "$wbg_version" --locked --root "$wbg_dir.tmp" >&2; then
+      log "wasm-bindgen-cli's lockfile does not resolve here; installing it unlocked"
+      cargo install --quiet wasm-bindgen-cli --version "$wbg_version" --root "$wbg_dir.tmp" >&2
+    fi
+    rm -rf "$wbg_dir" && mv "$wbg_dir.tmp" "$wbg_dir"
+  fi
+  ln -sfn "$wbg_dir/bin/wasm-bindgen" "$tools/wasm-bindgen"
+fi
+
+# Headless Chromium for the status page's browser test (driven by Playwright from .venv,
+# with this browser as its executable: Playwright's own browser download is not used).
+if ! command -v chromium >/dev/null; then
+  log "installing chromium (Debian package)"
+  apt-get update -qq >&2 && apt-get install -y -qq chromium >&2
+fi
+
+# helm (the chart's tests), promtool (the alert rules) and func-e (Envoy run locally).
+go_tool helm helm.sh/helm/v3/cmd/helm v3.22.0
+go_tool promtool github.com/prometheus/prometheus/cmd/promtool v0.316.0
+go_tool func-e github.com/tetratelabs/func-e/cmd/func-e v1.6.0

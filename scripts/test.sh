@@ -36,7 +36,9 @@ if [ -d filter ]; then
   # cargo, then wasm-opt -Oz into target/wasm/snp_filter.wasm; fails above 400 KiB.
   scripts/build-filter.sh
 fi
-cargo build --locked -p snp-shim
+# The status page's simulator first: the shim's build.rs embeds it.
+scripts/build-sim-wasm.sh
+SNP_REQUIRE_SIMULATOR=1 cargo build --locked -p snp-shim -p snp-sim
 # The Go-built kube-apiserver + etcd (+ controller manager, kubectl), cached by a hash of
 # its inputs; the Rust and Python tests start it themselves.
 scripts/k8s-apiserver.sh build

@@ -41,6 +41,7 @@ use crate::grpc::{Shared, MAX_MESSAGE_BYTES};
 use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::status::{StatusHub, StoreInfo};
 use crate::store::embedded::{EmbeddedStore, EmbeddedStoreConfig};
 use crate::store::kube::{KubeStore, KubeStoreConfig};
 use crate::store::{Store, StoreError};
@@ -259,10 +260,12 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         Arc::new(move || !stopping.load(Ordering::Relaxed) && synced_once.load(Ordering::Relaxed))
     };
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let status = StatusHub::new(metrics.clone(), &args, ready.clone());
     let http_task = tokio::spawn(http::serve(
         http_listener,
         Arc::clone(&registry),
         ready,
+        status.router(),
         async move {
             let _ = http_stop_rx.await;
         },
@@ -278,9 +281,11 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         shutdown: shutdown_rx,
         synced_once,
         stopping,
+        status: status.clone(),
     };
     let task = tokio::spawn(async move {
         let result = ctx.run().await;
+        status.close();
         let _ = http_stop_tx.send(());
         let _ = http_task.await;
         result
@@ -308,6 +313,8 @@ struct Context {
     /// Set once the store was first reachable and synced; `/readyz` follows it.
     synced_once: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
+    /// The status page, shown the store once it is up.
+    status: StatusHub,
 }
 
 impl Context {
@@ -324,9 +331,18 @@ impl Context {
                     self.metrics.clone(),
                 )
                 .await?;
+                let location = store.dir().display().to_string();
+                self.status.attach(
+                    store.clone(),
+                    StoreInfo {
+                        kind: "embedded",
+                        location,
+                    },
+                );
                 self.serve(store).await
             }
             StoreChoice::Kubernetes => {
+                let location = format!("{}/{}", self.args.crd.crd_group, self.args.crd.crd_version);
                 let cfg = KubeStoreConfig {
                     kubeconfig: self.args.kubeconfig.clone(),
                     group: self.args.crd.crd_group.clone(),
@@ -343,6 +359,13 @@ impl Context {
                         return Ok(ExitReport { drained: true, pending_keys: 0 });
                     }
                 };
+                self.status.attach(
+                    store.clone(),
+                    StoreInfo {
+                        kind: "kubernetes",
+                        location,
+                    },
+                );
                 self.serve(store).await
             }
         }

@@ -35,14 +35,16 @@ pub fn router(registry: Arc<Registry>, ready: Readiness) -> Router {
         .with_state(Ops { registry, ready })
 }
 
-/// Serves the operations endpoint on `listener` until `shutdown` resolves.
+/// Serves the operations endpoint, and `extra` routes (the status page), on `listener`
+/// until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     ready: Readiness,
+    extra: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(registry, ready))
+    axum::serve(listener, router(registry, ready).merge(extra))
         .with_graceful_shutdown(shutdown)
         .await
 }

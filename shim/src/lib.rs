@@ -9,6 +9,7 @@
 //! * [`nacos`]: the Nacos 2.x config protocol for Dubbo 3's `mapping` group.
 //! * [`auth`], [`http`], [`metrics`], [`crd`]: authentication, the operations endpoint,
 //!   Prometheus metrics, the custom resource type.
+//! * [`status`]: the status page at `GET /` on the HTTP port.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -24,4 +25,5 @@ pub mod metrics;
 pub mod nacos;
 pub mod pipeline;
 pub mod shutdown;
+pub mod status;
 pub mod store;

@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+pub use self::live::{BatchEvent, PendingAge};
+
 /// Result of a call or a write.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Outcome {
@@ -164,6 +166,10 @@ pub struct Metrics {
     pub durable_waiters: Gauge,
     /// The Nacos endpoint's metrics (`snp_nacos_*`).
     pub nacos: crate::nacos::metrics::NacosMetrics,
+    /// Age of the oldest registration not yet in the store (`snp_oldest_pending_age_seconds`).
+    pub oldest_pending: PendingAge,
+    /// Every batch the pipeline completed, as it completes (the status page's timeline).
+    pub batch_events: tokio::sync::broadcast::Sender<BatchEvent>,
 }
 
 impl Metrics {
@@ -188,6 +194,8 @@ impl Metrics {
             ]),
             durable_waiters: Gauge::default(),
             nacos: Default::default(),
+            oldest_pending: PendingAge::default(),
+            batch_events: tokio::sync::broadcast::channel(live::BATCH_EVENTS).0,
         };
         let r = registry.sub_registry_with_prefix("snp");
         r.register(
@@ -262,6 +270,7 @@ impl Metrics {
             m.durable_waiters.clone(),
         );
         m.nacos.register(r);
+        r.register_collector(Box::new(m.oldest_pending.clone()));
         // Series that dashboards and alerts expect exist from the start, at zero.
         for api in [Api::Dubbo, Api::Admin, Api::Push] {
             for result in [Outcome::Ok, Outcome::Invalid, Outcome::Error] {
@@ -296,6 +305,39 @@ impl Metrics {
             .inc();
     }
 
+    /// Publishes the outcome of batch `id` (left the debouncer at `started`) to the status
+    /// page, and moves the pending age past it if it succeeded.
+    pub fn batch_completed(
+        &self,
+        id: u64,
+        started: tokio::time::Instant,
+        keys: usize,
+        result: &Result<crate::store::MergeOutcome, crate::store::StoreError>,
+    ) {
+        let elapsed = started.elapsed();
+        let started_ms = std::time::SystemTime::now()
+            .checked_sub(elapsed)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let out = result.as_ref().ok().copied().unwrap_or_default();
+        if result.is_ok() {
+            self.oldest_pending.written(started);
+        }
+        // No subscriber (no status page open) is fine.
+        let _ = self.batch_events.send(BatchEvent {
+            id,
+            started_ms,
+            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            keys,
+            created: out.created,
+            updated: out.updated,
+            unchanged: out.unchanged,
+            conflicts: out.conflicts,
+            ok: result.is_ok(),
+            error: result.as_ref().err().map(ToString::to_string),
+        });
+    }
+
     /// Counts one store request.
     pub fn store_write(&self, verb: Verb, result: Outcome) {
         self.store_writes
@@ -304,9 +346,143 @@ impl Metrics {
     }
 }
 
+/// Live views for the status page and the pending-age gauge.
+mod live {
+    use std::sync::{Arc, Mutex};
+
+    use prometheus_client::collector::Collector;
+    use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+    use prometheus_client::metrics::gauge::ConstGauge;
+    use prometheus_client::registry::Unit;
+    use serde::Serialize;
+    use tokio::time::Instant;
+
+    /// Batch events kept for subscribers that fall behind.
+    pub(super) const BATCH_EVENTS: usize = 256;
+
+    /// One batch the pipeline handed to the store, once the store answered.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    pub struct BatchEvent {
+        /// The debouncer's batch id.
+        pub id: u64,
+        /// When the batch left the debouncer (Unix milliseconds).
+        pub started_ms: u64,
+        /// How long the store took (milliseconds).
+        pub duration_ms: u64,
+        /// Keys it carried.
+        pub keys: usize,
+        /// Objects created.
+        pub created: usize,
+        /// Objects updated.
+        pub updated: usize,
+        /// Keys the store already held.
+        pub unchanged: usize,
+        /// 409 Conflicts met.
+        pub conflicts: usize,
+        /// Whether every key is in the store.
+        pub ok: bool,
+        /// Why it failed (it is retried with backoff).
+        pub error: Option<String>,
+    }
+
+    /// Since when the pipeline has held a registration that is not in the store yet.
+    ///
+    /// Set when the pipeline stops being idle; moved to the start of each successful
+    /// batch (whatever is still pending arrived after that batch took the pending set);
+    /// cleared when it is idle again. Failed batches leave it alone, so during a store
+    /// outage it keeps growing. An upper bound of the oldest pending key's age, exact with
+    /// debouncing on (one batch in flight, batches not split).
+    #[derive(Debug, Clone, Default)]
+    pub struct PendingAge(Arc<Mutex<Option<Instant>>>);
+
+    impl PendingAge {
+        /// Records whether anything is pending or in flight now.
+        pub fn busy(&self, busy: bool) {
+            if let Ok(mut since) = self.0.lock() {
+                match (*since, busy) {
+                    (None, true) => *since = Some(Instant::now()),
+                    (Some(_), false) => *since = None,
+                    _ => {}
+                }
+            }
+        }
+
+        /// Records that the batch that left the debouncer at `started` is in the store.
+        pub fn written(&self, started: Instant) {
+            if let Ok(mut since) = self.0.lock() {
+                if let Some(s) = since.as_mut() {
+                    *s = (*s).max(started);
+                }
+            }
+        }
+
+        /// Seconds since the oldest pending registration arrived (0 when none).
+        pub fn seconds(&self) -> f64 {
+            self.0
+                .lock()
+                .ok()
+                .and_then(|s| *s)
+                .map_or(0.0, |s| s.elapsed().as_secs_f64())
+        }
+    }
+
+    impl Collector for PendingAge {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            let gauge = ConstGauge::new(self.seconds());
+            let metric = encoder.encode_descriptor(
+                "oldest_pending_age",
+                "Age of the oldest registration not yet in the store",
+                Some(&Unit::Seconds),
+                gauge.metric_type(),
+            )?;
+            gauge.encode(metric)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_age_grows_until_idle_and_moves_past_written_batches() {
+        use std::time::Duration;
+        let age = PendingAge::default();
+        assert_eq!(age.seconds(), 0.0);
+        age.busy(true);
+        std::thread::sleep(Duration::from_millis(60));
+        let batch_left = tokio::time::Instant::now();
+        std::thread::sleep(Duration::from_millis(20));
+        age.busy(true);
+        let before = age.seconds();
+        assert!(before >= 0.08, "{before}");
+        // What is still pending arrived after that batch left: the age restarts from there.
+        age.written(batch_left);
+        let after = age.seconds();
+        assert!(
+            after >= 0.02 && after <= before - 0.05,
+            "{after} vs {before}"
+        );
+        // An older batch does not move it back.
+        age.written(batch_left - Duration::from_secs(10));
+        assert!(age.seconds() >= after);
+        age.busy(false);
+        assert_eq!(age.seconds(), 0.0);
+
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.oldest_pending.busy(true);
+        std::thread::sleep(Duration::from_millis(30));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let value: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("snp_oldest_pending_age_seconds "))
+            .expect("the gauge is exposed")
+            .parse()
+            .unwrap();
+        assert!(value >= 0.03, "{text}");
+    }
 
     #[test]
     fn text_format_uses_lower_case_label_values() {

@@ -216,6 +216,7 @@ impl<S: Store> Task<S> {
             self.metrics
                 .pending_keys
                 .set(i64::try_from(self.debouncer.pending_keys()).unwrap_or(i64::MAX));
+            self.metrics.oldest_pending.busy(!self.debouncer.is_idle());
             if self.debouncer.is_idle() && self.in_flight.is_empty() {
                 let report = DrainReport { pending_keys: 0 };
                 for d in self.drains.drain(..) {
@@ -387,6 +388,7 @@ impl<S: Store> Task<S> {
                 tracing::warn!(batch = %id, keys, error = %e, "batch failed; it will be retried");
             }
         }
+        self.metrics.batch_completed(id.0, started, keys, &result);
         self.debouncer.complete(now, id, ok);
         if ok {
             self.release_waiters();

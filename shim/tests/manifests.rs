@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PodSpec, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -67,7 +70,10 @@ fn yaml_files() -> Vec<PathBuf> {
             std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
         for entry in entries {
             let path = entry.expect("directory entry").path();
-            if path.is_dir() {
+            // Not manifests: the Helm chart's templates (checked rendered, by
+            // tests/e2e/test_helm.py) and promtool's unit tests of the alerts.
+            let skip = path.ends_with("helm") || path.ends_with("monitoring/tests");
+            if path.is_dir() && !skip {
                 walk(&path, out);
             } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
                 out.push(path);
@@ -92,6 +98,88 @@ struct Kustomization {
     kind: String,
     resources: Vec<String>,
 }
+
+/// Prometheus Operator types, for strict parsing of `deploy/monitoring/`, typed after the
+/// operator's API reference (it publishes no Rust types).
+mod monitoring {
+    // A schema: every field is declared so an unknown one is caught, not all are read.
+    #![allow(dead_code)]
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct PrometheusRule {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: ObjectMeta,
+        pub spec: RuleSpec,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct RuleSpec {
+        pub groups: Vec<RuleGroup>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct RuleGroup {
+        pub name: String,
+        #[serde(default)]
+        pub interval: Option<String>,
+        pub rules: Vec<Rule>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Rule {
+        #[serde(default)]
+        pub alert: Option<String>,
+        #[serde(default)]
+        pub record: Option<String>,
+        pub expr: String,
+        #[serde(default, rename = "for")]
+        pub for_: Option<String>,
+        #[serde(default)]
+        pub labels: BTreeMap<String, String>,
+        #[serde(default)]
+        pub annotations: BTreeMap<String, String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct PodMonitor {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: ObjectMeta,
+        pub spec: PodMonitorSpec,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct PodMonitorSpec {
+        pub selector: LabelSelector,
+        #[serde(default)]
+        pub namespace_selector: Option<BTreeMap<String, Vec<String>>>,
+        pub pod_metrics_endpoints: Vec<PodMetricsEndpoint>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct PodMetricsEndpoint {
+        pub port: String,
+        #[serde(default)]
+        pub path: Option<String>,
+        #[serde(default)]
+        pub interval: Option<String>,
+        #[serde(default)]
+        pub scrape_timeout: Option<String>,
+    }
+}
+use monitoring::{PodMonitor, PrometheusRule};
 
 /// Istio types, for strict parsing of `deploy/istio/`.
 mod istio {
@@ -277,6 +365,11 @@ enum Manifest {
     Mapping(Box<ServiceNameMapping>),
     Kustomization(Box<Kustomization>),
     EnvoyFilter(Box<EnvoyFilter>),
+    PrometheusRule(Box<PrometheusRule>),
+    PodMonitor(Box<PodMonitor>),
+    NetworkPolicy(Box<NetworkPolicy>),
+    Secret(Box<Secret>),
+    ConfigMap(Box<ConfigMap>),
 }
 
 impl Manifest {
@@ -292,6 +385,11 @@ impl Manifest {
             Self::Mapping(_) => crd::KIND,
             Self::Kustomization(_) => "Kustomization",
             Self::EnvoyFilter(_) => "EnvoyFilter",
+            Self::PrometheusRule(_) => "PrometheusRule",
+            Self::PodMonitor(_) => "PodMonitor",
+            Self::NetworkPolicy(_) => "NetworkPolicy",
+            Self::Secret(_) => "Secret",
+            Self::ConfigMap(_) => "ConfigMap",
         }
     }
 }
@@ -334,6 +432,11 @@ fn dotted(path: &serde_ignored::Path<'_>) -> String {
 
 /// Parses one document into the type its `kind` names.
 fn parse_document(doc: Value) -> Result<Manifest, String> {
+    parse_document_as(doc, false)
+}
+
+/// [`parse_document`], also accepting the kinds only the Helm chart renders (`helm_only`).
+fn parse_document_as(doc: Value, helm_only: bool) -> Result<Manifest, String> {
     let text = |key: &str| doc.get(key).and_then(Value::as_str).map(str::to_owned);
     let kind = text("kind").ok_or("no kind")?;
     let api_version = text("apiVersion").ok_or("no apiVersion")?;
@@ -369,6 +472,15 @@ fn parse_document(doc: Value) -> Result<Manifest, String> {
             }
             Ok(Manifest::EnvoyFilter(f))
         }
+        "PrometheusRule" | "PodMonitor" if api_version != "monitoring.coreos.com/v1" => {
+            Err(format!("{kind} apiVersion {api_version}"))
+        }
+        "PrometheusRule" => strict(doc, &[]).map(Manifest::PrometheusRule),
+        "NetworkPolicy" => strict(doc, &[]).map(Manifest::NetworkPolicy),
+        // Only the Helm chart renders these (token Secret, Grafana dashboard).
+        "Secret" if helm_only => strict(doc, &[]).map(Manifest::Secret),
+        "ConfigMap" if helm_only => strict(doc, &[]).map(Manifest::ConfigMap),
+        "PodMonitor" => strict(doc, &[]).map(Manifest::PodMonitor),
         other => Err(format!("unexpected kind {other} ({api_version})")),
     }
 }
@@ -480,8 +592,11 @@ fn load_deploy() -> Deploy {
             Manifest::Crd(x) => Some(&**x),
             _ => None,
         }),
+        // The install's kustomization (deploy/monitoring/ has its own).
         kustomization: one(&all, "Kustomization", |m| match m {
-            Manifest::Kustomization(x) => Some(&**x),
+            Manifest::Kustomization(x) if x.resources.iter().any(|r| r == "daemonset.yaml") => {
+                Some(&**x)
+            }
             _ => None,
         }),
         samples: all
@@ -516,7 +631,7 @@ fn crd_yaml_is_generated_from_the_rust_type() {
 fn every_manifest_parses_strictly() {
     let d = load_deploy();
     // Where each kind lives (the README and docs/deploy.md point at these files).
-    let expect: [(&str, &str); 9] = [
+    let expect: [(&str, &str); 12] = [
         ("Namespace", "namespace.yaml"),
         ("ServiceAccount", "rbac.yaml"),
         ("ClusterRole", "rbac.yaml"),
@@ -526,13 +641,16 @@ fn every_manifest_parses_strictly() {
         ("CustomResourceDefinition", "crd.yaml"),
         ("Kustomization", "kustomization.yaml"),
         (crd::KIND, "samples/servicenamemapping.yaml"),
+        ("PrometheusRule", "monitoring/prometheusrule.yaml"),
+        ("PodMonitor", "monitoring/podmonitor.yaml"),
+        ("NetworkPolicy", "networkpolicy.yaml"),
     ];
     for (kind, file) in expect {
-        assert_eq!(
-            d.files.get(kind).cloned(),
-            Some(vec![file.to_owned()]),
-            "{kind}"
-        );
+        let mut want = vec![file.to_owned()];
+        if kind == "Kustomization" {
+            want.push("monitoring/kustomization.yaml".to_owned());
+        }
+        assert_eq!(d.files.get(kind).cloned(), Some(want), "{kind}");
     }
     assert_eq!(d.samples.len(), 1);
 }
@@ -1411,4 +1529,393 @@ spec:
 "#;
     let err = parse_text(bad).unwrap_err();
     assert!(err.contains("valeu"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. The Helm chart (deploy/helm/snp) renders the same install, and its values work
+
+/// `helm`, as scripts/setup.sh installs it (target/tools) or from PATH.
+fn helm() -> PathBuf {
+    let tools = deploy_dir().join("../target/tools/helm");
+    if tools.exists() {
+        return tools;
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("helm"))
+                .find(|h| h.exists())
+        })
+        .unwrap_or_else(|| panic!("helm not found: run scripts/setup.sh"))
+}
+
+/// `helm template` of the chart into `namespace` with `args`; every document parsed strictly.
+fn helm_template(namespace: &str, args: &[&str]) -> Vec<(Value, Manifest)> {
+    let chart = deploy_dir().join("helm/snp");
+    let out = std::process::Command::new(helm())
+        .args(["template", "snp"])
+        .arg(&chart)
+        .args(["--namespace", namespace, "--kube-version", "1.33.0"])
+        .args(args)
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm template {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let docs = documents(&text).expect("helm's output is YAML");
+    let mut errors = Vec::new();
+    let parsed: Vec<(Value, Manifest)> = docs
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, doc)| match parse_document_as(doc.clone(), true) {
+            Ok(m) => Some((doc, m)),
+            Err(e) => {
+                errors.push(format!("document {i}: {e}"));
+                None
+            }
+        })
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "helm template {args:?} does not parse strictly:\n{}",
+        errors.join("\n")
+    );
+    parsed
+}
+
+/// Removes what only Helm adds (its labels, the CRD's keep annotation), so a chart object
+/// compares equal to the kustomize one.
+fn without_helm_marks(mut v: Value) -> Value {
+    fn strip(meta: Option<&mut Value>) {
+        let Some(Value::Mapping(meta)) = meta else {
+            return;
+        };
+        for field in ["labels", "annotations"] {
+            let key = Value::from(field);
+            if let Some(Value::Mapping(m)) = meta.get_mut(&key) {
+                m.retain(|k, _| {
+                    let k = k.as_str().unwrap_or_default();
+                    !(k.starts_with("helm.sh/")
+                        || k == "app.kubernetes.io/managed-by"
+                        || k == "app.kubernetes.io/instance")
+                });
+                if m.is_empty() {
+                    meta.remove(&key);
+                }
+            }
+        }
+    }
+    strip(v.get_mut("metadata"));
+    if let Some(t) = v.get_mut("spec").and_then(|s| s.get_mut("template")) {
+        strip(t.get_mut("metadata"));
+    }
+    v
+}
+
+fn key_of_doc(doc: &Value) -> (String, String) {
+    let s = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
+    (
+        s(doc.get("kind")),
+        s(doc.get("metadata").and_then(|m| m.get("name"))),
+    )
+}
+
+#[test]
+fn helm_chart_copies_of_deploy_files_are_identical() {
+    for (copy, original) in [
+        ("helm/snp/files/crd.yaml", "crd.yaml"),
+        (
+            "helm/snp/files/prometheusrule.yaml",
+            "monitoring/prometheusrule.yaml",
+        ),
+        (
+            "helm/snp/files/grafana-dashboard.json",
+            "monitoring/grafana-dashboard.json",
+        ),
+    ] {
+        assert!(
+            read(copy) == read(original),
+            "deploy/{copy} differs from deploy/{original}: cp deploy/{original} deploy/{copy}"
+        );
+    }
+}
+
+#[test]
+fn helm_chart_with_defaults_renders_the_kustomize_install() {
+    let chart: BTreeMap<(String, String), Value> = helm_template("snp-system", &[])
+        .into_iter()
+        .map(|(doc, _)| (key_of_doc(&doc), without_helm_marks(doc)))
+        .collect();
+    // What `kubectl apply -k deploy/` applies, but the Namespace (Helm's --create-namespace).
+    let mut kustomize = BTreeMap::new();
+    for file in load_deploy().kustomization.resources {
+        for doc in documents(&read(&file)).unwrap() {
+            let key = key_of_doc(&doc);
+            if key.0 != "Namespace" {
+                kustomize.insert(key, doc);
+            }
+        }
+    }
+    assert_eq!(
+        chart.keys().collect::<Vec<_>>(),
+        kustomize.keys().collect::<Vec<_>>(),
+        "the chart's objects with default values differ from deploy/kustomization.yaml's"
+    );
+    for (key, want) in &kustomize {
+        let got = &chart[key];
+        assert!(
+            got == want,
+            "{key:?} differs between the chart (default values) and deploy/:\n--- chart ---\n{}\n--- deploy/ ---\n{}",
+            serde_yaml_ng::to_string(got).unwrap(),
+            serde_yaml_ng::to_string(want).unwrap()
+        );
+    }
+}
+
+#[test]
+fn helm_chart_values_reach_the_objects() {
+    let rendered = helm_template(
+        "mesh-infra",
+        &[
+            "--set=crd.group=dubbo.apache.org",
+            "--set=crd.version=v1beta1",
+            "--set=image.repository=registry.example/snp",
+            "--set=image.tag=1.2.3",
+            "--set=auth.token.create=true",
+            "--set=auth.token.value=s3cret",
+            "--set=auth.scope=all",
+            "--set=policy.ackMode=durable",
+            "--set=policy.debounceMax=2s",
+            "--set=policy.shutdownTimeout=40s",
+            "--set=store.kubeQps=50",
+            "--set=networkPolicy.enabled=false",
+            "--set=monitoring.podMonitor.enabled=true",
+            "--set=monitoring.prometheusRule.enabled=true",
+            "--set=monitoring.grafanaDashboard.enabled=true",
+        ],
+    );
+    let mut kinds: Vec<&str> = rendered.iter().map(|(_, m)| m.kind()).collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "CustomResourceDefinition",
+            "DaemonSet",
+            "PodMonitor",
+            "PrometheusRule",
+            "Secret",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    for (doc, m) in &rendered {
+        let ns = doc
+            .get("metadata")
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str);
+        let cluster_scoped = matches!(
+            m,
+            Manifest::Crd(_) | Manifest::ClusterRole(_) | Manifest::ClusterRoleBinding(_)
+        );
+        assert_eq!(
+            ns,
+            (!cluster_scoped).then_some("mesh-infra"),
+            "{}",
+            m.kind()
+        );
+        match m {
+            Manifest::Crd(crd) => {
+                assert_eq!(
+                    crd.metadata.name.as_deref(),
+                    Some("servicenamemappings.dubbo.apache.org")
+                );
+                assert_eq!(crd.spec.group, "dubbo.apache.org");
+                assert_eq!(crd.spec.versions[0].name, "v1beta1");
+                let keep = crd.metadata.annotations.as_ref().unwrap();
+                assert_eq!(keep["helm.sh/resource-policy"], "keep");
+            }
+            Manifest::ClusterRole(role) => {
+                let rule = &role.rules.as_ref().unwrap()[0];
+                assert_eq!(
+                    rule.api_groups.as_deref(),
+                    Some(&["dubbo.apache.org".to_owned()][..])
+                );
+            }
+            Manifest::ClusterRoleBinding(b) => {
+                assert_eq!(
+                    b.subjects.as_ref().unwrap()[0].namespace.as_deref(),
+                    Some("mesh-infra")
+                );
+            }
+            Manifest::Secret(s) => {
+                assert_eq!(s.metadata.name.as_deref(), Some("snp-shim-token"));
+                assert_eq!(s.string_data.as_ref().unwrap()["token"], "s3cret");
+            }
+            Manifest::DaemonSet(ds) => {
+                let c = shim_container(ds);
+                assert_eq!(c.image.as_deref(), Some("registry.example/snp:1.2.3"));
+                let cfg = shim_config(c);
+                assert_eq!(cfg.crd.crd_group, "dubbo.apache.org");
+                assert_eq!(cfg.crd.crd_version, "v1beta1");
+                assert_eq!(cfg.ack_mode, snp_shim::config::AckMode::Durable);
+                assert_eq!(cfg.auth_scope, snp_shim::config::AuthScope::All);
+                assert_eq!(cfg.debounce_max, Duration::from_secs(2));
+                assert_eq!(cfg.shutdown_timeout, Duration::from_secs(40));
+                assert_eq!(cfg.kube_qps, 50.0);
+                let token = cfg.auth_token_file.expect("token file");
+                let mount = c
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .find(|m| token.starts_with(&m.mount_path))
+                    .expect("the token file is on a mounted volume");
+                let pod = pod_spec(ds);
+                let volume = pod
+                    .volumes
+                    .iter()
+                    .flatten()
+                    .find(|v| v.name == mount.name)
+                    .unwrap();
+                assert_eq!(
+                    volume.secret.as_ref().unwrap().secret_name.as_deref(),
+                    Some("snp-shim-token")
+                );
+                assert_eq!(pod.termination_grace_period_seconds, Some(55));
+            }
+            Manifest::PrometheusRule(_) => {
+                let want = documents(&read("monitoring/prometheusrule.yaml")).unwrap();
+                assert_eq!(doc.get("spec"), want[0].get("spec"));
+            }
+            Manifest::ConfigMap(cm) => {
+                let data = cm.data.as_ref().unwrap();
+                assert_eq!(
+                    data["snp.json"].trim_end(),
+                    read("monitoring/grafana-dashboard.json").trim_end()
+                );
+                assert_eq!(
+                    cm.metadata.labels.as_ref().unwrap()["grafana_dashboard"],
+                    "1"
+                );
+            }
+            Manifest::PodMonitor(pm) => {
+                assert_eq!(pm.spec.pod_metrics_endpoints[0].port, "http-metrics");
+            }
+            _ => {}
+        }
+    }
+    // The journal puts the node's directory in the pod.
+    let journal = helm_template(
+        "snp-system",
+        &[
+            "--set=journal.enabled=true",
+            "--set=journal.hostPath=/data/snp",
+        ],
+    );
+    let ds = journal
+        .iter()
+        .find_map(|(_, m)| match m {
+            Manifest::DaemonSet(ds) => Some(ds),
+            _ => None,
+        })
+        .unwrap();
+    let pod = pod_spec(ds);
+    let data = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "data")
+        .unwrap();
+    assert_eq!(data.host_path.as_ref().unwrap().path, "/data/snp");
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "data")
+        .unwrap();
+    assert_eq!(mount.mount_path, "/var/lib/snp");
+    // A token without a value is refused, not rendered empty.
+    let out = std::process::Command::new(helm())
+        .args(["template", "snp"])
+        .arg(deploy_dir().join("helm/snp"))
+        .args(["--kube-version", "1.33.0", "--set=auth.token.create=true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.token.value is required"));
+}
+
+#[test]
+fn networkpolicy_admits_the_shims_ports_and_alerts_carry_runbooks() {
+    let all = load_all();
+    let ds = load_deploy().daemonset;
+    let shim = shim_container(&ds);
+    for (file, m) in &all {
+        match m {
+            Manifest::NetworkPolicy(np) => {
+                let spec = np.spec.as_ref().unwrap();
+                let selects = spec
+                    .pod_selector
+                    .as_ref()
+                    .unwrap()
+                    .match_labels
+                    .as_ref()
+                    .unwrap();
+                let pod_labels = ds
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .template
+                    .metadata
+                    .as_ref()
+                    .unwrap();
+                for (k, v) in selects {
+                    assert_eq!(
+                        pod_labels.labels.as_ref().unwrap().get(k),
+                        Some(v),
+                        "{file}"
+                    );
+                }
+                // Both ports the shim serves are admitted: gRPC from every namespace.
+                let mut admitted = BTreeSet::new();
+                for rule in spec.ingress.iter().flatten() {
+                    for p in rule.ports.iter().flatten() {
+                        let port = resolve_port(shim, p.port.as_ref().unwrap());
+                        admitted.insert(port);
+                        if port == container_port(shim, "grpc") {
+                            let from = rule.from.as_ref().unwrap();
+                            assert!(from.iter().any(|f| f
+                                .namespace_selector
+                                .as_ref()
+                                .is_some_and(
+                                    |s| s.match_labels.is_none() && s.match_expressions.is_none()
+                                )));
+                        }
+                    }
+                }
+                assert_eq!(
+                    admitted,
+                    BTreeSet::from([
+                        container_port(shim, "grpc"),
+                        container_port(shim, "http-metrics")
+                    ])
+                );
+            }
+            Manifest::PrometheusRule(rule) => {
+                for r in rule.spec.groups.iter().flat_map(|g| &g.rules) {
+                    let name = r.alert.as_deref().expect("alerting rules only");
+                    for a in ["summary", "description", "runbook"] {
+                        assert!(r.annotations.contains_key(a), "{name}: no {a}");
+                    }
+                    assert!(r.labels.contains_key("severity"), "{name}: no severity");
+                }
+            }
+            _ => {}
+        }
+    }
 }

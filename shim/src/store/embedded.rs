@@ -193,6 +193,19 @@ impl Store for EmbeddedStore {
     fn is_ready(&self) -> bool {
         true
     }
+
+    fn namespaces(&self) -> Vec<String> {
+        let Ok(cache) = self.inner.cache.read() else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for key in cache.by_key.keys() {
+            if out.last() != Some(&key.namespace) {
+                out.push(key.namespace.clone());
+            }
+        }
+        out
+    }
 }
 
 impl Inner {

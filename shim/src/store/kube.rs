@@ -500,6 +500,10 @@ impl Store for KubeStore {
         self.inner.changes.subscribe()
     }
 
+    fn namespaces(&self) -> Vec<String> {
+        self.inner.read().namespaces()
+    }
+
     fn is_ready(&self) -> bool {
         *self.inner.synced.borrow()
             && self.inner.watch_ok.load(Ordering::Relaxed)

@@ -102,4 +102,7 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Whether the store is reachable and its cache synced (for `/readyz`).
     fn is_ready(&self) -> bool;
+
+    /// Namespaces the cache holds mappings in, sorted (the status page's browser).
+    fn namespaces(&self) -> Vec<String>;
 }

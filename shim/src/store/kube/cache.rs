@@ -215,6 +215,17 @@ impl Cache {
         }
     }
 
+    /// Namespaces with at least one key, sorted.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for key in self.keys.keys() {
+            if out.last() != Some(&key.namespace) {
+                out.push(key.namespace.clone());
+            }
+        }
+        out
+    }
+
     /// Whether every `(key, app)` of `mappings` is cached.
     pub fn contains_all(&self, mappings: &Mappings) -> bool {
         mappings.iter().all(|(k, apps)| self.holds(k, apps))
@@ -591,5 +602,7 @@ mod tests {
         let got = c.get("ab", &[]);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0.namespace, "ab");
+        c.apply(obj("a", "y", "com.Y", &["1"], "4"));
+        assert_eq!(c.namespaces(), ["a", "ab", "b"]);
     }
 }
