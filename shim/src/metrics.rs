@@ -162,6 +162,10 @@ pub struct Metrics {
     pub flush_seconds: Histogram,
     /// Calls waiting for their mappings to become durable (durable acks, PushMappings).
     pub durable_waiters: Gauge,
+    /// Keys parked after the store refused them for good.
+    pub parked_keys: Gauge,
+    /// Keys parked, by the store's reason (each key counted once per parking, not per probe).
+    pub parked: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -185,6 +189,8 @@ impl Metrics {
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
             durable_waiters: Gauge::default(),
+            parked_keys: Gauge::default(),
+            parked: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("snp");
         r.register(
@@ -258,6 +264,16 @@ impl Metrics {
             "Calls waiting for their mappings to become durable",
             m.durable_waiters.clone(),
         );
+        r.register(
+            "parked_keys",
+            "Keys parked because the store refuses them for good (probed again slowly)",
+            m.parked_keys.clone(),
+        );
+        r.register(
+            "keys_parked",
+            "Keys parked, by the store's reason",
+            m.parked.clone(),
+        );
         // Series that dashboards and alerts expect exist from the start, at zero.
         for api in [Api::Dubbo, Api::Admin, Api::Push] {
             for result in [Outcome::Ok, Outcome::Invalid, Outcome::Error] {
@@ -297,6 +313,37 @@ impl Metrics {
         self.store_writes
             .get_or_create(&WriteLabels { verb, result })
             .inc();
+    }
+}
+
+impl From<snp_store::Verb> for Verb {
+    fn from(v: snp_store::Verb) -> Self {
+        match v {
+            snp_store::Verb::Get => Self::Get,
+            snp_store::Verb::List => Self::List,
+            snp_store::Verb::Create => Self::Create,
+            snp_store::Verb::Update => Self::Update,
+        }
+    }
+}
+
+/// The stores report their requests into these metrics.
+impl snp_store::Observer for Metrics {
+    fn request(&self, verb: snp_store::Verb, result: snp_store::RequestResult) {
+        let result = match result {
+            snp_store::RequestResult::Ok => Outcome::Ok,
+            snp_store::RequestResult::Rejected => Outcome::Invalid,
+            snp_store::RequestResult::Failed => Outcome::Error,
+        };
+        self.store_write(verb.into(), result);
+    }
+
+    fn conflict(&self) {
+        self.conflicts.inc();
+    }
+
+    fn noop_skips(&self, n: u64) {
+        self.noop_skips.inc_by(n);
     }
 }
 
