@@ -516,6 +516,8 @@ impl Config {
                 max_failures,
                 jitter,
             },
+            park_probe: dd.park_probe,
+            max_parked_keys: dd.max_parked_keys,
             seed: dd.seed,
         };
         let dl = Limits::default();

@@ -304,10 +304,11 @@ impl<S: Store> Task<S> {
                     pending,
                     acknowledged,
                     in_flight,
+                    parked,
                 } = self
                     .debouncer
                     .offer_all(now, &r.namespace, &r.application, &r.interfaces)?;
-                pending + acknowledged + in_flight
+                pending + acknowledged + in_flight + parked
             }
             Payload::Batch(m) => {
                 let mut n = 0;
