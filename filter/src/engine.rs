@@ -86,6 +86,7 @@ pub fn encode_push(label: &str, source: &str, mappings: &Mappings) -> Vec<u8> {
                 application_names: apps.as_slice().to_vec(),
             })
             .collect(),
+        want_results: false,
     }
     .encode_to_vec()
 }
