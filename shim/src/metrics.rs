@@ -36,18 +36,8 @@ pub enum Api {
     Push,
 }
 
-/// Store request verb.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum Verb {
-    /// Read of one object.
-    Get,
-    /// List (cache sync).
-    List,
-    /// New object.
-    Create,
-    /// Replace with resourceVersion (union update).
-    Update,
-}
+/// Store request verb (the store's own; a label value with its `prometheus` feature).
+pub use snp_store::Verb;
 
 impl Outcome {
     /// The label value (lower case, as Prometheus label values usually are).
@@ -73,18 +63,6 @@ impl Api {
     }
 }
 
-impl Verb {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Get => "get",
-            Self::List => "list",
-            Self::Create => "create",
-            Self::Update => "update",
-        }
-    }
-}
-
 macro_rules! label_value {
     ($($t:ty),*) => {$(
         impl EncodeLabelValue for $t {
@@ -94,7 +72,7 @@ macro_rules! label_value {
         }
     )*};
 }
-label_value!(Outcome, Api, Verb);
+label_value!(Outcome, Api);
 
 /// Labels of `snp_calls_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -316,17 +294,6 @@ impl Metrics {
     }
 }
 
-impl From<snp_store::Verb> for Verb {
-    fn from(v: snp_store::Verb) -> Self {
-        match v {
-            snp_store::Verb::Get => Self::Get,
-            snp_store::Verb::List => Self::List,
-            snp_store::Verb::Create => Self::Create,
-            snp_store::Verb::Update => Self::Update,
-        }
-    }
-}
-
 /// The stores report their requests into these metrics.
 impl snp_store::Observer for Metrics {
     fn request(&self, verb: snp_store::Verb, result: snp_store::RequestResult) {
@@ -335,7 +302,7 @@ impl snp_store::Observer for Metrics {
             snp_store::RequestResult::Rejected => Outcome::Invalid,
             snp_store::RequestResult::Failed => Outcome::Error,
         };
-        self.store_write(verb.into(), result);
+        self.store_write(verb, result);
     }
 
     fn conflict(&self) {

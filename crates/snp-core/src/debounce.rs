@@ -558,52 +558,26 @@ impl Debouncer {
     }
 
     fn take_retries(&mut self, now: Instant, limit: usize, flight: &mut Flight) {
-        while flight.mappings.len() < limit {
-            let Some(mut entry) = self.retry_queue.first_entry() else {
-                return;
-            };
-            if *entry.key() > now {
-                return;
-            }
-            let at = *entry.key();
-            let keys = entry.get_mut();
-            while flight.mappings.len() < limit {
-                let Some(key) = keys.pop() else { break };
-                // Only if the key still waits for this very time.
-                if self.retrying.get(&key).is_some_and(|r| r.at == at) {
-                    if let Some(r) = self.retrying.remove(&key) {
-                        flight.failures.insert(key.clone(), r.failures);
-                        flight.mappings.insert_set(key, &r.apps);
-                    }
+        let room = limit.saturating_sub(flight.mappings.len());
+        for (at, key) in pop_due(&mut self.retry_queue, now, room) {
+            // Only if the key still waits for this very time (else the entry is stale).
+            if self.retrying.get(&key).is_some_and(|r| r.at == at) {
+                if let Some(r) = self.retrying.remove(&key) {
+                    flight.failures.insert(key.clone(), r.failures);
+                    flight.mappings.insert_set(key, &r.apps);
                 }
-            }
-            if keys.is_empty() {
-                entry.remove();
             }
         }
     }
 
     fn take_probes(&mut self, now: Instant, limit: usize, flight: &mut Flight) {
-        while flight.mappings.len() < limit {
-            let Some(mut entry) = self.probe_queue.first_entry() else {
-                return;
-            };
-            if *entry.key() > now {
-                return;
-            }
-            let at = *entry.key();
-            let keys = entry.get_mut();
-            while flight.mappings.len() < limit {
-                let Some(key) = keys.pop() else { break };
-                if self.parked.get(&key).is_some_and(|p| p.next_probe == at) {
-                    if let Some(p) = self.parked.remove(&key) {
-                        flight.mappings.insert_set(key.clone(), &p.apps);
-                        flight.probing.insert(key, p);
-                    }
+        let room = limit.saturating_sub(flight.mappings.len());
+        for (at, key) in pop_due(&mut self.probe_queue, now, room) {
+            if self.parked.get(&key).is_some_and(|p| p.next_probe == at) {
+                if let Some(p) = self.parked.remove(&key) {
+                    flight.mappings.insert_set(key.clone(), &p.apps);
+                    flight.probing.insert(key, p);
                 }
-            }
-            if keys.is_empty() {
-                entry.remove();
             }
         }
     }
@@ -896,6 +870,36 @@ impl Debouncer {
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.retrying.is_empty() && self.in_flight.is_empty()
     }
+}
+
+/// Takes up to `room` keys whose time in `queue` is `now` or earlier, earliest first, with
+/// their time.
+fn pop_due(
+    queue: &mut BTreeMap<Instant, Vec<MappingKey>>,
+    now: Instant,
+    room: usize,
+) -> Vec<(Instant, MappingKey)> {
+    let mut out = Vec::new();
+    while out.len() < room {
+        let Some(mut entry) = queue.first_entry() else {
+            break;
+        };
+        let at = *entry.key();
+        if at > now {
+            break;
+        }
+        let keys = entry.get_mut();
+        while out.len() < room {
+            match keys.pop() {
+                Some(key) => out.push((at, key)),
+                None => break,
+            }
+        }
+        if keys.is_empty() {
+            entry.remove();
+        }
+    }
+    out
 }
 
 /// Unions `apps` into `map[key]`.

@@ -299,6 +299,8 @@ impl<T> MappingIndex<T> {
     }
 }
 
+/// The naming, revision and change rules are tested through the Kubernetes store's view
+/// (`kube::cache`); these cover what only the index does.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,98 +321,6 @@ mod tests {
         assert_eq!(
             ix.choose_name(&k, |n| n != "com-acme-foo"),
             Some(naming::hashed_name("com.acme.Foo"))
-        );
-    }
-
-    #[test]
-    fn a_seed_name_held_by_a_case_twin_moves_to_the_hash() {
-        let mut ix = MappingIndex::default();
-        put(&mut ix, "ns", "com-foo", "com.Foo", &["a"], "1");
-        let k = MappingKey::new("ns", "com.foo");
-        assert_eq!(
-            ix.choose_name(&k, |_| true),
-            Some(naming::hashed_name("com.foo"))
-        );
-        let twin = MappingKey::new("ns", "com.Foo");
-        assert_eq!(ix.choose_name(&twin, |_| false), Some("com-foo".into()));
-        assert_eq!(
-            ix.choose_name(&MappingKey::new("other", "com.foo"), |_| true),
-            Some("com-foo".into())
-        );
-    }
-
-    #[test]
-    fn unreadable_objects_block_their_name() {
-        let mut ix = MappingIndex::<()>::default();
-        assert!(ix.upsert("ns", "com-foo", None, "1".into(), ()).is_empty());
-        let k = MappingKey::new("ns", "com.foo");
-        assert_eq!(
-            ix.choose_name(&k, |_| true),
-            Some(naming::hashed_name("com.foo"))
-        );
-        assert!(ix.remove("ns", "com-foo", None).is_empty());
-        assert_eq!(ix.choose_name(&k, |_| true), Some("com-foo".into()));
-    }
-
-    #[test]
-    fn every_candidate_taken_is_no_name() {
-        let mut ix = MappingIndex::default();
-        put(&mut ix, "ns", "com-foo", "com.Foo", &["a"], "1");
-        put(
-            &mut ix,
-            "ns",
-            &naming::hashed_name("com.foo"),
-            "com.FOO",
-            &["a"],
-            "2",
-        );
-        assert_eq!(
-            ix.choose_name(&MappingKey::new("ns", "com.foo"), |_| true),
-            None
-        );
-    }
-
-    #[test]
-    fn duplicate_objects_union_and_the_seed_name_is_the_target() {
-        let mut ix = MappingIndex::default();
-        let iface = "com.acme.Foo";
-        let k = MappingKey::new("ns", iface);
-        put(
-            &mut ix,
-            "ns",
-            &naming::hashed_name(iface),
-            iface,
-            &["b"],
-            "5",
-        );
-        put(&mut ix, "ns", "com-acme-foo", iface, &["a"], "6");
-        assert_eq!(ix.entry(&k).unwrap().apps, set(&["a", "b"]));
-        assert!(ix.holds(&k, &set(&["a", "b"])));
-        assert_eq!(ix.target(&k).unwrap().0, "com-acme-foo");
-        let ch = ix.remove("ns", "com-acme-foo", None);
-        assert_eq!(
-            ch,
-            vec![Change::Upsert {
-                key: k,
-                entry: Entry {
-                    apps: set(&["b"]),
-                    revision: "5".into()
-                }
-            }]
-        );
-    }
-
-    #[test]
-    fn stale_revisions_never_roll_back() {
-        let mut ix = MappingIndex::default();
-        let k = MappingKey::new("ns", "com.X");
-        put(&mut ix, "ns", "x", "com.X", &["a", "b"], "10");
-        put(&mut ix, "ns", "x", "com.X", &["a"], "9");
-        assert_eq!(ix.entry(&k).unwrap().apps, set(&["a", "b"]));
-        assert!(ix.remove("ns", "x", Some("9")).is_empty());
-        assert_eq!(
-            ix.remove("ns", "x", Some("11")),
-            vec![Change::Delete { key: k }]
         );
     }
 

@@ -16,6 +16,28 @@ pub enum Verb {
     Update,
 }
 
+impl Verb {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::List => "list",
+            Self::Create => "create",
+            Self::Update => "update",
+        }
+    }
+}
+
+#[cfg(feature = "prometheus")]
+impl prometheus_client::encoding::EncodeLabelValue for Verb {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
 /// How one store request ended.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum RequestResult {

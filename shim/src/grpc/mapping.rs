@@ -32,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::registration::outcome_of;
-use super::{not_durable, parked_status, pipeline_status, Shared};
+use super::{parked_status, pipeline_status, wait_durable, Shared};
 use crate::auth::Action;
 use crate::metrics::{Api, Outcome};
 use crate::pipeline::{Payload, Wait};
@@ -205,14 +205,8 @@ impl<S: Store> MappingApi<S> {
                 }
             }
             if let Some(done) = accepted.durable {
-                match tokio::time::timeout(shared.ack_timeout, done).await {
-                    Ok(Ok(Ok(()))) => {}
-                    Ok(Ok(Err(p))) => return Err(parked_status(&p)),
-                    Ok(Err(_)) => return Err(Status::unavailable("the shim is shutting down")),
-                    // With results, the deadline answers the rest as PENDING.
-                    Err(_) if req.want_results => {}
-                    Err(_) => return Err(not_durable(shared.ack_timeout)),
-                }
+                // With results, the deadline answers the rest as PENDING.
+                wait_durable(shared, done, req.want_results).await?;
             }
         }
         if !req.want_results {

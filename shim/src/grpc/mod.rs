@@ -15,13 +15,13 @@ pub mod registration;
 use std::time::Duration;
 
 use snp_core::Limits;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tonic::Status;
 
 use crate::auth::Auth;
 use crate::config::AckMode;
 use crate::metrics::Metrics;
-use crate::pipeline::{ParkedKey, Payload, Pipeline, PipelineError};
+use crate::pipeline::{DurableResult, ParkedKey, Payload, Pipeline, PipelineError};
 use crate::store::Store;
 
 /// Default of the largest request message the shim decodes (bytes, `--max-message-bytes`).
@@ -88,18 +88,30 @@ async fn offer_and_wait<S: Store>(
         return Err(parked_status(p));
     }
     if let Some(done) = accepted.durable {
-        match tokio::time::timeout(shared.ack_timeout, done).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(parked))) => return Err(parked_status(&parked)),
-            Ok(Err(_)) => return Err(Status::unavailable("the shim is shutting down")),
-            Err(_) => return Err(not_durable(shared.ack_timeout)),
-        }
+        wait_durable(shared, done, false).await?;
     }
     Ok(())
 }
 
+/// Waits up to the ack timeout for a durable offer to settle: `Ok(true)` once settled,
+/// `Ok(false)` when the deadline came first and `pending_ok` (else `UNAVAILABLE`), and
+/// `FAILED_PRECONDITION` when a key of it was parked.
+pub(crate) async fn wait_durable<S: Store>(
+    shared: &Shared<S>,
+    done: oneshot::Receiver<DurableResult>,
+    pending_ok: bool,
+) -> Result<bool, Status> {
+    match tokio::time::timeout(shared.ack_timeout, done).await {
+        Ok(Ok(Ok(()))) => Ok(true),
+        Ok(Ok(Err(parked))) => Err(parked_status(&parked)),
+        Ok(Err(_)) => Err(Status::unavailable("the shim is shutting down")),
+        Err(_) if pending_ok => Ok(false),
+        Err(_) => Err(not_durable(shared.ack_timeout)),
+    }
+}
+
 /// The status of a call whose mappings did not become durable in time.
-pub(crate) fn not_durable(timeout: Duration) -> Status {
+fn not_durable(timeout: Duration) -> Status {
     Status::unavailable(format!(
         "the store did not confirm the write within {}; the mappings are kept and retried, resend later",
         humantime::format_duration(timeout)
