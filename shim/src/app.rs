@@ -530,6 +530,13 @@ impl Context {
                 "shutdown deadline passed with mappings not written; their senders must register again"
             );
         }
+        let parked = self.parked.len();
+        if parked > 0 {
+            tracing::warn!(
+                parked_keys = parked,
+                "parked keys were refused by the store for good and are not stored; see the `key parked` lines"
+            );
+        }
         drop(pipeline);
         pipeline_task.abort();
         Ok(ExitReport {

@@ -582,17 +582,23 @@ impl<S: Store> Task<S> {
                 KeyOutcome::Transient(e) => Some(e.to_string()),
                 _ => None,
             });
-            tracing::warn!(
-                batch = %id,
-                keys,
-                created = summary.created,
-                updated = summary.updated,
-                unchanged = summary.unchanged,
-                transient = summary.transient,
-                permanent = summary.permanent,
-                error = first_transient.as_deref().unwrap_or(""),
-                "batch partly failed; failed keys back off on their own"
-            );
+            let error = first_transient.as_deref().unwrap_or("");
+            let (transient, permanent) = (summary.transient, summary.permanent);
+            if transient + permanent == keys {
+                tracing::warn!(batch = %id, keys, transient, permanent, error, "batch failed; it will be retried");
+            } else {
+                tracing::warn!(
+                    batch = %id,
+                    keys,
+                    created = summary.created,
+                    updated = summary.updated,
+                    unchanged = summary.unchanged,
+                    transient,
+                    permanent,
+                    error,
+                    "batch partly failed; failed keys back off on their own"
+                );
+            }
         }
         let Some(done) = self.debouncer.complete_with(now, id, |k| {
             match outcomes.remove(k) {
