@@ -187,7 +187,9 @@ impl<S: Store> MappingApi<S> {
             shared.metrics.invalid(bad.reason);
             tracing::debug!(batch = %req.batch_id, source = %req.source, error = %bad.message, "invalid mapping");
         }
-        if !offer.is_empty() {
+        if offer.is_empty() {
+            tracing::debug!(batch = %req.batch_id, source = %req.source, "batch already in the store");
+        } else {
             tracing::debug!(batch = %req.batch_id, source = %req.source, keys = offer.len(), "batch");
             let wait = if req.want_results {
                 Wait::Settled
