@@ -345,6 +345,24 @@ async fn a_key_that_fails_for_good_is_parked_and_holds_nobody_up() {
         started.elapsed()
     );
 
+    // A durable call already waiting when its key gets parked is told then, not at its
+    // deadline.
+    let late = apiserver::namespace("ghost");
+    proxy.add(Rule::namespace_not_found(&late));
+    let started = Instant::now();
+    let err = dubbo(shim.grpc_addr)
+        .await
+        .register_service_app_mapping(dubbo_req(&late, "billing", &["com.acme.Late"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(metric(shim.http_addr, "snp_parked_keys", &[]).await, 2.0);
+
     // Healthy registrations after the parking go in the next batch as if nothing
     // happened (one debounce window, no backoff inherited from the bad key).
     let started = Instant::now();
