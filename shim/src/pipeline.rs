@@ -200,6 +200,13 @@ impl ParkedView {
         self.len() == 0
     }
 
+    fn set(&self, key: MappingKey, entry: ParkedEntry) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, entry);
+    }
+
     fn replace(&self, entries: BTreeMap<MappingKey, ParkedEntry>) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = entries;
     }
@@ -490,6 +497,16 @@ impl<S: Store> Task<S> {
             .iter()
             .filter_map(|(k, _)| self.parked_key(k))
             .collect();
+        // The applications that joined a parked key show at `/parked` at once.
+        for p in &parked {
+            if let Some(entry) = self
+                .debouncer
+                .parked(&p.key)
+                .map(|d| self.parked_entry(&p.key, d))
+            {
+                self.parked.set(p.key.clone(), entry);
+            }
+        }
         let durable = (wait != Wait::No).then(|| {
             let (tx, rx) = oneshot::channel();
             if wait == Wait::Stored && !parked.is_empty() {
@@ -659,26 +676,25 @@ impl<S: Store> Task<S> {
         self.release_waiters(&done.stored, &done.parked);
     }
 
+    fn parked_entry(&self, k: &MappingKey, p: &snp_core::Parked) -> ParkedEntry {
+        ParkedEntry {
+            namespace: k.namespace.clone(),
+            interface: k.interface.clone(),
+            applications: p.apps.as_slice().to_vec(),
+            reason: p.reason.clone(),
+            message: p.message.clone(),
+            parked_since: self.wall(p.since),
+            last_tried: self.wall(p.last_tried),
+            next_probe: self.wall(p.next_probe),
+            tries: p.tries,
+        }
+    }
+
     fn refresh_parked_view(&mut self) {
         let entries: BTreeMap<MappingKey, ParkedEntry> = self
             .debouncer
             .parked_iter()
-            .map(|(k, p)| {
-                (
-                    k.clone(),
-                    ParkedEntry {
-                        namespace: k.namespace.clone(),
-                        interface: k.interface.clone(),
-                        applications: p.apps.as_slice().to_vec(),
-                        reason: p.reason.clone(),
-                        message: p.message.clone(),
-                        parked_since: self.wall(p.since),
-                        last_tried: self.wall(p.last_tried),
-                        next_probe: self.wall(p.next_probe),
-                        tries: p.tries,
-                    },
-                )
-            })
+            .map(|(k, p)| (k.clone(), self.parked_entry(k, p)))
             .collect();
         self.metrics
             .parked_keys

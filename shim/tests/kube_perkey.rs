@@ -344,6 +344,14 @@ async fn a_key_that_fails_for_good_is_parked_and_holds_nobody_up() {
         "{:?}",
         started.elapsed()
     );
+    // The registration joined the parked key: it is probed with it, and listed.
+    let (_, body) = http_get(shim.http_addr, "/parked").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["parked"][0]["applications"],
+        serde_json::json!(["billing", "orders"]),
+        "{body}"
+    );
 
     // A durable call already waiting when its key gets parked is told then, not at its
     // deadline.
