@@ -632,3 +632,30 @@ proptest! {
         }
     }
 }
+
+/// The figure: a healthy key offered after 8 failures of a poisoned one waited
+/// 29,990 ms under a batch-wide backoff. Now it goes after its own first check.
+#[test]
+fn a_healthy_key_offered_after_eight_failures_of_another_goes_after_its_own_window() {
+    let mut d = Debouncer::new(seed_rules());
+    let (bad, good) = (key(0), key(1));
+    d.offer(t(0), &bad.namespace, &bad.interface, "a").unwrap();
+    let mut now = 200;
+    for _ in 0..8 {
+        let b = d.poll(t(now)).expect("the bad key's attempt");
+        assert!(b.mappings.get(&good).is_none());
+        d.complete(t(now + 10), b.id, false);
+        now = d.next_wakeup().unwrap().as_millis();
+    }
+    assert_eq!(d.failures(), 6, "its backoff is at the cap");
+    // 25 s into the bad key's 30 s backoff.
+    let offered = now - 5_000;
+    d.offer(t(offered), &good.namespace, &good.interface, "a")
+        .unwrap();
+    assert!(d.poll(t(offered + 199)).is_none());
+    let b = d
+        .poll(t(offered + 200))
+        .expect("the healthy key's own first check");
+    assert!(b.mappings.contains(&good, "a"));
+    assert!(b.mappings.get(&bad).is_none());
+}
