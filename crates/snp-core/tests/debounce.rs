@@ -262,6 +262,26 @@ fn flush_ignores_the_windows() {
     assert!(d.poll(t(6)).is_some());
 }
 
+/// Offers the `(at, key, app)` entries of `offers` due at `now`, from `*i` on; returns them.
+fn offer_due(
+    d: &mut Debouncer,
+    offers: &[(u64, usize, u8)],
+    i: &mut usize,
+    now: u64,
+) -> Vec<(MappingKey, String)> {
+    let mut out = Vec::new();
+    while *i < offers.len() && offers[*i].0 == now {
+        let (_, k, app) = offers[*i];
+        let key = key(k);
+        let app = format!("app{app}");
+        d.offer(t(now), &key.namespace, &key.interface, &app)
+            .unwrap();
+        out.push((key, app));
+        *i += 1;
+    }
+    out
+}
+
 /// What the receiver holds after a run with random failures.
 fn storm(
     offers: &[(u64, usize, u8)],
@@ -284,14 +304,8 @@ fn storm(
     let mut i = 0;
     let end = offers.last().map_or(0, |o| o.0) + 1_200_000;
     for now in 0..end {
-        while i < offers.len() && offers[i].0 == now {
-            let (_, k, app) = offers[i];
-            let key = key(k);
-            let app = format!("app{app}");
-            d.offer(t(now), &key.namespace, &key.interface, &app)
-                .unwrap();
+        for (key, app) in offer_due(&mut d, offers, &mut i, now) {
             sent.insert(key, &app);
-            i += 1;
         }
         for b in in_flight.remove(&now).unwrap_or_default() {
             let ok = !fails.next().unwrap_or(false);
@@ -546,16 +560,10 @@ fn poisoned_run(
     let mut i = 0;
     let end = offers.last().map_or(0, |o| o.0) + 20_000;
     for now in 0..end {
-        while i < offers.len() && offers[i].0 == now {
-            let (_, k, app) = offers[i];
-            let key = key(k);
-            let app = format!("app{app}");
-            d.offer(t(now), &key.namespace, &key.interface, &app)
-                .unwrap();
+        for (key, app) in offer_due(&mut d, offers, &mut i, now) {
             if !bad_keys.contains(&key) {
                 offered.push(((key, app), now));
             }
-            i += 1;
         }
         for b in in_flight.remove(&now).unwrap_or_default() {
             let done = d
