@@ -12,7 +12,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use snp_core::{MappingKey, Mappings};
-use snp_shim::crd;
+use snp_store::crd;
 
 use crate::prom::RequestCounts;
 use crate::workload::Rollout;

@@ -25,7 +25,7 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 use prost::Message;
 use snp_core::{naming, AppSet, MappingKey, Rng, SplitMix64};
-use snp_shim::crd::{self, MappingObject};
+use snp_store::crd::{self, MappingObject};
 use tokio::sync::Semaphore;
 
 use crate::prom::RequestCounts;

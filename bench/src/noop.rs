@@ -61,6 +61,7 @@ impl MappingService for Noop {
             batch_id: r.batch_id,
             unchanged: 0,
             written: u32::try_from(r.mappings.len()).unwrap_or(u32::MAX),
+            results: Vec::new(),
         }))
     }
 

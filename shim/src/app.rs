@@ -37,10 +37,10 @@ use crate::auth::{Auth, AuthError};
 use crate::config::{ServeArgs, StoreKind};
 use crate::grpc::mapping::MappingApi;
 use crate::grpc::registration::{AdminFlavour, DubboFlavour, RegistrationServer};
-use crate::grpc::{Shared, MAX_MESSAGE_BYTES};
+use crate::grpc::Shared;
 use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{ParkedView, Pipeline};
 use crate::status::{StatusHub, StoreInfo};
 use crate::store::embedded::{EmbeddedStore, EmbeddedStoreConfig};
 use crate::store::kube::{KubeStore, KubeStoreConfig};
@@ -106,14 +106,65 @@ pub enum StoreChoice {
     Kubernetes,
 }
 
-/// `--store auto` means Kubernetes when running in a pod (`KUBERNETES_SERVICE_HOST`) or
-/// when `--kubeconfig` is given, else the embedded store.
-pub fn choose_store(args: &ServeArgs, in_cluster: bool) -> StoreChoice {
+/// What `--store auto` looks at: the ways kube-rs' `Config::infer` finds a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeEnv {
+    /// Running in a pod (`KUBERNETES_SERVICE_HOST` is set).
+    pub in_cluster: bool,
+    /// `KUBECONFIG`, if set.
+    pub kubeconfig_env: Option<PathBuf>,
+    /// `~/.kube/config`, if it exists.
+    pub home_kubeconfig: Option<PathBuf>,
+}
+
+impl KubeEnv {
+    /// The environment of this process.
+    pub fn detect() -> Self {
+        Self {
+            in_cluster: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+            kubeconfig_env: std::env::var_os("KUBECONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            home_kubeconfig: crate::store::kube::default_kubeconfig().filter(|p| p.is_file()),
+        }
+    }
+}
+
+/// `--store auto` means Kubernetes when `--kubeconfig` is given, when `KUBECONFIG` is set,
+/// when `~/.kube/config` exists, or when running in a pod, in that order (as
+/// `kube::Config::infer` looks); else the embedded store. Returns the choice and why, for
+/// the log.
+pub fn choose_store(args: &ServeArgs, env: &KubeEnv) -> (StoreChoice, String) {
+    let embedded = || StoreChoice::Embedded(args.data_dir.clone());
     match args.store {
-        StoreKind::Embedded => StoreChoice::Embedded(args.data_dir.clone()),
-        StoreKind::Kubernetes => StoreChoice::Kubernetes,
-        StoreKind::Auto if in_cluster || args.kubeconfig.is_some() => StoreChoice::Kubernetes,
-        StoreKind::Auto => StoreChoice::Embedded(args.data_dir.clone()),
+        StoreKind::Embedded => (embedded(), "--store embedded".into()),
+        StoreKind::Kubernetes => (StoreChoice::Kubernetes, "--store kubernetes".into()),
+        StoreKind::Auto => {
+            if let Some(k) = &args.kubeconfig {
+                (
+                    StoreChoice::Kubernetes,
+                    format!("--kubeconfig {}", k.display()),
+                )
+            } else if let Some(k) = &env.kubeconfig_env {
+                (
+                    StoreChoice::Kubernetes,
+                    format!("KUBECONFIG={}", k.display()),
+                )
+            } else if let Some(k) = &env.home_kubeconfig {
+                (StoreChoice::Kubernetes, format!("{} exists", k.display()))
+            } else if env.in_cluster {
+                (
+                    StoreChoice::Kubernetes,
+                    "running in a pod (KUBERNETES_SERVICE_HOST)".into(),
+                )
+            } else {
+                (
+                    embedded(),
+                    "no --kubeconfig, KUBECONFIG, ~/.kube/config nor in-cluster configuration"
+                        .into(),
+                )
+            }
+        }
     }
 }
 
@@ -148,7 +199,22 @@ pub fn debounce_config(args: &ServeArgs) -> DebounceConfig {
             jitter: defaults.retry.jitter,
         },
         seed,
+        max_apps_per_key: usize::try_from(args.max_apps_per_key).unwrap_or(usize::MAX),
+        park_probe: args.park_probe,
+        max_parked_keys: usize::try_from(args.max_parked_keys).unwrap_or(usize::MAX),
+        // The store's cache already skips writes of what it holds, so the shim keeps no
+        // acknowledged set of its own: a key an operator deleted is written again by the
+        // next registration.
+        suppress_acked_for: Duration::ZERO,
         ..defaults
+    }
+}
+
+/// The input limits the flags ask for (the rest are the filter's).
+pub fn limits(args: &ServeArgs) -> Limits {
+    Limits {
+        max_interface_len: usize::try_from(args.max_interface_len).unwrap_or(usize::MAX),
+        ..Limits::default()
     }
 }
 
@@ -261,10 +327,12 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
     };
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let status = StatusHub::new(metrics.clone(), &args, ready.clone());
+    let parked = ParkedView::default();
     let http_task = tokio::spawn(http::serve(
         http_listener,
         Arc::clone(&registry),
         ready,
+        parked.clone(),
         status.router(),
         async move {
             let _ = http_stop_rx.await;
@@ -282,6 +350,7 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         synced_once,
         stopping,
         status: status.clone(),
+        parked,
     };
     let task = tokio::spawn(async move {
         let result = ctx.run().await;
@@ -315,12 +384,22 @@ struct Context {
     stopping: Arc<AtomicBool>,
     /// The status page, shown the store once it is up.
     status: StatusHub,
+    /// The parked keys, kept by the pipeline, listed at `/parked`.
+    parked: ParkedView,
 }
 
 impl Context {
     async fn run(self) -> Result<ExitReport, ShimError> {
-        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-        match choose_store(&self.args, in_cluster) {
+        let (choice, why) = choose_store(&self.args, &KubeEnv::detect());
+        match &choice {
+            StoreChoice::Embedded(dir) => {
+                tracing::info!(store = "embedded", dir = %dir.display(), because = %why, "store chosen")
+            }
+            StoreChoice::Kubernetes => {
+                tracing::info!(store = "kubernetes", because = %why, "store chosen")
+            }
+        }
+        match choice {
             StoreChoice::Embedded(dir) => {
                 let store = EmbeddedStore::open(
                     EmbeddedStoreConfig {
@@ -378,10 +457,11 @@ impl Context {
             self.metrics.clone(),
             self.shutdown.clone(),
         ));
-        let (pipeline, pipeline_task) = Pipeline::spawn(
+        let (pipeline, pipeline_task) = Pipeline::spawn_with(
             store.clone(),
             debounce_config(&self.args),
             self.metrics.clone(),
+            self.parked.clone(),
         );
         let shared = Arc::new(Shared {
             store,
@@ -390,7 +470,9 @@ impl Context {
             auth: self.auth.clone(),
             ack_mode: self.args.ack_mode,
             ack_timeout: self.args.ack_timeout,
-            limits: Limits::default(),
+            limits: limits(&self.args),
+            max_apps_per_key: usize::try_from(self.args.max_apps_per_key).unwrap_or(usize::MAX),
+            max_message_bytes: usize::try_from(self.args.max_message_bytes).unwrap_or(usize::MAX),
             shutdown: self.shutdown.clone(),
         });
         let mut builder = Server::builder();
@@ -406,7 +488,7 @@ impl Context {
             )))
             .add_service(
                 MappingServiceServer::new(MappingApi::new(Arc::clone(&shared)))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                    .max_decoding_message_size(shared.max_message_bytes),
             );
         if let Some(nacos) = self.nacos.take() {
             tokio::spawn(crate::nacos::serve(
@@ -498,6 +580,13 @@ impl Context {
             tracing::error!(
                 pending_keys,
                 "shutdown deadline passed with mappings not written; their senders must register again"
+            );
+        }
+        let parked = self.parked.len();
+        if parked > 0 {
+            tracing::warn!(
+                parked_keys = parked,
+                "parked keys were refused by the store for good and are not stored; see the `key parked` lines"
             );
         }
         drop(pipeline);
@@ -593,15 +682,50 @@ mod tests {
 
     #[test]
     fn auto_store_follows_the_environment() {
+        let none = KubeEnv::default();
+        let pod = KubeEnv {
+            in_cluster: true,
+            ..KubeEnv::default()
+        };
         let a = args(&["--data-dir=/d"]);
-        assert_eq!(choose_store(&a, false), StoreChoice::Embedded("/d".into()));
-        assert_eq!(choose_store(&a, true), StoreChoice::Kubernetes);
+        let (choice, why) = choose_store(&a, &none);
+        assert_eq!(choice, StoreChoice::Embedded("/d".into()));
+        assert!(why.contains("no --kubeconfig, KUBECONFIG"), "{why}");
+        assert_eq!(choose_store(&a, &pod).0, StoreChoice::Kubernetes);
         let k = args(&["--kubeconfig=/k"]);
-        assert_eq!(choose_store(&k, false), StoreChoice::Kubernetes);
+        assert_eq!(choose_store(&k, &none).0, StoreChoice::Kubernetes);
         let e = args(&["--store=embedded", "--kubeconfig=/k"]);
-        assert!(matches!(choose_store(&e, true), StoreChoice::Embedded(_)));
+        assert!(matches!(choose_store(&e, &pod).0, StoreChoice::Embedded(_)));
         let kube = args(&["--store=kubernetes"]);
-        assert_eq!(choose_store(&kube, false), StoreChoice::Kubernetes);
+        assert_eq!(choose_store(&kube, &none).0, StoreChoice::Kubernetes);
+        // KUBECONFIG and ~/.kube/config count, and the log says which was used.
+        let env = KubeEnv {
+            kubeconfig_env: Some("/etc/kc".into()),
+            ..KubeEnv::default()
+        };
+        assert_eq!(
+            choose_store(&a, &env),
+            (StoreChoice::Kubernetes, "KUBECONFIG=/etc/kc".into())
+        );
+        let home = KubeEnv {
+            home_kubeconfig: Some("/home/u/.kube/config".into()),
+            ..KubeEnv::default()
+        };
+        assert_eq!(
+            choose_store(&a, &home),
+            (
+                StoreChoice::Kubernetes,
+                "/home/u/.kube/config exists".into()
+            )
+        );
+    }
+
+    #[test]
+    fn the_shim_keeps_no_acknowledged_set_of_its_own() {
+        assert_eq!(
+            debounce_config(&args(&[])).suppress_acked_for,
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -114,8 +114,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SNP_ACK_MODE", value_enum, default_value_t = AckMode::Immediate)]
     pub ack_mode: AckMode,
     /// Longest a durable-mode call or a PushMappings call waits for the store; then it gets
-    /// UNAVAILABLE (the mappings stay pending and are retried).
-    #[arg(long, env = "SNP_ACK_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    /// UNAVAILABLE, or a PushMappings sender that asks for results gets PENDING for the rest
+    /// (the mappings stay pending and are retried). Keep it below the filter's
+    /// `push_timeout_ms` (5 s) so the shim always answers before the filter gives up.
+    #[arg(long, env = "SNP_ACK_TIMEOUT", value_parser = parse_positive_duration, default_value = "4s")]
     pub ack_timeout: Duration,
 
     /// Debounce registrations (the seed's behaviour). `--debounce false` sends each at once.
@@ -144,6 +146,23 @@ pub struct ServeArgs {
     /// Longest retry delay of a failed store batch.
     #[arg(long, env = "SNP_RETRY_MAX", value_parser = humantime::parse_duration, default_value = "30s")]
     pub retry_max: Duration,
+    /// How often a parked key (one the store refuses for good: missing or terminating
+    /// namespace, RBAC, admission, quota, size) is tried again.
+    #[arg(long, env = "SNP_PARK_PROBE", value_parser = parse_positive_duration, default_value = "5m")]
+    pub park_probe: Duration,
+    /// Parked keys kept at most; beyond it the key parked longest ago is dropped (logged).
+    #[arg(long, env = "SNP_MAX_PARKED_KEYS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_parked_keys: u64,
+    /// Longest interface name accepted, in bytes. The filter must not be configured above it.
+    #[arg(long, env = "SNP_MAX_INTERFACE_LEN", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_interface_len: u64,
+    /// Most applications one interface may have pending at once; a PushMappings mapping
+    /// with more is rejected. The filter must not be configured above it.
+    #[arg(long, env = "SNP_MAX_APPS_PER_KEY", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_apps_per_key: u64,
+    /// Largest gRPC request message decoded, in bytes (larger ones get OUT_OF_RANGE).
+    #[arg(long, env = "SNP_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(256 * 1024 * 1024)))]
+    pub max_message_bytes: u64,
 
     /// File holding a bearer token that callers in --auth-scope must present as
     /// `authorization: Bearer <token>` (read once at startup, whitespace trimmed). Without it
@@ -181,6 +200,15 @@ pub struct ServeArgs {
     pub nacos: crate::nacos::NacosArgs,
 }
 
+/// A duration above zero (e.g. `4s`, `5m`).
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be above zero".into());
+    }
+    Ok(d)
+}
+
 /// Which calls authentication applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthScope {
@@ -211,6 +239,30 @@ mod tests {
         assert_eq!(s.ack_mode, AckMode::Immediate);
         assert_eq!(s.crd.crd_group, "extensions.istio.io");
         assert_eq!(s.store, StoreKind::Auto);
+    }
+
+    #[test]
+    fn limits_and_timeouts_validate_with_clear_errors() {
+        let s = Cli::parse_from(["snp-shim"]).serve;
+        assert_eq!(s.ack_timeout, Duration::from_secs(4));
+        assert_eq!(s.park_probe, Duration::from_secs(300));
+        assert_eq!(
+            (s.max_interface_len, s.max_apps_per_key, s.max_message_bytes),
+            (1024, 1024, 4 * 1024 * 1024)
+        );
+        for (flag, want) in [
+            ("--ack-timeout=0s", "must be above zero"),
+            ("--park-probe=0s", "must be above zero"),
+            ("--max-parked-keys=0", "0 is not in 1.."),
+            ("--max-interface-len=0", "0 is not in 1..=65536"),
+            ("--max-apps-per-key=0", "0 is not in 1..=1000000"),
+            ("--max-message-bytes=10", "10 is not in 1024..="),
+        ] {
+            let err = Cli::try_parse_from(["snp-shim", flag])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{flag}: {err}");
+        }
     }
 }
 

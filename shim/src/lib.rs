@@ -5,7 +5,8 @@
 //! * [`config`]: flags (each with an `SNP_*` environment twin).
 //! * [`grpc`]: the registration API (both flavours) and `snp.v1.MappingService`.
 //! * [`pipeline`]: the task that owns the debouncer and writes batches to the store.
-//! * [`store`]: the store contract, the embedded store and the Kubernetes store.
+//! * [`store`]: the store contract, the embedded store and the Kubernetes store (the
+//!   `snp-store` crate, re-exported).
 //! * [`nacos`]: the Nacos 2.x config protocol for Dubbo 3's `mapping` group.
 //! * [`auth`], [`http`], [`metrics`], [`crd`]: authentication, the operations endpoint,
 //!   Prometheus metrics, the custom resource type.
@@ -18,7 +19,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
-pub mod crd;
+pub use snp_store::crd;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
@@ -26,4 +27,4 @@ pub mod nacos;
 pub mod pipeline;
 pub mod shutdown;
 pub mod status;
-pub mod store;
+pub use snp_store as store;

@@ -38,18 +38,8 @@ pub enum Api {
     Push,
 }
 
-/// Store request verb.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum Verb {
-    /// Read of one object.
-    Get,
-    /// List (cache sync).
-    List,
-    /// New object.
-    Create,
-    /// Replace with resourceVersion (union update).
-    Update,
-}
+/// Store request verb (the store's own; a label value with its `prometheus` feature).
+pub use snp_store::Verb;
 
 impl Outcome {
     /// The label value (lower case, as Prometheus label values usually are).
@@ -75,18 +65,6 @@ impl Api {
     }
 }
 
-impl Verb {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Get => "get",
-            Self::List => "list",
-            Self::Create => "create",
-            Self::Update => "update",
-        }
-    }
-}
-
 macro_rules! label_value {
     ($($t:ty),*) => {$(
         impl EncodeLabelValue for $t {
@@ -96,7 +74,7 @@ macro_rules! label_value {
         }
     )*};
 }
-label_value!(Outcome, Api, Verb);
+label_value!(Outcome, Api);
 
 /// Labels of `snp_calls_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -170,6 +148,10 @@ pub struct Metrics {
     pub oldest_pending: PendingAge,
     /// Every batch the pipeline completed, as it completes (the status page's timeline).
     pub batch_events: tokio::sync::broadcast::Sender<BatchEvent>,
+    /// Keys parked after the store refused them for good.
+    pub parked_keys: Gauge,
+    /// Keys parked, by the store's reason (each key counted once per parking, not per probe).
+    pub parked: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -196,6 +178,8 @@ impl Metrics {
             nacos: Default::default(),
             oldest_pending: PendingAge::default(),
             batch_events: tokio::sync::broadcast::channel(live::BATCH_EVENTS).0,
+            parked_keys: Gauge::default(),
+            parked: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("snp");
         r.register(
@@ -271,6 +255,16 @@ impl Metrics {
         );
         m.nacos.register(r);
         r.register_collector(Box::new(m.oldest_pending.clone()));
+        r.register(
+            "parked_keys",
+            "Keys parked because the store refuses them for good (probed again slowly)",
+            m.parked_keys.clone(),
+        );
+        r.register(
+            "keys_parked",
+            "Keys parked, by the store's reason",
+            m.parked.clone(),
+        );
         // Series that dashboards and alerts expect exist from the start, at zero.
         for api in [Api::Dubbo, Api::Admin, Api::Push] {
             for result in [Outcome::Ok, Outcome::Invalid, Outcome::Error] {
@@ -312,15 +306,16 @@ impl Metrics {
         id: u64,
         started: tokio::time::Instant,
         keys: usize,
-        result: &Result<crate::store::MergeOutcome, crate::store::StoreError>,
+        summary: &crate::store::MergeOutcome,
+        error: Option<String>,
     ) {
         let elapsed = started.elapsed();
         let started_ms = std::time::SystemTime::now()
             .checked_sub(elapsed)
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let out = result.as_ref().ok().copied().unwrap_or_default();
-        if result.is_ok() {
+        let ok = error.is_none();
+        if ok {
             self.oldest_pending.written(started);
         }
         // No subscriber (no status page open) is fine.
@@ -329,12 +324,12 @@ impl Metrics {
             started_ms,
             duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             keys,
-            created: out.created,
-            updated: out.updated,
-            unchanged: out.unchanged,
-            conflicts: out.conflicts,
-            ok: result.is_ok(),
-            error: result.as_ref().err().map(ToString::to_string),
+            created: summary.created,
+            updated: summary.updated,
+            unchanged: summary.unchanged,
+            conflicts: summary.conflicts,
+            ok,
+            error,
         });
     }
 
@@ -437,6 +432,23 @@ mod live {
             )?;
             gauge.encode(metric)
         }
+/// The stores report their requests into these metrics.
+impl snp_store::Observer for Metrics {
+    fn request(&self, verb: snp_store::Verb, result: snp_store::RequestResult) {
+        let result = match result {
+            snp_store::RequestResult::Ok => Outcome::Ok,
+            snp_store::RequestResult::Rejected => Outcome::Invalid,
+            snp_store::RequestResult::Failed => Outcome::Error,
+        };
+        self.store_write(verb, result);
+    }
+
+    fn conflict(&self) {
+        self.conflicts.inc();
+    }
+
+    fn noop_skips(&self, n: u64) {
+        self.noop_skips.inc_by(n);
     }
 }
 

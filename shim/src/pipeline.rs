@@ -7,28 +7,36 @@
 //!
 //! * answers each offer with the debouncer's verdict (`RESOURCE_EXHAUSTED` material when
 //!   pending state is full);
-//! * hands due batches to [`Store::merge`], at most as many at once as the debouncer
-//!   allows, and reports the outcome back (`complete`), so failed batches are merged back
-//!   and retried with backoff, forever, while the process lives;
+//! * hands due batches to [`Store::merge_keys`], at most as many at once as the debouncer
+//!   allows, and reports each key's outcome back (`complete_with`): a key that failed
+//!   transiently waits its own backoff and is retried, forever, while the process lives;
+//!   a key the store refuses for good is *parked* (see [`ParkedView`]), logged, counted
+//!   and probed again on a slow schedule; every other key goes on as if nothing happened;
 //! * releases durable waiters (durable-mode registrations, `PushMappings`) once the store's
-//!   cache holds all their mappings;
+//!   cache holds all their mappings, and tells them at once when one of their keys is
+//!   parked; waiters whose caller went away or timed out are pruned, so memory stays
+//!   bounded while batches fail;
 //! * on shutdown, flushes everything pending at once and reports when it is idle.
 //!
 //! Time is an [`snp_core::Instant`]: milliseconds since the task started, read from
 //! tokio's clock (so tests can pause it).
 
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
 
+use serde::Serialize;
 use snp_core::debounce::OfferSummary;
 use snp_core::{
-    BatchId, DebounceConfig, Debouncer, MappingKey, Mappings, OfferError, Registration,
+    AppSet, BatchId, DebounceConfig, Debouncer, KeyResult, MappingKey, Mappings, OfferError,
+    Registration,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant as TokioInstant;
 
-use crate::metrics::{Metrics, Outcome, ResultLabels};
-use crate::store::{MergeOutcome, Store, StoreError};
+use crate::metrics::{Metrics, Outcome, ReasonLabels, ResultLabels};
+use crate::store::{KeyOutcome, MergeReport, Store};
 
 /// Room in the command channel. A burst larger than this waits (backpressure), it is not
 /// refused.
@@ -62,13 +70,34 @@ impl Payload {
     }
 }
 
+/// A key the store refused for good, as callers are told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} cannot be stored: {message}")]
+pub struct ParkedKey {
+    /// Which key.
+    pub key: MappingKey,
+    /// Short reason code (e.g. `namespace_not_found`).
+    pub reason: String,
+    /// What failed and why, as the store said.
+    pub message: String,
+}
+
+/// How a durable wait ends: every mapping stored, or one of its keys parked.
+pub type DurableResult = Result<(), ParkedKey>;
+
 /// The pipeline's answer to an offer.
 #[derive(Debug)]
 pub struct Accepted {
-    /// `(key, app)` pairs accepted (queued or already acknowledged).
+    /// `(key, app)` pairs accepted (queued, joined to a parked key, or already acknowledged).
     pub entries: usize,
-    /// With a durable offer: resolves once every mapping is durable in the store.
-    pub durable: Option<oneshot::Receiver<()>>,
+    /// Keys of the offer that are parked: the store refused them for good. Their
+    /// applications were joined to the parked key (probed again later), but the caller
+    /// should be told now.
+    pub parked: Vec<ParkedKey>,
+    /// With a durable offer: resolves once every mapping is durable in the store, or, for
+    /// a registration, as soon as one of its keys is parked. For a settle-all offer
+    /// (`PushMappings` with results), once each key is stored or parked.
+    pub durable: Option<oneshot::Receiver<DurableResult>>,
 }
 
 /// Why the pipeline could not take an offer.
@@ -82,10 +111,21 @@ pub enum PipelineError {
     Closed,
 }
 
+/// How a durable offer waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// No waiting: answer once accepted.
+    No,
+    /// Until every key is stored; a parked key ends the wait with its reason at once.
+    Stored,
+    /// Until every key is stored or parked (the caller reads each key's state then).
+    Settled,
+}
+
 enum Command {
     Offer {
         payload: Payload,
-        durable: bool,
+        wait: Wait,
         reply: oneshot::Sender<Result<Accepted, OfferError>>,
     },
     Flush,
@@ -101,10 +141,82 @@ pub struct DrainReport {
     pub pending_keys: usize,
 }
 
+/// One parked key, as `/parked` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParkedEntry {
+    /// Namespace of the key.
+    pub namespace: String,
+    /// Interface of the key.
+    pub interface: String,
+    /// Applications waiting for it.
+    pub applications: Vec<String>,
+    /// Short reason code.
+    pub reason: String,
+    /// What failed and why, as the store said.
+    pub message: String,
+    /// When it was first parked (RFC 3339).
+    pub parked_since: String,
+    /// When it was last tried (RFC 3339).
+    pub last_tried: String,
+    /// When it is probed next (RFC 3339).
+    pub next_probe: String,
+    /// Attempts refused in a row.
+    pub tries: u32,
+}
+
+/// The parked keys, shared between the pipeline task (which keeps it current after every
+/// batch), the handlers (which answer `PushMappings` results from it) and the operations
+/// endpoint (`GET /parked`).
+#[derive(Debug, Clone, Default)]
+pub struct ParkedView(Arc<RwLock<BTreeMap<MappingKey, ParkedEntry>>>);
+
+impl ParkedView {
+    /// The parked record of `key`.
+    pub fn get(&self, key: &MappingKey) -> Option<ParkedEntry> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    /// Every parked key, sorted.
+    pub fn list(&self) -> Vec<ParkedEntry> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Number of parked keys.
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Whether no key is parked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn set(&self, key: MappingKey, entry: ParkedEntry) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, entry);
+    }
+
+    fn replace(&self, entries: BTreeMap<MappingKey, ParkedEntry>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = entries;
+    }
+}
+
 /// Handle to the pipeline task (cheap to clone).
 #[derive(Clone)]
 pub struct Pipeline {
     tx: mpsc::Sender<Command>,
+    parked: ParkedView,
 }
 
 impl Pipeline {
@@ -114,31 +226,56 @@ impl Pipeline {
         cfg: DebounceConfig,
         metrics: Metrics,
     ) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::spawn_with(store, cfg, metrics, ParkedView::default())
+    }
+
+    /// Starts the pipeline task on `store`, keeping `parked` current.
+    pub fn spawn_with<S: Store>(
+        store: S,
+        cfg: DebounceConfig,
+        metrics: Metrics,
+        parked: ParkedView,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let task = Task {
             debouncer: Debouncer::new(cfg),
             store,
             metrics,
             origin: TokioInstant::now(),
+            origin_wall: SystemTime::now(),
             rx,
             in_flight: JoinSet::new(),
-            waiters: Vec::new(),
+            waiters: HashMap::new(),
+            by_key: HashMap::new(),
+            next_waiter: 0,
             drains: Vec::new(),
             flushing: false,
             closed: false,
             store_was_unready: false,
+            parked: parked.clone(),
+            last_prune: TokioInstant::now(),
         };
-        (Self { tx }, tokio::spawn(task.run()))
+        (Self { tx, parked }, tokio::spawn(task.run()))
     }
 
     /// Offers `payload`. With `durable`, the answer carries a receiver that resolves once
-    /// the store holds every mapping of it.
+    /// the store holds every mapping of it (or one of its keys is parked).
     pub async fn offer(&self, payload: Payload, durable: bool) -> Result<Accepted, PipelineError> {
+        let wait = if durable { Wait::Stored } else { Wait::No };
+        self.offer_with(payload, wait).await
+    }
+
+    /// Offers `payload`, waiting as `wait` says.
+    pub async fn offer_with(
+        &self,
+        payload: Payload,
+        wait: Wait,
+    ) -> Result<Accepted, PipelineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Offer {
                 payload,
-                durable,
+                wait,
                 reply,
             })
             .await
@@ -146,6 +283,11 @@ impl Pipeline {
         rx.await
             .map_err(|_| PipelineError::Closed)?
             .map_err(PipelineError::Full)
+    }
+
+    /// The parked keys.
+    pub fn parked(&self) -> &ParkedView {
+        &self.parked
     }
 
     /// Makes everything pending due now, and everything offered from now on as well
@@ -166,37 +308,44 @@ impl Pipeline {
     }
 }
 
+/// A caller waiting for its mappings.
 struct Waiter {
-    mappings: Mappings,
-    reply: oneshot::Sender<()>,
+    /// Keys not yet stored (or parked, for `Wait::Settled`), with their applications.
+    remaining: HashMap<MappingKey, AppSet>,
+    wait: Wait,
+    reply: oneshot::Sender<DurableResult>,
 }
 
-type Flight = (
-    BatchId,
-    TokioInstant,
-    usize,
-    Result<MergeOutcome, StoreError>,
-);
+type Flight = (BatchId, TokioInstant, usize, MergeReport);
 
 struct Task<S: Store> {
     debouncer: Debouncer,
     store: S,
     metrics: Metrics,
     origin: TokioInstant,
+    /// Wall-clock time at `origin`, to show debouncer instants as dates.
+    origin_wall: SystemTime,
     rx: mpsc::Receiver<Command>,
     in_flight: JoinSet<Flight>,
-    waiters: Vec<Waiter>,
+    waiters: HashMap<u64, Waiter>,
+    /// Waiters by key, for release without scanning every waiter.
+    by_key: HashMap<MappingKey, Vec<u64>>,
+    next_waiter: u64,
     drains: Vec<oneshot::Sender<DrainReport>>,
     flushing: bool,
     closed: bool,
-    /// The store reported not ready while a failed batch was backing off. When it is
+    /// The store reported not ready while a failed key was backing off. When it is
     /// ready again the backoff is cut short: after an outage the write goes as soon as the
     /// store's watch sees the API again, not up to `--retry-max` later.
     store_was_unready: bool,
+    parked: ParkedView,
+    last_prune: TokioInstant,
 }
 
-/// How often readiness is checked while a failed batch is backing off.
+/// How often readiness is checked while a failed key is backing off.
 const READINESS_PROBE: Duration = Duration::from_millis(250);
+/// How often waiters whose caller is gone are pruned while any wait.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 impl<S: Store> Task<S> {
     fn now(&self) -> snp_core::Instant {
@@ -208,6 +357,11 @@ impl<S: Store> Task<S> {
 
     fn deadline(&self, at: snp_core::Instant) -> TokioInstant {
         self.origin + Duration::from_millis(at.as_millis())
+    }
+
+    fn wall(&self, at: snp_core::Instant) -> String {
+        let t = self.origin_wall + Duration::from_millis(at.as_millis());
+        humantime::format_rfc3339_seconds(t).to_string()
     }
 
     async fn run(mut self) {
@@ -234,6 +388,13 @@ impl<S: Store> Task<S> {
                 self.retry_early_if_store_recovered();
                 let probe = TokioInstant::now() + READINESS_PROBE;
                 wake = Some(wake.map_or(probe, |w| w.min(probe)));
+            }
+            if !self.waiters.is_empty() {
+                if self.last_prune.elapsed() >= PRUNE_EVERY {
+                    self.prune_waiters();
+                }
+                let prune = self.last_prune + PRUNE_EVERY;
+                wake = Some(wake.map_or(prune, |w| w.min(prune)));
             }
             tokio::select! {
                 cmd = self.rx.recv(), if !self.closed => match cmd {
@@ -273,10 +434,10 @@ impl<S: Store> Task<S> {
         match cmd {
             Command::Offer {
                 payload,
-                durable,
+                wait,
                 reply,
             } => {
-                let result = self.offer(payload, durable);
+                let result = self.offer(payload, wait);
                 if self.flushing {
                     self.debouncer.flush();
                 }
@@ -297,7 +458,15 @@ impl<S: Store> Task<S> {
         }
     }
 
-    fn offer(&mut self, payload: Payload, durable: bool) -> Result<Accepted, OfferError> {
+    fn parked_key(&self, key: &MappingKey) -> Option<ParkedKey> {
+        self.debouncer.parked(key).map(|p| ParkedKey {
+            key: key.clone(),
+            reason: p.reason.clone(),
+            message: p.message.clone(),
+        })
+    }
+
+    fn offer(&mut self, payload: Payload, wait: Wait) -> Result<Accepted, OfferError> {
         let now = self.now();
         let entries = match &payload {
             Payload::Registration(r) => {
@@ -305,10 +474,11 @@ impl<S: Store> Task<S> {
                     pending,
                     acknowledged,
                     in_flight,
+                    parked,
                 } = self
                     .debouncer
                     .offer_all(now, &r.namespace, &r.application, &r.interfaces)?;
-                pending + acknowledged + in_flight
+                pending + acknowledged + in_flight + parked
             }
             Payload::Batch(m) => {
                 let mut n = 0;
@@ -323,21 +493,62 @@ impl<S: Store> Task<S> {
             }
         };
         self.metrics.registrations.inc_by(entries as u64);
-        let durable = durable.then(|| {
+        let mappings = payload.mappings();
+        let parked: Vec<ParkedKey> = mappings
+            .iter()
+            .filter_map(|(k, _)| self.parked_key(k))
+            .collect();
+        // The applications that joined a parked key show at `/parked` at once.
+        for p in &parked {
+            if let Some(entry) = self
+                .debouncer
+                .parked(&p.key)
+                .map(|d| self.parked_entry(&p.key, d))
+            {
+                self.parked.set(p.key.clone(), entry);
+            }
+        }
+        let durable = (wait != Wait::No).then(|| {
             let (tx, rx) = oneshot::channel();
-            let mappings = payload.mappings();
-            if self.store.contains_all(&mappings) {
-                let _ = tx.send(());
+            if wait == Wait::Stored && !parked.is_empty() {
+                let _ = tx.send(Err(parked[0].clone()));
+                return rx;
+            }
+            // Keys already stored, or (settling) parked, need no wait.
+            let remaining: HashMap<MappingKey, AppSet> = mappings
+                .iter()
+                .filter(|(k, apps)| {
+                    let one: Mappings = std::iter::once(((*k).clone(), (*apps).clone())).collect();
+                    let settled = wait == Wait::Settled && self.debouncer.parked(k).is_some();
+                    !(settled || self.store.contains_all(&one))
+                })
+                .map(|(k, a)| (k.clone(), a.clone()))
+                .collect();
+            if remaining.is_empty() {
+                let _ = tx.send(Ok(()));
             } else {
-                self.waiters.push(Waiter {
-                    mappings,
-                    reply: tx,
-                });
+                let id = self.next_waiter;
+                self.next_waiter += 1;
+                for (k, _) in remaining.iter() {
+                    self.by_key.entry(k.clone()).or_default().push(id);
+                }
+                self.waiters.insert(
+                    id,
+                    Waiter {
+                        remaining,
+                        wait,
+                        reply: tx,
+                    },
+                );
                 self.metrics.durable_waiters.set(self.waiters.len() as i64);
             }
             rx
         });
-        Ok(Accepted { entries, durable })
+        Ok(Accepted {
+            entries,
+            parked,
+            durable,
+        })
     }
 
     /// Hands every due batch to the store.
@@ -353,62 +564,244 @@ impl<S: Store> Task<S> {
             let started = TokioInstant::now();
             tracing::debug!(batch = %batch.id, keys, "writing batch");
             self.in_flight.spawn(async move {
-                let result = store.merge(&batch.mappings).await;
-                (batch.id, started, keys, result)
+                let report = store.merge_keys(&batch.mappings).await;
+                (batch.id, started, keys, report)
             });
         }
     }
 
-    fn completed(&mut self, (id, started, keys, result): Flight) {
+    fn completed(&mut self, (id, started, keys, report): Flight) {
         let now = self.now();
-        let ok = result.is_ok();
+        let summary = report.summary();
+        let ok = summary.transient == 0 && summary.permanent == 0;
         let outcome = if ok { Outcome::Ok } else { Outcome::Error };
         self.metrics
             .batches
             .get_or_create(&ResultLabels { result: outcome })
             .inc();
-        match &result {
-            Ok(out) => {
-                self.metrics
-                    .flush_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                // 409s are counted by the store as it meets them (including those of
-                // merges that later failed), so they are only logged here.
-                tracing::info!(
+        self.metrics
+            .flush_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let first_error = report.keys.iter().find_map(|(_, o)| match o {
+            KeyOutcome::Transient(e) | KeyOutcome::Permanent(e) => Some(e.to_string()),
+            _ => None,
+        });
+        self.metrics
+            .batch_completed(id.0, started, keys, &summary, first_error);
+        let mut outcomes: HashMap<MappingKey, KeyOutcome> = report.keys.into_iter().collect();
+        if ok {
+            // 409s are counted by the store as it meets them (including those of merges
+            // that later failed), so they are only logged here.
+            tracing::info!(
+                batch = %id,
+                keys,
+                created = summary.created,
+                updated = summary.updated,
+                unchanged = summary.unchanged,
+                conflicts = summary.conflicts,
+                "batch written"
+            );
+        } else {
+            let first_transient = outcomes.values().find_map(|o| match o {
+                KeyOutcome::Transient(e) => Some(e.to_string()),
+                _ => None,
+            });
+            let error = first_transient.as_deref().unwrap_or("");
+            let (transient, permanent) = (summary.transient, summary.permanent);
+            if transient + permanent == keys {
+                tracing::warn!(batch = %id, keys, transient, permanent, error, "batch failed; it will be retried");
+            } else {
+                tracing::warn!(
                     batch = %id,
                     keys,
-                    created = out.created,
-                    updated = out.updated,
-                    unchanged = out.unchanged,
-                    conflicts = out.conflicts,
-                    "batch written"
+                    created = summary.created,
+                    updated = summary.updated,
+                    unchanged = summary.unchanged,
+                    transient,
+                    permanent,
+                    error,
+                    "batch partly failed; failed keys back off on their own"
                 );
             }
-            Err(e) => {
-                tracing::warn!(batch = %id, keys, error = %e, "batch failed; it will be retried");
+        }
+        let Some(done) = self.debouncer.complete_with(now, id, |k| {
+            match outcomes.remove(k) {
+                Some(KeyOutcome::Written { .. } | KeyOutcome::Unchanged) => KeyResult::Stored,
+                Some(KeyOutcome::Permanent(e)) => KeyResult::Permanent {
+                    reason: e.reason().to_owned(),
+                    message: e.to_string(),
+                },
+                // Transient, or a key the store did not report: retry it.
+                Some(KeyOutcome::Transient(_)) | None => KeyResult::Transient,
+            }
+        }) else {
+            return;
+        };
+        for key in &done.parked {
+            if let Some(p) = self.debouncer.parked(key) {
+                if p.tries == 1 {
+                    self.metrics
+                        .parked
+                        .get_or_create(&ReasonLabels {
+                            reason: p.reason.clone(),
+                        })
+                        .inc();
+                }
+                tracing::warn!(
+                    %key,
+                    reason = %p.reason,
+                    error = %p.message,
+                    tries = p.tries,
+                    next_probe = %self.wall(p.next_probe),
+                    "key parked: the store refuses it for good; probed again later"
+                );
             }
         }
-        self.metrics.batch_completed(id.0, started, keys, &result);
-        self.debouncer.complete(now, id, ok);
-        if ok {
-            self.release_waiters();
+        for (key, p) in &done.evicted {
+            tracing::error!(
+                %key,
+                reason = %p.reason,
+                applications = p.apps.len(),
+                "parked set full: the key parked longest ago is dropped"
+            );
+        }
+        let view_changed = !done.parked.is_empty()
+            || !done.evicted.is_empty()
+            || self.parked.len() != self.debouncer.parked_keys()
+            || done
+                .stored
+                .iter()
+                .any(|(k, _)| self.parked.get(k).is_some());
+        if view_changed {
+            for (k, _) in done.stored.iter() {
+                if self.parked.get(k).is_some() {
+                    tracing::info!(key = %k, "parked key stored on its probe; unparked");
+                }
+            }
+            self.refresh_parked_view();
+        }
+        self.release_waiters(&done.stored, &done.parked);
+    }
+
+    fn parked_entry(&self, k: &MappingKey, p: &snp_core::Parked) -> ParkedEntry {
+        ParkedEntry {
+            namespace: k.namespace.clone(),
+            interface: k.interface.clone(),
+            applications: p.apps.as_slice().to_vec(),
+            reason: p.reason.clone(),
+            message: p.message.clone(),
+            parked_since: self.wall(p.since),
+            last_tried: self.wall(p.last_tried),
+            next_probe: self.wall(p.next_probe),
+            tries: p.tries,
         }
     }
 
-    fn release_waiters(&mut self) {
-        let store = &self.store;
-        self.waiters.retain_mut(|w| {
-            if w.reply.is_closed() {
-                return false;
+    fn refresh_parked_view(&mut self) {
+        let entries: BTreeMap<MappingKey, ParkedEntry> = self
+            .debouncer
+            .parked_iter()
+            .map(|(k, p)| (k.clone(), self.parked_entry(k, p)))
+            .collect();
+        self.metrics
+            .parked_keys
+            .set(i64::try_from(entries.len()).unwrap_or(i64::MAX));
+        self.parked.replace(entries);
+    }
+
+    /// Releases the waiters of `stored` keys the store now holds, and tells the waiters of
+    /// `parked` keys.
+    fn release_waiters(&mut self, stored: &Mappings, parked: &[MappingKey]) {
+        let mut touched: Vec<(u64, MappingKey)> = Vec::new();
+        for (key, _) in stored.iter() {
+            for id in self.by_key.get(key).into_iter().flatten() {
+                touched.push((*id, key.clone()));
             }
-            if store.contains_all(&w.mappings) {
-                let (tx, _) = oneshot::channel();
-                let reply = std::mem::replace(&mut w.reply, tx);
-                let _ = reply.send(());
-                return false;
+        }
+        for key in parked {
+            for id in self.by_key.get(key).into_iter().flatten() {
+                touched.push((*id, key.clone()));
             }
-            true
-        });
+        }
+        for (id, key) in touched {
+            let Some(w) = self.waiters.get_mut(&id) else {
+                continue;
+            };
+            let Some(apps) = w.remaining.get(&key).cloned() else {
+                continue;
+            };
+            let one: Mappings = std::iter::once((key.clone(), apps)).collect();
+            let parked_now = self.debouncer.parked(&key).is_some();
+            if self.store.contains_all(&one) || (parked_now && w.wait == Wait::Settled) {
+                w.remaining.remove(&key);
+            } else if parked_now {
+                // A registration with a parked key: tell the caller now.
+                if let Some(w) = self.waiters.remove(&id) {
+                    let reason = self.parked_key(&key);
+                    if let Some(p) = reason {
+                        let _ = w.reply.send(Err(p));
+                    }
+                    self.unindex(id, &w.remaining);
+                }
+                continue;
+            }
+            if w.remaining.is_empty() {
+                if let Some(w) = self.waiters.remove(&id) {
+                    let _ = w.reply.send(Ok(()));
+                }
+            }
+        }
+        // Keys of released waiters, and released keys of remaining ones.
+        for (key, _) in stored.iter() {
+            self.reindex(key);
+        }
+        for key in parked {
+            self.reindex(key);
+        }
+        self.metrics.durable_waiters.set(self.waiters.len() as i64);
+    }
+
+    /// Drops waiter ids of `key` that no longer wait for it.
+    fn reindex(&mut self, key: &MappingKey) {
+        let waiters = &self.waiters;
+        if let Some(ids) = self.by_key.get_mut(key) {
+            ids.retain(|id| {
+                waiters
+                    .get(id)
+                    .is_some_and(|w| w.remaining.contains_key(key))
+            });
+            if ids.is_empty() {
+                self.by_key.remove(key);
+            }
+        }
+    }
+
+    fn unindex(&mut self, id: u64, remaining: &HashMap<MappingKey, AppSet>) {
+        for (key, _) in remaining.iter() {
+            if let Some(ids) = self.by_key.get_mut(key) {
+                ids.retain(|i| *i != id);
+                if ids.is_empty() {
+                    self.by_key.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Forgets waiters whose caller went away or gave up (its receiver is dropped), so
+    /// memory stays bounded by live calls while batches fail.
+    fn prune_waiters(&mut self) {
+        self.last_prune = TokioInstant::now();
+        let gone: Vec<u64> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.reply.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(w) = self.waiters.remove(&id) {
+                self.unindex(id, &w.remaining);
+            }
+        }
         self.metrics.durable_waiters.set(self.waiters.len() as i64);
     }
 }

@@ -212,12 +212,14 @@ async fn bad_input_gets_invalid_argument_and_changes_nothing() {
         );
     }
 
-    // PushMappings: one bad mapping rejects the whole batch.
+    // PushMappings from an older sender (no results): INVALID_ARGUMENT naming the bad
+    // mapping. Each mapping is validated on its own, so the good one is still stored.
     let mut api = api(shim.grpc_addr).await;
     let push = |m: Vec<snp_proto::api::Mapping>| PushMappingsRequest {
         batch_id: "t/1".into(),
         source: "test".into(),
         mappings: m,
+        want_results: false,
     };
     for (m, want) in [
         (
@@ -270,7 +272,8 @@ async fn bad_input_gets_invalid_argument_and_changes_nothing() {
     let err = raw_call(shim.grpc_addr, a, huge).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
 
-    // Still up, nothing was written, and every refusal was counted by reason.
+    // Still up, nothing but the valid mapping of the pushed batches was written, and every
+    // refusal was counted by reason.
     dubbo(shim.grpc_addr)
         .await
         .register_service_app_mapping(dubbo_req("default", "ok-app", &["com.Ok"]))
@@ -278,7 +281,10 @@ async fn bad_input_gets_invalid_argument_and_changes_nothing() {
         .unwrap();
     assert!(
         eventually(Duration::from_secs(5), || on_disk(tmp.path())
-            == mappings(&[("default", "com.Ok", &["ok-app"])]))
+            == mappings(&[
+                ("default", "com.Ok", &["ok-app"]),
+                ("default", "com.Good", &["g"])
+            ]))
         .await
     );
     let http = shim.http_addr;
@@ -345,6 +351,7 @@ async fn push_mappings_is_durable_when_acked_and_idempotent() {
             mapping("default", "com.B", &["b1"]),
             mapping("team-x", "com.A", &["x1"]),
         ],
+        want_results: false,
     };
     let expected = mappings(&[
         ("default", "com.A", &["a1", "a2"]),
@@ -384,6 +391,7 @@ async fn push_mappings_is_durable_when_acked_and_idempotent() {
                 mapping("default", "com.A", &["a1"]),
                 mapping("default", "com.B", &["b2"]),
             ],
+            want_results: false,
         })
         .await
         .unwrap()
@@ -404,6 +412,7 @@ async fn push_mappings_is_durable_when_acked_and_idempotent() {
             batch_id: "e".into(),
             source: "s".into(),
             mappings: vec![],
+            want_results: false,
         })
         .await
         .unwrap()
@@ -484,6 +493,7 @@ async fn durable_calls_time_out_with_unavailable_when_the_store_cannot_write() {
             batch_id: "b".into(),
             source: "s".into(),
             mappings: vec![mapping("blocked", "com.A", &["a"])],
+            want_results: false,
         })
         .await
         .unwrap_err();
@@ -525,6 +535,7 @@ async fn watch_delivers_a_snapshot_then_changes_within_a_second() {
         batch_id: "1".into(),
         source: "s".into(),
         mappings: vec![mapping("default", "com.Pre", &["p"])],
+        want_results: false,
     })
     .await
     .unwrap();
@@ -568,6 +579,7 @@ async fn watch_delivers_a_snapshot_then_changes_within_a_second() {
                 mapping("default", "com.Watched", &[app]),
                 mapping("other", "com.Watched", &["o"]),
             ],
+            want_results: false,
         })
         .await
         .unwrap();
@@ -690,6 +702,7 @@ async fn bearer_token_guards_push_and_optionally_registrations() {
                 batch_id: "1".into(),
                 source: "s".into(),
                 mappings: vec![mapping("default", "com.A", &["a"])],
+                want_results: false,
             })
         };
         let mut api = snp_proto::api::mapping_service_client::MappingServiceClient::new(ch.clone());
@@ -806,6 +819,7 @@ async fn seed_named_objects_are_found_and_reused() {
                 // Same seed name, different case: must get an object of its own.
                 mapping("default", "org.apache.dubbo.demo.demoservice", &["lower"]),
             ],
+            want_results: false,
         })
         .await
         .unwrap()
@@ -958,6 +972,7 @@ async fn mutual_tls_guards_writes_when_configured() {
             batch_id: "1".into(),
             source: "s".into(),
             mappings: vec![mapping("default", "com.Tls2", &["x"])],
+            want_results: false,
         })
         .await
         .unwrap();

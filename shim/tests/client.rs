@@ -40,6 +40,7 @@ async fn push(addr: std::net::SocketAddr, ns: &str, iface: &str, names: &[&str])
             batch_id: format!("{iface}/{names:?}"),
             source: "test".into(),
             mappings: vec![mapping(ns, iface, names)],
+            want_results: false,
         })
         .await
         .unwrap();

@@ -908,6 +908,7 @@ async fn watch_on_shim_a_sees_shim_b_write_within_a_second() {
             batch_id: "watch-1".into(),
             source: "test".into(),
             mappings: vec![mapping(&ns, "com.acme.watch.S0", &["pushed"])],
+            want_results: false,
         })
         .await
         .unwrap()

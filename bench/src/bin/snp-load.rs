@@ -51,7 +51,7 @@ struct Cli {
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// ServiceNameMapping API group.
-    #[arg(long, default_value = snp_shim::crd::DEFAULT_GROUP)]
+    #[arg(long, default_value = snp_store::crd::DEFAULT_GROUP)]
     group: String,
     /// Shim gRPC addresses to watch for convergence (default: the targets, if shims).
     #[arg(long, value_delimiter = ',')]

@@ -24,7 +24,7 @@ struct Cli {
     #[arg(long)]
     kubeconfig: PathBuf,
     /// ServiceNameMapping API group (the CRD must be installed).
-    #[arg(long, default_value = snp_shim::crd::DEFAULT_GROUP)]
+    #[arg(long, default_value = snp_store::crd::DEFAULT_GROUP)]
     group: String,
     /// Write only when the application is missing (Dubbo, seed), or always.
     #[arg(long, value_enum, default_value_t = NaiveMode::SkipUnchanged)]

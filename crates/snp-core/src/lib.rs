@@ -25,7 +25,10 @@ pub mod time;
 pub mod validate;
 
 pub use backoff::{Backoff, Rng, SplitMix64};
-pub use debounce::{Batch, BatchId, DebounceConfig, Debouncer, OfferError, OfferSummary, Offered};
+pub use debounce::{
+    Batch, BatchId, Completed, DebounceConfig, Debouncer, KeyResult, OfferError, OfferSummary,
+    Offered, Parked,
+};
 pub use model::{AppSet, MappingKey, Mappings};
 pub use schedule::{Notification, RefreshResult, ScheduleConfig, Scheduler};
 pub use time::Instant;

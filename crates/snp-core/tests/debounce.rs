@@ -262,6 +262,26 @@ fn flush_ignores_the_windows() {
     assert!(d.poll(t(6)).is_some());
 }
 
+/// Offers the `(at, key, app)` entries of `offers` due at `now`, from `*i` on; returns them.
+fn offer_due(
+    d: &mut Debouncer,
+    offers: &[(u64, usize, u8)],
+    i: &mut usize,
+    now: u64,
+) -> Vec<(MappingKey, String)> {
+    let mut out = Vec::new();
+    while *i < offers.len() && offers[*i].0 == now {
+        let (_, k, app) = offers[*i];
+        let key = key(k);
+        let app = format!("app{app}");
+        d.offer(t(now), &key.namespace, &key.interface, &app)
+            .unwrap();
+        out.push((key, app));
+        *i += 1;
+    }
+    out
+}
+
 /// What the receiver holds after a run with random failures.
 fn storm(
     offers: &[(u64, usize, u8)],
@@ -284,14 +304,8 @@ fn storm(
     let mut i = 0;
     let end = offers.last().map_or(0, |o| o.0) + 1_200_000;
     for now in 0..end {
-        while i < offers.len() && offers[i].0 == now {
-            let (_, k, app) = offers[i];
-            let key = key(k);
-            let app = format!("app{app}");
-            d.offer(t(now), &key.namespace, &key.interface, &app)
-                .unwrap();
+        for (key, app) in offer_due(&mut d, offers, &mut i, now) {
             sent.insert(key, &app);
-            i += 1;
         }
         for b in in_flight.remove(&now).unwrap_or_default() {
             let ok = !fails.next().unwrap_or(false);
@@ -409,4 +423,247 @@ fn retry_now_skips_the_delay_but_keeps_the_failure_count() {
     // Failing again continues the backoff (2 s after the second failure), not from base.
     d.complete(t(310), again.id, false);
     assert_eq!(d.next_wakeup(), Some(t(2310)));
+}
+
+// ---- Per-key outcomes -------------------------------------------------------------
+
+use snp_core::KeyResult;
+
+fn permanent(why: &str) -> KeyResult {
+    KeyResult::Permanent {
+        reason: "namespace_not_found".into(),
+        message: why.into(),
+    }
+}
+
+#[test]
+fn a_failed_key_waits_its_own_backoff_and_the_others_go_on() {
+    let mut d = Debouncer::new(seed_rules());
+    let (bad, good) = (key(0), key(1));
+    d.offer(t(0), &bad.namespace, &bad.interface, "a").unwrap();
+    d.offer(t(0), &good.namespace, &good.interface, "a")
+        .unwrap();
+    let b = d.poll(t(200)).unwrap();
+    assert_eq!(b.mappings.len(), 2);
+    let done = d
+        .complete_with(t(210), b.id, |k| {
+            if *k == bad {
+                KeyResult::Transient
+            } else {
+                KeyResult::Stored
+            }
+        })
+        .unwrap();
+    assert!(done.stored.contains(&good, "a"));
+    assert_eq!(done.retrying, vec![bad.clone()]);
+    // A new key offered now goes after its own windows, not after the bad key's backoff.
+    let other = key(2);
+    d.offer(t(300), &other.namespace, &other.interface, "a")
+        .unwrap();
+    let next = d.poll(t(500)).expect("the new key's first check");
+    assert_eq!(next.mappings.len(), 1);
+    assert!(next.mappings.contains(&other, "a"));
+    d.complete(t(510), next.id, true).unwrap();
+    // The bad key comes back after its own first backoff (1 s after its failure).
+    assert_eq!(d.next_wakeup(), Some(t(1210)));
+    let retry = d.poll(t(1210)).unwrap();
+    assert!(retry.mappings.contains(&bad, "a"));
+    assert_eq!(d.failures(), 1);
+}
+
+#[test]
+fn permanent_failures_are_parked_then_probed_on_the_slow_schedule() {
+    let mut d = Debouncer::new(DebounceConfig {
+        park_probe: Duration::from_secs(300),
+        ..seed_rules()
+    });
+    let bad = key(0);
+    d.offer(t(0), &bad.namespace, &bad.interface, "a").unwrap();
+    let b = d.poll(t(200)).unwrap();
+    let done = d
+        .complete_with(t(250), b.id, |_| permanent("namespaces \"x\" not found"))
+        .unwrap();
+    assert_eq!(done.parked, vec![bad.clone()]);
+    assert!(d.is_idle(), "a parked key is not pending");
+    assert_eq!((d.pending_keys(), d.parked_keys()), (0, 1));
+    let p = d.parked(&bad).unwrap().clone();
+    assert_eq!(p.reason, "namespace_not_found");
+    assert_eq!(p.message, "namespaces \"x\" not found");
+    assert_eq!(
+        (p.since, p.last_tried, p.next_probe),
+        (t(250), t(250), t(300_250))
+    );
+    // Offers join the parked key and are told so; nothing goes before the probe.
+    assert_eq!(
+        d.offer(t(1000), &bad.namespace, &bad.interface, "b"),
+        Ok(Offered::Parked)
+    );
+    let s = d
+        .offer_all(t(1000), &bad.namespace, "c", &[bad.interface.as_str()])
+        .unwrap();
+    assert_eq!(s.parked, 1);
+    assert_eq!(d.next_wakeup(), Some(t(300_250)));
+    assert!(d.poll(t(300_249)).is_none());
+    let probe = d.poll(t(300_250)).unwrap();
+    assert_eq!(probe.mappings.get(&bad).unwrap().len(), 3);
+    // Still failing: parked again, the first-parked time kept, the count grown.
+    d.complete_with(t(300_260), probe.id, |_| permanent("still"))
+        .unwrap();
+    let p = d.parked(&bad).unwrap();
+    assert_eq!((p.since, p.tries, p.next_probe), (t(250), 2, t(600_260)));
+    // Then the namespace appears: the probe stores it and the key leaves the parked set.
+    let probe = d.poll(t(600_260)).unwrap();
+    let done = d
+        .complete_with(t(600_270), probe.id, |_| KeyResult::Stored)
+        .unwrap();
+    assert_eq!(done.stored.entries(), 3);
+    assert_eq!(d.parked_keys(), 0);
+    assert!(d.is_idle());
+}
+
+#[test]
+fn the_parked_set_is_bounded() {
+    let mut d = Debouncer::new(DebounceConfig {
+        max_parked_keys: 3,
+        ..seed_rules()
+    });
+    let mut evicted = Vec::new();
+    for i in 0..10 {
+        let k = key(i);
+        d.offer(t(i as u64 * 1000), &k.namespace, &k.interface, "a")
+            .unwrap();
+        let b = d.poll(t(i as u64 * 1000 + 200)).unwrap();
+        let done = d
+            .complete_with(t(i as u64 * 1000 + 201), b.id, |_| permanent("no"))
+            .unwrap();
+        evicted.extend(done.evicted.into_iter().map(|(k, _)| k));
+        assert!(d.parked_keys() <= 3);
+    }
+    assert_eq!(evicted, (0..7).map(key).collect::<Vec<_>>(), "oldest first");
+}
+
+/// A virtual-clock run in which `bad` keys fail on every attempt (transiently or for good)
+/// and every other key is stored. Returns, per good `(key, app)`, when it was offered and
+/// when it was stored.
+fn poisoned_run(
+    offers: &[(u64, usize, u8)],
+    bad: &std::collections::BTreeSet<usize>,
+    permanent_failure: bool,
+    latency: u64,
+    cfg: DebounceConfig,
+) -> (Vec<(u64, Option<u64>)>, Debouncer) {
+    let mut d = Debouncer::new(cfg);
+    let bad_keys: std::collections::HashSet<MappingKey> = bad.iter().map(|i| key(*i)).collect();
+    let mut stored_at: BTreeMap<(MappingKey, String), Vec<u64>> = BTreeMap::new();
+    let mut offered: Vec<((MappingKey, String), u64)> = Vec::new();
+    let mut in_flight: BTreeMap<u64, Vec<Batch>> = BTreeMap::new();
+    let mut i = 0;
+    let end = offers.last().map_or(0, |o| o.0) + 20_000;
+    for now in 0..end {
+        for (key, app) in offer_due(&mut d, offers, &mut i, now) {
+            if !bad_keys.contains(&key) {
+                offered.push(((key, app), now));
+            }
+        }
+        for b in in_flight.remove(&now).unwrap_or_default() {
+            let done = d
+                .complete_with(t(now), b.id, |k| {
+                    if !bad_keys.contains(k) {
+                        KeyResult::Stored
+                    } else if permanent_failure {
+                        permanent("refused")
+                    } else {
+                        KeyResult::Transient
+                    }
+                })
+                .unwrap();
+            for (k, apps) in done.stored.iter() {
+                for a in apps.iter() {
+                    stored_at
+                        .entry((k.clone(), a.to_owned()))
+                        .or_default()
+                        .push(now);
+                }
+            }
+        }
+        while let Some(b) = d.poll(t(now)) {
+            in_flight.entry(now + latency).or_default().push(b);
+        }
+        // Bounded: never more waiting keys than distinct keys offered; the parked set
+        // within its limit.
+        assert!(d.pending_keys() <= 20);
+        assert!(d.parked_keys() <= d.config().max_parked_keys);
+    }
+    let times = offered
+        .into_iter()
+        .map(|(pair, at)| {
+            // The first store at or after the offer.
+            let s = stored_at
+                .get(&pair)
+                .and_then(|times| times.iter().copied().find(|s| *s >= at));
+            (at, s)
+        })
+        .collect();
+    (times, d)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Keys that fail for ever (transiently or for good) never hold another key up by more
+    /// than one batch: every writable key is stored within the debounce window plus two
+    /// batch latencies (one batch ahead of it, then its own) of being offered, as without
+    /// failures; and the waiting state stays bounded.
+    #[test]
+    fn a_key_that_fails_for_ever_never_delays_another(
+        gaps in proptest::collection::vec((0u64..400, 0usize..20, 0u8..3), 1..120),
+        bad in proptest::collection::btree_set(0usize..20, 1..4),
+        permanent_failure in any::<bool>(),
+        latency in 1u64..300,
+    ) {
+        let mut at = 0;
+        let offers: Vec<(u64, usize, u8)> = gaps.iter().map(|(g, k, a)| { at += g; (at, *k, *a) }).collect();
+        let cfg = DebounceConfig {
+            suppress_acked_for: Duration::ZERO,
+            max_parked_keys: 2,
+            ..DebounceConfig::default()
+        };
+        let bound = cfg.debounce_max.as_millis() as u64 + 2 * latency;
+        let (times, d) = poisoned_run(&offers, &bad, permanent_failure, latency, cfg);
+        for (offered, stored) in times {
+            let stored = stored.expect("every writable key is stored");
+            prop_assert!(stored <= offered + bound, "offered at {offered} ms, stored at {stored} ms (bound {bound} ms)");
+        }
+        if permanent_failure {
+            prop_assert!(d.parked_keys() <= 2);
+            prop_assert_eq!(d.pending_keys(), 0, "parked keys leave the pending set");
+        }
+    }
+}
+
+/// The figure: a healthy key offered after 8 failures of a poisoned one waited
+/// 29,990 ms under a batch-wide backoff. Now it goes after its own first check.
+#[test]
+fn a_healthy_key_offered_after_eight_failures_of_another_goes_after_its_own_window() {
+    let mut d = Debouncer::new(seed_rules());
+    let (bad, good) = (key(0), key(1));
+    d.offer(t(0), &bad.namespace, &bad.interface, "a").unwrap();
+    let mut now = 200;
+    for _ in 0..8 {
+        let b = d.poll(t(now)).expect("the bad key's attempt");
+        assert!(b.mappings.get(&good).is_none());
+        d.complete(t(now + 10), b.id, false);
+        now = d.next_wakeup().unwrap().as_millis();
+    }
+    assert_eq!(d.failures(), 6, "its backoff is at the cap");
+    // 25 s into the bad key's 30 s backoff.
+    let offered = now - 5_000;
+    d.offer(t(offered), &good.namespace, &good.interface, "a")
+        .unwrap();
+    assert!(d.poll(t(offered + 199)).is_none());
+    let b = d
+        .poll(t(offered + 200))
+        .expect("the healthy key's own first check");
+    assert!(b.mappings.contains(&good, "a"));
+    assert!(b.mappings.get(&bad).is_none());
 }

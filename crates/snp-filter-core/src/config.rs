@@ -400,6 +400,8 @@ impl Config {
                 max_failures,
                 jitter,
             },
+            park_probe: DebounceConfig::default().park_probe,
+            max_parked_keys: DebounceConfig::default().max_parked_keys,
             seed: DebounceConfig::default().seed,
         };
         let limits = Limits {

@@ -86,6 +86,7 @@ pub fn encode_push(label: &str, source: &str, mappings: &Mappings) -> Vec<u8> {
                 application_names: apps.as_slice().to_vec(),
             })
             .collect(),
+        want_results: false,
     }
     .encode_to_vec()
 }
@@ -346,11 +347,18 @@ mod tests {
         let done = e.completed(ms(220), 1, false).unwrap();
         assert!(!done.ok && done.released.is_empty());
         assert_eq!(e.pending_keys(), 2);
-        // 500 ms << 1 = 1 s, minus up to 20 % jitter.
-        assert!(e.next_batch(ms(900)).is_none());
+        // Backoff is per key: x.B, new, goes after its own window, not after x.A's retry.
+        let b = e.next_batch(ms(900)).expect("x.B's own batch");
+        let req = decode(&b);
+        assert_eq!(req.mappings.len(), 1);
+        assert_eq!(req.mappings[0].interface_name, "x.B");
+        e.sent(2, b.id);
+        assert!(e.completed(ms(905), 2, true).unwrap().ok);
+        // x.A: 500 ms << 1 = 1 s after its failure, minus up to 20 % jitter.
+        assert!(e.next_batch(ms(950)).is_none());
         let b = e.next_batch(ms(1300)).expect("retry due");
         let req = decode(&b);
-        assert_eq!(req.mappings.len(), 2);
+        assert_eq!(req.mappings.len(), 1);
         assert_eq!(req.mappings[0].application_names, vec!["a", "b"]);
         // A send that fails at once backs off too.
         e.send_failed(ms(1300), b.id);

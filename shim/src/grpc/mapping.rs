@@ -1,9 +1,14 @@
 //! `snp.v1.MappingService`: batches in, lookups and change streams out.
 //!
-//! * `PushMappings` validates every mapping with `snp-core` (one bad mapping rejects the
-//!   batch with `INVALID_ARGUMENT`), answers at once when the store already holds it all
-//!   (a resend costs nothing), and otherwise offers it to the debouncer and answers only
-//!   once every mapping is durable. Union semantics make it idempotent.
+//! * `PushMappings` validates each mapping on its own with `snp-core`, so one bad mapping
+//!   never rejects its batch: the valid ones are offered to the debouncer either way.
+//!   Mappings the store already holds cost nothing (a resend is free). A sender that sets
+//!   `want_results` gets OK with a result per mapping (STORED, PENDING, or REJECTED with a
+//!   reason: invalid, or parked because the store refuses it for good) once each one is
+//!   settled or at the ack deadline. Older senders get OK only when every mapping is
+//!   stored, `FAILED_PRECONDITION` at once when one is parked, `INVALID_ARGUMENT` naming
+//!   an invalid one (after the valid ones are stored), `UNAVAILABLE` at the deadline.
+//!   Union semantics make it idempotent.
 //! * `GetMappings` answers from the store's cache.
 //! * `WatchMappings` sends a `SNAPSHOT`, then `UPSERT`/`DELETE` events for the selected
 //!   mappings as the store reports them (this shim's writes and other writers' alike). A
@@ -16,20 +21,21 @@ use std::sync::Arc;
 use snp_core::validate::{validate_application, validate_interface, validate_namespace, Field};
 use snp_core::{AppSet, MappingKey, Mappings, ValidationError};
 use snp_proto::api::mapping_event::Kind;
+use snp_proto::api::mapping_result::Status as ResultStatus;
 use snp_proto::api::mapping_service_server::MappingService;
 use snp_proto::api::{
-    GetMappingsRequest, GetMappingsResponse, MappingEvent, MappingState, PushMappingsRequest,
-    PushMappingsResponse, WatchMappingsRequest,
+    GetMappingsRequest, GetMappingsResponse, MappingEvent, MappingResult, MappingState,
+    PushMappingsRequest, PushMappingsResponse, WatchMappingsRequest,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::registration::outcome_of;
-use super::{offer_and_wait, Shared};
+use super::{parked_status, pipeline_status, wait_durable, Shared};
 use crate::auth::Action;
 use crate::metrics::{Api, Outcome};
-use crate::pipeline::Payload;
+use crate::pipeline::{Payload, Wait};
 use crate::store::{Change, Entry, Store};
 
 /// Events buffered per watch stream before the stream waits for its client.
@@ -68,42 +74,61 @@ fn validate_selector<S: Store>(
     Ok(())
 }
 
-/// Validates a pushed batch and turns it into mappings, one per request mapping.
-fn validate_batch<S: Store>(
+/// An invalid mapping of a pushed batch.
+struct Invalid {
+    reason: &'static str,
+    message: String,
+}
+
+/// Validates one mapping (the `i`-th of its batch) and turns it into a key and its
+/// applications.
+fn validate_mapping<S: Store>(
     shared: &Shared<S>,
-    req: &PushMappingsRequest,
-) -> Result<Vec<(MappingKey, AppSet)>, Status> {
-    let mut out = Vec::with_capacity(req.mappings.len());
-    for (i, m) in req.mappings.iter().enumerate() {
-        let at = |e: ValidationError, what: &str| {
-            let msg = match &e {
-                ValidationError::InvalidInterface { name, reason, .. } => {
-                    format!("mappings[{i}].interface_name {name} is not a valid interface name: {reason}")
-                }
-                other => format!("mappings[{i}]{what}: {other}"),
-            };
-            invalid(shared, e.reason(), msg)
+    i: usize,
+    m: &snp_proto::api::Mapping,
+) -> Result<(MappingKey, AppSet), Invalid> {
+    let at = |e: ValidationError, what: &str| {
+        let message = match &e {
+            ValidationError::InvalidInterface { name, reason, .. } => {
+                format!(
+                    "mappings[{i}].interface_name {name} is not a valid interface name: {reason}"
+                )
+            }
+            other => format!("mappings[{i}]{what}: {other}"),
         };
-        validate_namespace(&m.namespace).map_err(|e| at(e, ""))?;
-        validate_interface(&m.interface_name, Field::InterfaceName(0), &shared.limits)
-            .map_err(|e| at(e, ""))?;
-        if m.application_names.is_empty() {
-            return Err(invalid(
-                shared,
-                "empty_application",
-                format!("mappings[{i}].application_names is empty"),
-            ));
+        Invalid {
+            reason: e.reason(),
+            message,
         }
-        for (j, app) in m.application_names.iter().enumerate() {
-            validate_application(app, &shared.limits)
-                .map_err(|e| at(e, &format!(".application_names[{j}]")))?;
-        }
-        out.push((
-            MappingKey::new(m.namespace.as_str(), m.interface_name.as_str()),
-            m.application_names.iter().collect(),
-        ));
+    };
+    validate_namespace(&m.namespace).map_err(|e| at(e, ""))?;
+    validate_interface(&m.interface_name, Field::InterfaceName(0), &shared.limits)
+        .map_err(|e| at(e, ""))?;
+    if m.application_names.is_empty() {
+        return Err(Invalid {
+            reason: "empty_application",
+            message: format!("mappings[{i}].application_names is empty"),
+        });
     }
-    Ok(out)
+    for (j, app) in m.application_names.iter().enumerate() {
+        validate_application(app, &shared.limits)
+            .map_err(|e| at(e, &format!(".application_names[{j}]")))?;
+    }
+    let apps: AppSet = m.application_names.iter().collect();
+    if apps.len() > shared.max_apps_per_key {
+        return Err(Invalid {
+            reason: "too_many_applications",
+            message: format!(
+                "mappings[{i}] has {} applications; at most {} per interface",
+                apps.len(),
+                shared.max_apps_per_key
+            ),
+        });
+    }
+    Ok((
+        MappingKey::new(m.namespace.as_str(), m.interface_name.as_str()),
+        apps,
+    ))
 }
 
 fn state(key: MappingKey, entry: Entry) -> MappingState {
@@ -126,6 +151,14 @@ fn snapshot<S: Store>(store: &S, namespace: &str, interfaces: &[String]) -> Mapp
     }
 }
 
+fn result(status: ResultStatus, reason: &str, message: String) -> MappingResult {
+    MappingResult {
+        status: status as i32,
+        reason: reason.to_owned(),
+        message,
+    }
+}
+
 impl<S: Store> MappingApi<S> {
     async fn push(
         &self,
@@ -134,29 +167,87 @@ impl<S: Store> MappingApi<S> {
         let shared = &self.shared;
         shared.auth.check_request(Action::Push, &request)?;
         let req = request.into_inner();
-        let entries = validate_batch(shared, &req)?;
+        let checked: Vec<Result<(MappingKey, AppSet), Invalid>> = req
+            .mappings
+            .iter()
+            .enumerate()
+            .map(|(i, m)| validate_mapping(shared, i, m))
+            .collect();
         let mut unchanged = 0u32;
-        let mut all = Mappings::new();
-        for (key, apps) in entries {
+        let mut offer = Mappings::new();
+        for (key, apps) in checked.iter().flatten() {
             let one: Mappings = std::iter::once((key.clone(), apps.clone())).collect();
             if shared.store.contains_all(&one) {
                 unchanged += 1;
+            } else {
+                offer.insert_set(key.clone(), apps);
             }
-            all.insert_set(key, &apps);
         }
-        let total = u32::try_from(req.mappings.len()).unwrap_or(u32::MAX);
-        let response = PushMappingsResponse {
-            batch_id: req.batch_id.clone(),
-            unchanged,
-            written: total - unchanged,
-        };
-        if unchanged == total {
+        for bad in checked.iter().filter_map(|c| c.as_ref().err()) {
+            shared.metrics.invalid(bad.reason);
+            tracing::debug!(batch = %req.batch_id, source = %req.source, error = %bad.message, "invalid mapping");
+        }
+        if offer.is_empty() {
             tracing::debug!(batch = %req.batch_id, source = %req.source, "batch already in the store");
-            return Ok(response);
+        } else {
+            tracing::debug!(batch = %req.batch_id, source = %req.source, keys = offer.len(), "batch");
+            let wait = if req.want_results {
+                Wait::Settled
+            } else {
+                Wait::Stored
+            };
+            let accepted = shared
+                .pipeline
+                .offer_with(Payload::Batch(offer), wait)
+                .await
+                .map_err(pipeline_status)?;
+            if !req.want_results {
+                if let Some(p) = accepted.parked.first() {
+                    return Err(parked_status(p));
+                }
+            }
+            if let Some(done) = accepted.durable {
+                // With results, the deadline answers the rest as PENDING.
+                wait_durable(shared, done, req.want_results).await?;
+            }
         }
-        tracing::debug!(batch = %req.batch_id, source = %req.source, keys = all.len(), "batch");
-        offer_and_wait(shared, Payload::Batch(all), true).await?;
-        Ok(response)
+        if !req.want_results {
+            if let Some(bad) = checked.iter().find_map(|c| c.as_ref().err()) {
+                return Err(Status::invalid_argument(bad.message.clone()));
+            }
+        }
+        let mut stored = 0u32;
+        let results: Vec<MappingResult> = checked
+            .into_iter()
+            .map(|c| match c {
+                Err(bad) => result(ResultStatus::Rejected, bad.reason, bad.message),
+                Ok((key, apps)) => {
+                    let one: Mappings = std::iter::once((key.clone(), apps)).collect();
+                    if shared.store.contains_all(&one) {
+                        stored += 1;
+                        result(ResultStatus::Stored, "", String::new())
+                    } else if let Some(p) = shared.pipeline.parked().get(&key) {
+                        result(
+                            ResultStatus::Rejected,
+                            &p.reason,
+                            format!("{key} cannot be stored: {}", p.message),
+                        )
+                    } else {
+                        result(ResultStatus::Pending, "", String::new())
+                    }
+                }
+            })
+            .collect();
+        Ok(PushMappingsResponse {
+            batch_id: req.batch_id,
+            unchanged,
+            written: stored.saturating_sub(unchanged),
+            results: if req.want_results {
+                results
+            } else {
+                Vec::new()
+            },
+        })
     }
 }
 

@@ -15,18 +15,18 @@ pub mod registration;
 use std::time::Duration;
 
 use snp_core::Limits;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tonic::Status;
 
 use crate::auth::Auth;
 use crate::config::AckMode;
 use crate::metrics::Metrics;
-use crate::pipeline::{Payload, Pipeline, PipelineError};
+use crate::pipeline::{DurableResult, ParkedKey, Payload, Pipeline, PipelineError};
 use crate::store::Store;
 
-/// Largest request message the shim decodes (bytes). The registration limits (1,000
-/// interfaces of at most 1 KiB) fit well within it; anything larger gets
-/// `OUT_OF_RANGE` from tonic before it is buffered whole.
+/// Default of the largest request message the shim decodes (bytes, `--max-message-bytes`).
+/// The registration limits (1,000 interfaces of at most 1 KiB) fit well within it;
+/// anything larger gets `OUT_OF_RANGE` from tonic before it is buffered whole.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// State shared by the handlers.
@@ -43,23 +43,37 @@ pub struct Shared<S: Store> {
     pub ack_mode: AckMode,
     /// Longest a call waits for durability.
     pub ack_timeout: Duration,
-    /// Input limits (the filter's).
+    /// Input limits (`--max-interface-len` and the filter's others).
     pub limits: Limits,
+    /// Most applications one key may hold pending (`--max-apps-per-key`).
+    pub max_apps_per_key: usize,
+    /// Largest request message decoded (`--max-message-bytes`).
+    pub max_message_bytes: usize,
     /// Becomes `true` when the shim shuts down; open watches end then.
     pub shutdown: watch::Receiver<bool>,
 }
 
 /// The status of an offer the pipeline refused.
-fn pipeline_status(e: PipelineError) -> Status {
+pub(crate) fn pipeline_status(e: PipelineError) -> Status {
     match e {
         PipelineError::Full(e) => Status::resource_exhausted(e.to_string()),
         PipelineError::Closed => Status::unavailable(e.to_string()),
     }
 }
 
+/// The status of a call with a parked key: the store refuses it for good, so the caller is
+/// told at once (its applications stay joined to the parked key, which is probed again).
+pub(crate) fn parked_status(p: &ParkedKey) -> Status {
+    Status::failed_precondition(format!(
+        "{p} (reason {}; the shim retries it on a slow schedule; see /parked)",
+        p.reason
+    ))
+}
+
 /// Offers `payload` to the pipeline and, with `durable`, waits until the store holds it
 /// (up to the ack timeout). Both registration flavours, PushMappings and Nacos publishes
-/// answer through here.
+/// answer through here. A key the store refuses for good (parked) ends the call at once
+/// with `FAILED_PRECONDITION`, whatever the ack mode: its registration is not stored.
 pub(crate) async fn offer_and_wait<S: Store>(
     shared: &Shared<S>,
     payload: Payload,
@@ -70,14 +84,30 @@ pub(crate) async fn offer_and_wait<S: Store>(
         .offer(payload, durable)
         .await
         .map_err(pipeline_status)?;
+    if let Some(p) = accepted.parked.first() {
+        return Err(parked_status(p));
+    }
     if let Some(done) = accepted.durable {
-        match tokio::time::timeout(shared.ack_timeout, done).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(Status::unavailable("the shim is shutting down")),
-            Err(_) => return Err(not_durable(shared.ack_timeout)),
-        }
+        wait_durable(shared, done, false).await?;
     }
     Ok(())
+}
+
+/// Waits up to the ack timeout for a durable offer to settle: `Ok(true)` once settled,
+/// `Ok(false)` when the deadline came first and `pending_ok` (else `UNAVAILABLE`), and
+/// `FAILED_PRECONDITION` when a key of it was parked.
+pub(crate) async fn wait_durable<S: Store>(
+    shared: &Shared<S>,
+    done: oneshot::Receiver<DurableResult>,
+    pending_ok: bool,
+) -> Result<bool, Status> {
+    match tokio::time::timeout(shared.ack_timeout, done).await {
+        Ok(Ok(Ok(()))) => Ok(true),
+        Ok(Ok(Err(parked))) => Err(parked_status(&parked)),
+        Ok(Err(_)) => Err(Status::unavailable("the shim is shutting down")),
+        Err(_) if pending_ok => Ok(false),
+        Err(_) => Err(not_durable(shared.ack_timeout)),
+    }
 }
 
 /// The status of a call whose mappings did not become durable in time.

@@ -24,7 +24,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use super::codec::BytesCodec;
-use super::{offer_and_wait, Shared, MAX_MESSAGE_BYTES};
+use super::{offer_and_wait, Shared};
 use crate::auth::Action;
 use crate::config::AckMode;
 use crate::metrics::{Api, Outcome};
@@ -110,9 +110,10 @@ where
             shared: Arc::clone(&self.shared),
             _flavour: PhantomData,
         };
+        let max = self.shared.max_message_bytes;
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(BytesCodec)
-                .apply_max_message_size_config(Some(MAX_MESSAGE_BYTES), None);
+            let mut grpc =
+                tonic::server::Grpc::new(BytesCodec).apply_max_message_size_config(Some(max), None);
             Ok(grpc.unary(method, req).await)
         })
     }

@@ -8,13 +8,20 @@
 //! candidate that is free or already holds the same `spec.interfaceName`, so `com.Foo` and
 //! `com.foo` get files of their own and objects written with the seed's naming are reused.
 //!
-//! Every write is atomic and durable: a temporary file in the same directory (a dot file
-//! without a `.yaml` suffix, so `kubectl apply` never sees it), written, fsynced, renamed
-//! over the target, and the directory fsynced. A crash leaves either the old or the new
-//! file. Leftover temporary files are removed at startup.
+//! Every write is atomic and durable: a temporary file in the same directory (a short dot
+//! file without a `.yaml` suffix, so `kubectl apply` never sees it), written, fsynced,
+//! renamed over the target, and the directory fsynced. A crash leaves either the old or the
+//! new file. Leftover temporary files are removed at startup.
 //!
-//! The store is union-only and keeps every object in memory: lookups, `contains_all` and
-//! no-op detection never touch the disk. The revision of an object is its
+//! File names stay within the file system's 255-byte limit for every object name the
+//! Kubernetes store accepts (up to 253 characters): a name whose `<name>.yaml` would be
+//! longer is cut and given a hash of the whole name ([`file_name`]). The file's content
+//! carries the real `metadata.name`, which is what loading goes by.
+//!
+//! The store is union-only and keeps every object in memory, in the shared
+//! [`MappingIndex`]: lookups, `contains_all` and no-op detection never touch the disk.
+//! Each key of a batch is written on its own: one key's failure is its own
+//! [`KeyOutcome`], and the other keys are still written. The revision of an object is its
 //! `metadata.generation`, bumped on every write (an API server ignores a generation in a
 //! manifest it creates, so `kubectl apply` is unaffected).
 //!
@@ -22,10 +29,11 @@
 //! startup only; a manifest another tool adds or edits while the shim runs is seen after a
 //! restart, and an edit to an object the shim then writes is overwritten by its union.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use kube::core::ApiResource;
@@ -33,12 +41,17 @@ use serde::Deserialize;
 use snp_core::{naming, AppSet, MappingKey, Mappings};
 use tokio::sync::broadcast;
 
-use super::{Change, Entry, MergeOutcome, Store, StoreError};
 use crate::crd::{self, MappingObject};
-use crate::metrics::{Metrics, Outcome, Verb};
+use crate::index::MappingIndex;
+use crate::observe::{Observer, RequestResult, Verb};
+use crate::{Change, Entry, KeyOutcome, MergeReport, Store, StoreError};
 
 /// Capacity of the change channel; a watcher further behind re-reads a snapshot.
 const CHANGES_CAPACITY: usize = 4096;
+/// Longest file name most file systems take (bytes).
+pub const MAX_FILE_NAME: usize = 255;
+/// Longest readable part of a shortened file name; the rest is a hash.
+const FILE_STEM_PREFIX: usize = 200;
 
 /// Settings of the embedded store.
 #[derive(Debug, Clone)]
@@ -64,35 +77,19 @@ struct Inner {
     /// Serialises writers: one batch at a time touches the files.
     write: Mutex<()>,
     changes: broadcast::Sender<Change>,
-    metrics: Metrics,
+    metrics: Arc<dyn Observer>,
 }
 
-#[derive(Clone)]
-struct Stored {
+/// One object as the embedded store keeps it: the typed object and its file.
+#[derive(Debug, Clone)]
+pub struct Stored {
     object: MappingObject,
-    apps: AppSet,
     path: PathBuf,
-}
-
-impl Stored {
-    fn revision(&self) -> String {
-        self.object.metadata.generation.unwrap_or(0).to_string()
-    }
-
-    fn entry(&self) -> Entry {
-        Entry {
-            apps: self.apps.clone(),
-            revision: self.revision(),
-        }
-    }
 }
 
 #[derive(Default)]
 struct Cache {
-    by_key: BTreeMap<MappingKey, Stored>,
-    /// `(namespace, object name)` of every object on disk, so a new interface never takes
-    /// a name already in use.
-    names: HashSet<(String, String)>,
+    index: MappingIndex<Stored>,
     /// Files that held several objects: never overwritten with one of them.
     multi_doc: HashSet<PathBuf>,
 }
@@ -101,17 +98,46 @@ fn lock_err<T>(_: T) -> StoreError {
     StoreError::Unavailable("embedded store lock poisoned".into())
 }
 
+/// The file name of object `name`: `<name>.yaml`, or, when that would pass
+/// [`MAX_FILE_NAME`] bytes, a readable prefix of the name and a hash of all of it.
+pub fn file_name(name: &str) -> String {
+    const SUFFIX: &str = ".yaml";
+    if name.len() + SUFFIX.len() <= MAX_FILE_NAME {
+        return format!("{name}{SUFFIX}");
+    }
+    let mut cut = FILE_STEM_PREFIX.min(name.len());
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}-{}{SUFFIX}", &name[..cut], naming::interface_hash(name))
+}
+
+/// A file name for the temporary copy of `target` while it is written: short whatever
+/// the target's length, unique per process and write.
+fn temp_name(target: &str) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!(
+        ".tmp-{}-{}-{seq}",
+        &naming::interface_hash(target)[..12],
+        std::process::id()
+    )
+}
+
 impl EmbeddedStore {
     /// Opens (creating if needed) the directory and loads every manifest in it.
-    pub async fn open(cfg: EmbeddedStoreConfig, metrics: Metrics) -> Result<Self, StoreError> {
+    pub async fn open(
+        cfg: EmbeddedStoreConfig,
+        metrics: impl Observer,
+    ) -> Result<Self, StoreError> {
         let dir = cfg.dir.clone();
         let cache = tokio::task::spawn_blocking(move || load(&dir, true))
             .await
             .map_err(|e| StoreError::Unavailable(format!("loading the embedded store: {e}")))??;
-        metrics.store_write(Verb::List, Outcome::Ok);
+        metrics.request(Verb::List, RequestResult::Ok);
         tracing::info!(
             dir = %cfg.dir.display(),
-            objects = cache.by_key.len(),
+            objects = cache.index.len(),
             "embedded store loaded"
         );
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
@@ -122,7 +148,7 @@ impl EmbeddedStore {
                 cache: RwLock::new(cache),
                 write: Mutex::new(()),
                 changes,
-                metrics,
+                metrics: Arc::new(metrics),
             }),
         })
     }
@@ -134,56 +160,39 @@ impl EmbeddedStore {
 }
 
 impl Store for EmbeddedStore {
-    async fn merge(&self, batch: &Mappings) -> Result<MergeOutcome, StoreError> {
+    async fn merge_keys(&self, batch: &Mappings) -> MergeReport {
         if self.contains_all(batch) {
-            self.inner.metrics.noop_skips.inc_by(batch.len() as u64);
-            return Ok(MergeOutcome {
-                unchanged: batch.len(),
-                ..MergeOutcome::default()
-            });
+            self.inner.metrics.noop_skips(batch.len() as u64);
+            return MergeReport {
+                keys: batch
+                    .iter()
+                    .map(|(k, _)| (k.clone(), KeyOutcome::Unchanged))
+                    .collect(),
+                conflicts: 0,
+            };
         }
         let inner = Arc::clone(&self.inner);
-        let batch = batch.clone();
-        tokio::task::spawn_blocking(move || inner.merge_blocking(&batch))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("write task failed: {e}")))?
+        let owned = batch.clone();
+        match tokio::task::spawn_blocking(move || inner.merge_blocking(&owned)).await {
+            Ok(report) => report,
+            Err(e) => MergeReport::all_failed(batch, || {
+                StoreError::Unavailable(format!("the write task failed: {e}"))
+            }),
+        }
     }
 
     fn get(&self, namespace: &str, interfaces: &[String]) -> Vec<(MappingKey, Entry)> {
-        let Ok(cache) = self.inner.cache.read() else {
-            return Vec::new();
-        };
-        if interfaces.is_empty() {
-            let from = MappingKey::new(namespace, "");
-            return cache
-                .by_key
-                .range(from..)
-                .take_while(|(k, _)| k.namespace == namespace)
-                .map(|(k, s)| (k.clone(), s.entry()))
-                .collect();
+        match self.inner.cache.read() {
+            Ok(cache) => cache.index.get(namespace, interfaces),
+            Err(_) => Vec::new(),
         }
-        let mut out: Vec<(MappingKey, Entry)> = interfaces
-            .iter()
-            .filter_map(|i| {
-                let key = MappingKey::new(namespace, i.as_str());
-                cache.by_key.get(&key).map(|s| (key, s.entry()))
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out.dedup_by(|a, b| a.0 == b.0);
-        out
     }
 
     fn contains_all(&self, mappings: &Mappings) -> bool {
-        let Ok(cache) = self.inner.cache.read() else {
-            return false;
-        };
-        mappings.iter().all(|(key, apps)| {
-            cache
-                .by_key
-                .get(key)
-                .is_some_and(|s| apps.is_subset(&s.apps))
-        })
+        self.inner
+            .cache
+            .read()
+            .is_ok_and(|cache| cache.index.contains_all(mappings))
     }
 
     fn changes(&self) -> broadcast::Receiver<Change> {
@@ -198,173 +207,168 @@ impl Store for EmbeddedStore {
         let Ok(cache) = self.inner.cache.read() else {
             return Vec::new();
         };
-        let mut out: Vec<String> = Vec::new();
-        for key in cache.by_key.keys() {
-            if out.last() != Some(&key.namespace) {
-                out.push(key.namespace.clone());
-            }
-        }
-        out
+        cache.index.namespaces()
     }
 }
 
+/// A written object, before its directory is fsynced.
+struct Written {
+    key: MappingKey,
+    name: String,
+    stored: Stored,
+    apps: AppSet,
+    created: bool,
+}
+
 impl Inner {
-    fn merge_blocking(&self, batch: &Mappings) -> Result<MergeOutcome, StoreError> {
-        let _writer = self.write.lock().map_err(lock_err)?;
-        let mut outcome = MergeOutcome::default();
-        let mut written: Vec<(MappingKey, Stored)> = Vec::new();
+    fn merge_blocking(&self, batch: &Mappings) -> MergeReport {
+        let mut report = MergeReport::default();
+        let _writer = match self.write.lock() {
+            Ok(w) => w,
+            Err(_) => return MergeReport::all_failed(batch, || lock_err(())),
+        };
+        let mut written: Vec<Written> = Vec::new();
         let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
-        let mut failure = None;
         for (key, apps) in batch.iter() {
             match self.merge_one(key, apps, &mut dirs) {
                 Ok(None) => {
-                    outcome.unchanged += 1;
-                    self.metrics.noop_skips.inc();
+                    report.keys.push((key.clone(), KeyOutcome::Unchanged));
+                    self.metrics.noop_skips(1);
                 }
-                Ok(Some((stored, created))) => {
-                    if created {
-                        outcome.created += 1;
-                    } else {
-                        outcome.updated += 1;
-                    }
-                    written.push((key.clone(), stored));
-                }
+                Ok(Some(w)) => written.push(w),
                 Err(e) => {
-                    tracing::warn!(%key, error = %e, "embedded store write failed");
-                    failure = Some(e);
-                    break;
+                    if e.is_permanent() {
+                        tracing::error!(%key, reason = e.reason(), error = %e, "embedded store cannot write the key");
+                    } else {
+                        tracing::warn!(%key, reason = e.reason(), error = %e, "embedded store write failed");
+                    }
+                    report.keys.push((key.clone(), KeyOutcome::failed(e)));
                 }
             }
         }
-        // Make the renames durable before anyone is told about them.
+        // Make the renames durable before anyone is told about them. A key whose
+        // directory could not be synced is not reported stored (a retry rewrites it).
+        let mut unsynced: HashMap<PathBuf, String> = HashMap::new();
         for dir in &dirs {
             if let Err(e) = fsync_dir(dir) {
-                failure.get_or_insert(StoreError::Io(e));
-                written.clear();
+                unsynced.insert(dir.clone(), e.to_string());
             }
         }
-        {
-            let mut cache = self.cache.write().map_err(lock_err)?;
-            for (key, stored) in &written {
-                if let Some(name) = stored.object.metadata.name.clone() {
-                    cache.names.insert((key.namespace.clone(), name));
+        let mut changes = Vec::new();
+        if let Ok(mut cache) = self.cache.write() {
+            for w in written {
+                let dir = parent_of(&w.stored.path, &self.dir);
+                if let Some(e) = unsynced.get(&dir) {
+                    let e = StoreError::Io(io::Error::other(format!(
+                        "syncing directory {}: {e}",
+                        dir.display()
+                    )));
+                    report.keys.push((w.key, KeyOutcome::failed(e)));
+                    continue;
                 }
-                cache.by_key.insert(key.clone(), stored.clone());
+                let rv = w.stored.object.metadata.generation.unwrap_or(0).to_string();
+                changes.extend(cache.index.upsert(
+                    &w.key.namespace,
+                    &w.name,
+                    Some((w.key.interface.clone(), w.apps)),
+                    rv,
+                    w.stored,
+                ));
+                report
+                    .keys
+                    .push((w.key, KeyOutcome::Written { created: w.created }));
+            }
+        } else {
+            for w in written {
+                report.keys.push((w.key, KeyOutcome::failed(lock_err(()))));
             }
         }
-        for (key, stored) in written {
+        for change in changes {
             // No receiver is not an error: nobody is watching.
-            let _ = self.changes.send(Change::Upsert {
-                entry: stored.entry(),
-                key,
-            });
+            let _ = self.changes.send(change);
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(outcome),
-        }
+        report
     }
 
     /// Writes `key <- apps` if it adds anything: `Ok(None)` when nothing was needed,
-    /// else the new object and whether it was created.
+    /// else the new object.
     fn merge_one(
         &self,
         key: &MappingKey,
         apps: &AppSet,
         dirs: &mut BTreeSet<PathBuf>,
-    ) -> Result<Option<(Stored, bool)>, StoreError> {
-        let (existing, path) = {
-            let cache = self.cache.read().map_err(lock_err)?;
-            match cache.by_key.get(key) {
-                Some(s) if apps.is_subset(&s.apps) => return Ok(None),
-                Some(s) => {
-                    let path = if cache.multi_doc.contains(&s.path) {
-                        self.free_path(&cache, key, s.object.metadata.name.as_deref())
-                    } else {
-                        Some(s.path.clone())
-                    };
-                    (Some(s.clone()), path)
-                }
-                None => (None, None),
-            }
-        };
+    ) -> Result<Option<Written>, StoreError> {
         let ns_dir = self.dir.join(&key.namespace);
-        match existing {
-            Some(mut stored) => {
-                let path = path.ok_or_else(|| {
-                    StoreError::Rejected(format!("no file name is free for {key}"))
-                })?;
-                stored.apps.union(apps);
-                stored.object.spec.application_names = stored.apps.as_slice().to_vec();
-                stored.object.metadata.generation =
-                    Some(stored.object.metadata.generation.unwrap_or(0) + 1);
-                stored.path = path;
-                let result = write_object(&stored.object, &stored.path);
-                self.count(Verb::Update, &result);
-                result?;
-                dirs.insert(parent_of(&stored.path, &ns_dir));
-                Ok(Some((stored, false)))
-            }
-            None => {
-                let (name, path) = {
-                    let cache = self.cache.read().map_err(lock_err)?;
-                    self.choose_name(&cache, key)
-                }
-                .ok_or_else(|| StoreError::Rejected(format!("no object name is free for {key}")))?;
-                let mut object = crd::new_object(&self.ar, &name, key, apps);
-                object.metadata.generation = Some(1);
-                let new_dir = !ns_dir.is_dir();
-                if new_dir {
-                    fs::create_dir_all(&ns_dir)?;
-                    fsync_dir(&self.dir)?;
-                }
-                let result = write_object(&object, &path);
-                self.count(Verb::Create, &result);
-                result?;
-                dirs.insert(ns_dir);
-                Ok(Some((
-                    Stored {
-                        object,
-                        apps: apps.clone(),
-                        path,
-                    },
-                    true,
-                )))
-            }
+        let cache = self.cache.read().map_err(lock_err)?;
+        if cache.index.holds(key, apps) {
+            return Ok(None);
         }
+        if let Some((name, held)) = cache.index.target(key) {
+            let name = name.to_owned();
+            let mut stored = held.payload.clone();
+            let mut all = held.apps.clone();
+            all.union(apps);
+            if cache.multi_doc.contains(&stored.path) {
+                stored.path = free_path(&cache, &ns_dir, &name)
+                    .ok_or_else(|| StoreError::NoName(format!("no file name is free for {key}")))?;
+            }
+            drop(cache);
+            stored.object.spec.application_names = all.as_slice().to_vec();
+            stored.object.metadata.generation =
+                Some(stored.object.metadata.generation.unwrap_or(0) + 1);
+            let result = write_object(&stored.object, &stored.path);
+            self.count(Verb::Update, &result);
+            result?;
+            dirs.insert(parent_of(&stored.path, &ns_dir));
+            return Ok(Some(Written {
+                key: key.clone(),
+                name,
+                stored,
+                apps: all,
+                created: false,
+            }));
+        }
+        let name = cache
+            .index
+            .choose_name(key, |name| !ns_dir.join(file_name(name)).exists())
+            .ok_or_else(|| StoreError::NoName(format!("no object name is free for {key}")))?;
+        drop(cache);
+        let path = ns_dir.join(file_name(&name));
+        let mut object = crd::new_object(&self.ar, &name, key, apps);
+        object.metadata.generation = Some(1);
+        if !ns_dir.is_dir() {
+            fs::create_dir_all(&ns_dir)?;
+            fsync_dir(&self.dir)?;
+        }
+        let result = write_object(&object, &path);
+        self.count(Verb::Create, &result);
+        result?;
+        dirs.insert(ns_dir);
+        Ok(Some(Written {
+            key: key.clone(),
+            name,
+            stored: Stored { object, path },
+            apps: apps.clone(),
+            created: true,
+        }))
     }
 
     fn count(&self, verb: Verb, result: &Result<(), StoreError>) {
-        let outcome = if result.is_ok() {
-            Outcome::Ok
-        } else {
-            Outcome::Error
+        let outcome = match result {
+            Ok(()) => RequestResult::Ok,
+            Err(e) if e.is_permanent() => RequestResult::Rejected,
+            Err(_) => RequestResult::Failed,
         };
-        self.metrics.store_write(verb, outcome);
+        self.metrics.request(verb, outcome);
     }
+}
 
-    /// The first candidate name that no object in the namespace uses and no file occupies.
-    fn choose_name(&self, cache: &Cache, key: &MappingKey) -> Option<(String, PathBuf)> {
-        naming::candidate_names(&key.interface)
-            .into_iter()
-            .find_map(|name| {
-                if cache.names.contains(&(key.namespace.clone(), name.clone())) {
-                    return None;
-                }
-                let path = self.dir.join(&key.namespace).join(format!("{name}.yaml"));
-                (!path.exists()).then_some((name, path))
-            })
-    }
-
-    /// A file of its own for an object loaded from a multi-object file.
-    fn free_path(&self, cache: &Cache, key: &MappingKey, name: Option<&str>) -> Option<PathBuf> {
-        let name = name?;
-        let dir = self.dir.join(&key.namespace);
-        [format!("{name}.yaml"), format!("{name}.snp.yaml")]
-            .into_iter()
-            .map(|f| dir.join(f))
-            .find(|p| !cache.multi_doc.contains(p))
-    }
+/// A file of its own for an object loaded from a multi-object file.
+fn free_path(cache: &Cache, ns_dir: &Path, name: &str) -> Option<PathBuf> {
+    [file_name(name), file_name(&format!("{name}.snp"))]
+        .into_iter()
+        .map(|f| ns_dir.join(f))
+        .find(|p| !cache.multi_doc.contains(p))
 }
 
 fn parent_of(path: &Path, fallback: &Path) -> PathBuf {
@@ -376,7 +380,7 @@ fn parent_of(path: &Path, fallback: &Path) -> PathBuf {
 /// the directory).
 fn write_object(object: &MappingObject, path: &Path) -> Result<(), StoreError> {
     let yaml = serde_yaml_ng::to_string(object)
-        .map_err(|e| StoreError::Rejected(format!("serialising {}: {e}", path.display())))?;
+        .map_err(|e| StoreError::Invalid(format!("serialising {}: {e}", path.display())))?;
     write_atomic(path, yaml.as_bytes())?;
     Ok(())
 }
@@ -389,13 +393,9 @@ fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| io::Error::other(format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let tmp = dir.join(temp_name(file_name));
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         drop(f);
@@ -404,15 +404,17 @@ fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result
+    result.map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Temporary files of an interrupted write: `.tmp-*`, and `.<file>.tmp-<pid>` from
+/// earlier versions.
 fn is_temp_file(name: &str) -> bool {
-    name.starts_with('.') && name.contains(".tmp-")
+    name.starts_with('.') && name.contains("tmp-")
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -512,29 +514,27 @@ fn load_file(cache: &mut Cache, path: &Path, dir_ns: &str) {
             tracing::warn!(file = %path.display(), "skipping an object without metadata.name");
             continue;
         };
-        let key = MappingKey::new(namespace.clone(), object.spec.interface_name.clone());
-        let apps = crd::apps_of(&object);
-        if !cache.names.insert((namespace, name.clone())) {
+        if cache.index.is_taken(&namespace, &name) {
             tracing::warn!(file = %path.display(), %name, "object name used twice; the later file is ignored");
             continue;
         }
-        match cache.by_key.get_mut(&key) {
-            Some(existing) => {
-                tracing::warn!(%key, file = %path.display(), "two objects hold one interface; merging their applications");
-                existing.apps.union(&apps);
-                existing.object.spec.application_names = existing.apps.as_slice().to_vec();
-            }
-            None => {
-                cache.by_key.insert(
-                    key,
-                    Stored {
-                        object,
-                        apps,
-                        path: path.to_path_buf(),
-                    },
-                );
-            }
+        let key = MappingKey::new(namespace.clone(), object.spec.interface_name.clone());
+        if cache.index.iter().any(|(k, _)| *k == key) {
+            tracing::warn!(%key, file = %path.display(), "two objects hold one interface; their applications are merged, the preferred one is updated");
         }
+        let apps = crd::apps_of(&object);
+        let rv = object.metadata.generation.unwrap_or(0).to_string();
+        let spec = (!key.interface.is_empty()).then(|| (key.interface.clone(), apps));
+        cache.index.upsert(
+            &namespace,
+            &name,
+            spec,
+            rv,
+            Stored {
+                object,
+                path: path.to_path_buf(),
+            },
+        );
     }
 }
 
@@ -542,13 +542,25 @@ fn load_file(cache: &mut Cache, path: &Path, dir_ns: &str) {
 /// `dir`, read from disk as a restart would (read-only: safe beside a running store).
 pub fn read_dir_mappings(dir: &Path) -> Result<Mappings, StoreError> {
     let cache = load(dir, false)?;
-    Ok(cache.by_key.into_iter().map(|(k, s)| (k, s.apps)).collect())
+    Ok(cache
+        .index
+        .iter()
+        .filter_map(|(k, _)| Some((k.clone(), cache.index.entry(k)?.apps)))
+        .collect())
 }
 
-/// The file of every object, keyed by mapping (for tests and tools).
+/// The file of every object, keyed by mapping (the preferred object's, when several hold
+/// one interface), for tests and tools.
 pub fn read_dir_files(dir: &Path) -> Result<HashMap<MappingKey, PathBuf>, StoreError> {
     let cache = load(dir, false)?;
-    Ok(cache.by_key.into_iter().map(|(k, s)| (k, s.path)).collect())
+    Ok(cache
+        .index
+        .iter()
+        .filter_map(|(k, _)| {
+            let (_, held) = cache.index.target(k)?;
+            Some((k.clone(), held.payload.path.clone()))
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -573,9 +585,7 @@ mod tests {
     #[tokio::test]
     async fn writes_one_manifest_per_object_and_unions() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(cfg(tmp.path()), Metrics::unregistered())
-            .await
-            .unwrap();
+        let store = EmbeddedStore::open(cfg(tmp.path()), ()).await.unwrap();
         let mut changes = store.changes();
         let out = store
             .merge(&batch(&[
@@ -651,9 +661,7 @@ mod tests {
         fs::write(ns.join("broken.yaml"), "{{{ not yaml").unwrap();
         fs::write(ns.join("other.yaml"), "apiVersion: v1\nkind: ConfigMap\n").unwrap();
         fs::write(ns.join(".x.yaml.tmp-1"), "junk").unwrap();
-        let store = EmbeddedStore::open(cfg(tmp.path()), Metrics::unregistered())
-            .await
-            .unwrap();
+        let store = EmbeddedStore::open(cfg(tmp.path()), ()).await.unwrap();
         assert!(!ns.join(".x.yaml.tmp-1").exists());
         let key = MappingKey::new("default", "org.apache.dubbo.demo.DemoService");
         let got = store.get("default", &[]);
@@ -696,9 +704,7 @@ mod tests {
         };
         let text = format!("{}---\n{}", doc("com-a", "com.A"), doc("com-b", "com.B"));
         fs::write(ns.join("com-a.yaml"), &text).unwrap();
-        let store = EmbeddedStore::open(cfg(tmp.path()), Metrics::unregistered())
-            .await
-            .unwrap();
+        let store = EmbeddedStore::open(cfg(tmp.path()), ()).await.unwrap();
         assert_eq!(store.get("default", &[]).len(), 2);
         store
             .merge(&batch(&[("default", "com.A", &["b"])]))
@@ -710,5 +716,92 @@ mod tests {
             m.get(&MappingKey::new("default", "com.A")),
             Some(&["a", "b"].iter().collect::<AppSet>())
         );
+    }
+
+    #[tokio::test]
+    async fn stores_every_name_the_kubernetes_store_accepts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(cfg(tmp.path()), ()).await.unwrap();
+        // Seed names of 240 to 253 characters (the longest object names), names that only
+        // the hash fits, and the longest interface the shim takes by default.
+        let mut want = Mappings::new();
+        for len in 240..=253 {
+            let iface = format!("com.{}", "a".repeat(len - 4));
+            assert_eq!(naming::seed_name(&iface).len(), len);
+            want.insert(MappingKey::new("default", iface), "app");
+        }
+        want.insert(
+            MappingKey::new("default", format!("com.{}", "b".repeat(1020))),
+            "app",
+        );
+        want.insert(
+            MappingKey::new("default", format!("com.x$Y_{}", "c".repeat(600))),
+            "app",
+        );
+        let report = store.merge_keys(&want).await;
+        for (k, o) in &report.keys {
+            assert!(o.is_stored(), "{} chars: {o:?}", k.interface.len());
+        }
+        assert_eq!(report.summary().created, want.len());
+        for e in fs::read_dir(tmp.path().join("default")).unwrap() {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            assert!(name.len() <= MAX_FILE_NAME, "{name}");
+            assert!(name.ends_with(".yaml"), "{name}");
+        }
+        // Read back as a restart would, and again through a new store.
+        assert_eq!(read_dir_mappings(tmp.path()).unwrap(), want);
+        drop(store);
+        let again = EmbeddedStore::open(cfg(tmp.path()), ()).await.unwrap();
+        assert!(again.contains_all(&want));
+        let more: Mappings = want
+            .iter()
+            .map(|(k, _)| (k.clone(), ["other"].iter().collect::<AppSet>()))
+            .collect();
+        assert_eq!(again.merge_keys(&more).await.summary().updated, want.len());
+        assert_eq!(
+            fs::read_dir(tmp.path().join("default")).unwrap().count(),
+            want.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn one_key_failing_never_stops_the_others() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(cfg(tmp.path()), ()).await.unwrap();
+        // A file where the namespace's directory should be: that key cannot be written.
+        fs::write(tmp.path().join("blocked"), "not a directory").unwrap();
+        let report = store
+            .merge_keys(&batch(&[
+                ("aaa", "com.A", &["a"]),
+                ("blocked", "com.B", &["b"]),
+                ("zzz", "com.C", &["c"]),
+            ]))
+            .await;
+        let s = report.summary();
+        assert_eq!((s.created, s.transient + s.permanent), (2, 1), "{report:?}");
+        let failed = report
+            .outcome(&MappingKey::new("blocked", "com.B"))
+            .unwrap()
+            .error()
+            .unwrap()
+            .to_string();
+        assert!(failed.starts_with("store I/O"), "{failed}");
+        assert_eq!(
+            read_dir_mappings(tmp.path()).unwrap(),
+            batch(&[("aaa", "com.A", &["a"]), ("zzz", "com.C", &["c"])])
+        );
+    }
+
+    #[test]
+    fn file_names_fit_and_stay_distinct() {
+        assert_eq!(file_name("com-acme-foo"), "com-acme-foo.yaml");
+        let a = file_name(&"a".repeat(253));
+        let b = file_name(&format!("{}b", "a".repeat(252)));
+        assert!(a.len() <= MAX_FILE_NAME && b.len() <= MAX_FILE_NAME);
+        assert_ne!(a, b);
+        assert_eq!(file_name(&"a".repeat(250)).len(), 255);
+        assert!(temp_name(&a).len() < 40);
+        assert!(is_temp_file(&temp_name(&a)));
+        assert!(is_temp_file(".com-a.yaml.tmp-12"));
     }
 }

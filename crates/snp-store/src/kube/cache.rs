@@ -1,51 +1,23 @@
-//! The in-memory index of `ServiceNameMapping` objects, fed by the watch and by the
-//! store's own write responses.
-//!
-//! Two indexes:
-//!
-//! * by key `(namespace, spec.interfaceName)`: every object holding that interface, by
-//!   object name. Normally one; more only if some other tool (or a race with an operator's
-//!   delete) produced a second object. The key's applications are the union over them.
-//! * by name `(namespace, object name)`: which interface occupies a name, so the writer
-//!   knows which candidate names are free.
+//! The Kubernetes store's view of the shared [`MappingIndex`]: objects as the server
+//! returned them (fed by the watch and by the store's own write responses), and the
+//! write plan for a key.
 //!
 //! Everything here is pure (no I/O), so the naming and update rules are unit-tested.
-
-use std::collections::{BTreeMap, HashMap};
 
 use ::kube::api::{DynamicObject, TypeMeta};
 use ::kube::core::ApiResource;
 use serde_json::Value;
-use snp_core::{naming, AppSet, MappingKey, Mappings};
+use snp_core::{AppSet, MappingKey, Mappings};
 
-use crate::store::{Change, Entry};
+use crate::index::{Held, MappingIndex};
+use crate::{Change, Entry};
 
-/// One object, as cached.
-#[derive(Debug, Clone)]
-pub(crate) struct Held {
-    /// The object as the server returned it, without `managedFields` (kept for the
-    /// replace body, so labels, annotations and unknown fields survive a union update).
-    pub obj: DynamicObject,
-    /// Its application names.
-    pub apps: AppSet,
-    /// Its `resourceVersion`.
-    pub rv: String,
-}
-
-/// Who occupies an object name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Occupant {
-    /// An object holding this interface.
-    Interface(String),
-    /// An object whose spec could not be read: the name is taken, by nobody we know.
-    Unreadable,
-}
-
-/// The cache proper.
+/// The cache proper: the shared index, holding each object as the server returned it
+/// (without `managedFields`), kept for the replace body so labels, annotations and unknown
+/// fields survive a union update.
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
-    keys: BTreeMap<MappingKey, BTreeMap<String, Held>>,
-    names: HashMap<(String, String), Occupant>,
+    index: MappingIndex<DynamicObject>,
 }
 
 /// What the writer should do for a key, decided from the cache.
@@ -80,26 +52,20 @@ pub(crate) fn read_spec(obj: &DynamicObject) -> Option<(String, AppSet)> {
     Some((iface.to_owned(), apps))
 }
 
-/// Whether resourceVersion `a` is older than `b`. Resource versions are opaque strings in
-/// the API contract; every etcd-backed server uses integers, so they are compared as
-/// integers when both parse, and treated as "not older" otherwise (the newer event wins).
-pub(crate) fn rv_older(a: &str, b: &str) -> bool {
-    match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(x), Ok(y)) => x < y,
-        _ => false,
-    }
-}
-
 /// The replace body that adds `want` to `held`: the cached object with the union of its
 /// names and `want` as `spec.applicationNames` (sorted, deduplicated), its
 /// `resourceVersion` kept, so a stale cache gets 409 instead of losing another writer's
 /// names. Every other field is left as it was. `None` if the object already holds `want`.
-pub(crate) fn union_body(held: &Held, want: &AppSet, ar: &ApiResource) -> Option<DynamicObject> {
+pub(crate) fn union_body(
+    held: &Held<DynamicObject>,
+    want: &AppSet,
+    ar: &ApiResource,
+) -> Option<DynamicObject> {
     let mut apps = held.apps.clone();
     if apps.union(want) == 0 {
         return None;
     }
-    let mut body = held.obj.clone();
+    let mut body = held.payload.clone();
     body.types = Some(TypeMeta {
         api_version: ar.api_version.clone(),
         kind: ar.kind.clone(),
@@ -119,12 +85,7 @@ pub(crate) fn union_body(held: &Held, want: &AppSet, ar: &ApiResource) -> Option
 impl Cache {
     /// Whether the key's objects together hold every app of `want`.
     pub fn holds(&self, key: &MappingKey, want: &AppSet) -> bool {
-        match self.keys.get(key) {
-            Some(objs) => want
-                .iter()
-                .all(|a| objs.values().any(|h| h.apps.contains(a))),
-            None => want.is_empty(),
-        }
+        self.index.holds(key, want)
     }
 
     /// What to do to make the store hold `want` under `key`.
@@ -132,10 +93,10 @@ impl Cache {
         if self.holds(key, want) {
             return Plan::Nothing;
         }
-        if let Some(held) = self.target(key) {
+        if let Some((name, held)) = self.index.target(key) {
             return match union_body(held, want, ar) {
                 Some(body) => Plan::Update {
-                    name: held.obj.metadata.name.clone().unwrap_or_default(),
+                    name: name.to_owned(),
                     body: Box::new(body),
                 },
                 // The target holds `want` but the key is not complete without it: can't
@@ -149,91 +110,35 @@ impl Cache {
         }
     }
 
-    /// The object a union update goes to: the first candidate name holding the key (the
-    /// seed's name before the hashed one), else the smallest other name.
-    pub fn target(&self, key: &MappingKey) -> Option<&Held> {
-        let objs = self.keys.get(key)?;
-        naming::candidate_names(&key.interface)
-            .iter()
-            .find_map(|n| objs.get(n))
-            .or_else(|| objs.values().next())
-    }
-
-    /// The name a new object for `key` gets: the first candidate that is free or already
-    /// holds the same interface.
+    /// The name a new object for `key` gets (see [`MappingIndex::choose_name`]).
     pub fn choose_name(&self, key: &MappingKey) -> Option<String> {
-        naming::candidate_names(&key.interface)
-            .into_iter()
-            .find(
-                |name| match self.names.get(&(key.namespace.clone(), name.clone())) {
-                    None => true,
-                    Some(Occupant::Interface(i)) => *i == key.interface,
-                    Some(Occupant::Unreadable) => false,
-                },
-            )
+        self.index.choose_name(key, |_| true)
     }
 
     /// What the store holds for `key`.
+    #[cfg(test)]
     pub fn entry(&self, key: &MappingKey) -> Option<Entry> {
-        let objs = self.keys.get(key)?;
-        let mut apps = AppSet::new();
-        for h in objs.values() {
-            apps.union(&h.apps);
-        }
-        let revision = if objs.len() == 1 {
-            objs.values()
-                .next()
-                .map(|h| h.rv.clone())
-                .unwrap_or_default()
-        } else {
-            objs.iter()
-                .map(|(name, h)| format!("{name}:{}", h.rv))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        Some(Entry { apps, revision })
+        self.index.entry(key)
     }
 
     /// Cached content of `namespace`, limited to `interfaces` unless empty.
     pub fn get(&self, namespace: &str, interfaces: &[String]) -> Vec<(MappingKey, Entry)> {
-        if interfaces.is_empty() {
-            let start = MappingKey::new(namespace, "");
-            self.keys
-                .range(start..)
-                .take_while(|(k, _)| k.namespace == namespace)
-                .filter_map(|(k, _)| Some((k.clone(), self.entry(k)?)))
-                .collect()
-        } else {
-            interfaces
-                .iter()
-                .filter_map(|i| {
-                    let k = MappingKey::new(namespace, i.as_str());
-                    let e = self.entry(&k)?;
-                    Some((k, e))
-                })
-                .collect()
-        }
+        self.index.get(namespace, interfaces)
     }
 
     /// Namespaces with at least one key, sorted.
     pub fn namespaces(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for key in self.keys.keys() {
-            if out.last() != Some(&key.namespace) {
-                out.push(key.namespace.clone());
-            }
-        }
-        out
+        self.index.namespaces()
     }
 
     /// Whether every `(key, app)` of `mappings` is cached.
     pub fn contains_all(&self, mappings: &Mappings) -> bool {
-        mappings.iter().all(|(k, apps)| self.holds(k, apps))
+        self.index.contains_all(mappings)
     }
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.index.len()
     }
 
     /// Adds or replaces an object (from the watch or a write response) unless the cache
@@ -244,120 +149,30 @@ impl Cache {
             return Vec::new();
         };
         let rv = obj.metadata.resource_version.clone().unwrap_or_default();
-        let slot = (ns.clone(), name.clone());
-        let old_key = match self.names.get(&slot) {
-            Some(Occupant::Interface(i)) => {
-                let k = MappingKey::new(ns.as_str(), i.as_str());
-                if let Some(h) = self.keys.get(&k).and_then(|o| o.get(&name)) {
-                    if rv_older(&rv, &h.rv) || h.rv == rv {
-                        return Vec::new();
-                    }
-                }
-                Some(k)
-            }
-            _ => None,
-        };
         obj.metadata.managed_fields = None;
-        let parsed = read_spec(&obj);
-        let new_key = parsed
-            .as_ref()
-            .map(|(i, _)| MappingKey::new(ns.as_str(), i.as_str()));
-        let mut touched: Vec<MappingKey> = old_key.iter().chain(new_key.iter()).cloned().collect();
-        touched.dedup();
-        let before: Vec<Option<Entry>> = touched.iter().map(|k| self.entry(k)).collect();
-
-        if let Some(k) = &old_key {
-            self.remove_from_key(k, &name);
-        }
-        match parsed {
-            Some((iface, apps)) => {
-                self.names.insert(slot, Occupant::Interface(iface.clone()));
-                self.keys
-                    .entry(MappingKey::new(ns, iface))
-                    .or_default()
-                    .insert(name, Held { obj, apps, rv });
-            }
-            None => {
-                tracing::warn!(namespace = %ns, name = %name, "ServiceNameMapping without a readable spec.interfaceName; its name is treated as taken");
-                self.names.insert(slot, Occupant::Unreadable);
-            }
-        }
-        self.diff(touched, before)
+        let spec = read_spec(&obj);
+        self.index.upsert(&ns, &name, spec, rv, obj)
     }
 
     /// Removes object `name` of `namespace` unless the cache holds a version newer than
     /// `rv` (a delete event for an object that was re-created since).
     pub fn remove(&mut self, namespace: &str, name: &str, rv: Option<&str>) -> Vec<Change> {
-        let slot = (namespace.to_owned(), name.to_owned());
-        let key = match self.names.get(&slot) {
-            None => return Vec::new(),
-            Some(Occupant::Unreadable) => {
-                self.names.remove(&slot);
-                return Vec::new();
-            }
-            Some(Occupant::Interface(i)) => MappingKey::new(namespace, i.as_str()),
-        };
-        if let (Some(rv), Some(h)) = (rv, self.keys.get(&key).and_then(|o| o.get(name))) {
-            if rv_older(rv, &h.rv) {
-                return Vec::new();
-            }
-        }
-        let before = vec![self.entry(&key)];
-        self.names.remove(&slot);
-        self.remove_from_key(&key, name);
-        self.diff(vec![key], before)
+        self.index.remove(namespace, name, rv)
     }
 
     /// Replaces the whole content with a fresh list (after the watch (re)started) and
     /// returns the differences as changes.
     pub fn replace_all(&mut self, objs: Vec<DynamicObject>) -> Vec<Change> {
-        let old = std::mem::take(self);
+        let mut fresh = Cache::default();
         for obj in objs {
-            self.apply(obj);
+            fresh.apply(obj);
         }
-        let mut changes = Vec::new();
-        for key in old.keys.keys() {
-            if !self.keys.contains_key(key) {
-                changes.push(Change::Delete { key: key.clone() });
-            }
-        }
-        for key in self.keys.keys() {
-            let new = self.entry(key);
-            if new != old.entry(key) {
-                if let Some(entry) = new {
-                    changes.push(Change::Upsert {
-                        key: key.clone(),
-                        entry,
-                    });
-                }
-            }
-        }
-        changes
+        self.index.replace_all(fresh.index)
     }
 
-    fn remove_from_key(&mut self, key: &MappingKey, name: &str) {
-        if let Some(objs) = self.keys.get_mut(key) {
-            objs.remove(name);
-            if objs.is_empty() {
-                self.keys.remove(key);
-            }
-        }
-    }
-
-    fn diff(&self, keys: Vec<MappingKey>, before: Vec<Option<Entry>>) -> Vec<Change> {
-        keys.into_iter()
-            .zip(before)
-            .filter_map(|(key, old)| {
-                let new = self.entry(&key);
-                if new == old {
-                    return None;
-                }
-                Some(match new {
-                    Some(entry) => Change::Upsert { key, entry },
-                    None => Change::Delete { key },
-                })
-            })
-            .collect()
+    #[cfg(test)]
+    fn target_name(&self, key: &MappingKey) -> Option<&str> {
+        self.index.target(key).map(|(n, _)| n)
     }
 }
 
@@ -366,6 +181,7 @@ mod tests {
     use super::*;
     use crate::crd;
     use serde_json::json;
+    use snp_core::naming;
 
     fn ar() -> ApiResource {
         crd::api_resource(crd::DEFAULT_GROUP, crd::DEFAULT_VERSION)
@@ -545,10 +361,7 @@ mod tests {
         let e = c.entry(&k).unwrap();
         assert_eq!(e.apps, set(&["a", "b"]));
         assert!(c.holds(&k, &set(&["a", "b"])));
-        assert_eq!(
-            c.target(&k).unwrap().obj.metadata.name.as_deref(),
-            Some("com-acme-foo")
-        );
+        assert_eq!(c.target_name(&k), Some("com-acme-foo"));
         // Removing one leaves the other's names.
         let ch = c.remove("ns", "com-acme-foo", None);
         assert_eq!(

@@ -2,9 +2,11 @@
 //!
 //! # Reads
 //!
-//! One watch over all namespaces (kube-runtime's `watcher`: list, then watch from the
-//! list's resourceVersion, resuming or re-listing after errors) feeds an in-memory index
-//! ([`cache`]) by `(namespace, spec.interfaceName)` and by object name. Lookups, watches
+//! One watch over all namespaces (kube-runtime's `watcher` with its stream backoff: list,
+//! then watch from the list's resourceVersion, resuming or re-listing after errors) feeds
+//! the shared [`crate::index::MappingIndex`] by `(namespace, spec.interfaceName)` and by
+//! object name. (A kube-runtime `reflector` is not used: its store is keyed by object, and
+//! the cache needs the key index and the differences a re-list makes, as [`Change`]s.) Lookups, watches
 //! and the "already there" check are served from it, so a mapping the cluster already
 //! holds costs no API call. Every applied or deleted object is broadcast as a
 //! [`Change`].
@@ -26,6 +28,16 @@
 //! resourceVersion later and is ignored), so merging the same batch again sends nothing.
 //! Every request except the watch takes a token from a client-side rate limiter
 //! ([`limit`]).
+//!
+//! # Outcomes
+//!
+//! Each key gets its own [`KeyOutcome`]. 409s are retried inside the merge. 429, 5xx,
+//! 401, 408, timeouts and connection errors are transient; a missing namespace (404 on
+//! create), a terminating namespace or RBAC (403), schema or admission (422, 400), an
+//! object too large (413, or any answer saying "too large") and an exceeded quota (403)
+//! are permanent. Once a request of a batch gets no answer at all, the keys not yet tried
+//! are reported transient without a request, so an outage costs one timeout, not one per
+//! key.
 
 mod cache;
 mod limit;
@@ -40,6 +52,7 @@ use ::kube::api::{Api, DynamicObject, ListParams, PostParams};
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use ::kube::core::ApiResource;
 use ::kube::runtime::watcher::{self, Event};
+use ::kube::runtime::WatchStreamExt;
 use ::kube::{Client, Config};
 use futures::StreamExt;
 use snp_core::{AppSet, Backoff, MappingKey, Mappings, SplitMix64};
@@ -48,14 +61,15 @@ use tokio::task::AbortHandle;
 
 use self::cache::{Cache, Plan};
 use self::limit::Limiter;
-use super::{Change, Entry, MergeOutcome, Store, StoreError};
 use crate::crd;
-use crate::metrics::{Metrics, Outcome, Verb};
+use crate::observe::{Observer, RequestResult, Verb};
+use crate::{Change, Entry, KeyOutcome, MergeReport, Store, StoreError};
 
 /// Settings of the Kubernetes store.
 #[derive(Debug, Clone)]
 pub struct KubeStoreConfig {
-    /// Kubeconfig path; `None` means in-cluster configuration.
+    /// Kubeconfig path; `None` means what `kube::Config::infer` finds: `KUBECONFIG`,
+    /// `~/.kube/config`, else the in-cluster configuration.
     pub kubeconfig: Option<PathBuf>,
     /// API group of ServiceNameMapping.
     pub group: String,
@@ -77,7 +91,7 @@ pub struct KubeStoreConfig {
 /// Keys of one batch written at the same time.
 const WRITE_CONCURRENCY: usize = 8;
 /// Requests (writes and re-reads) one key may take within one merge before the merge
-/// gives up with [`StoreError::Contended`]; the caller retries the batch later.
+/// gives up on it with [`StoreError::Contended`] (transient); the caller retries it later.
 const MAX_TRIES_PER_KEY: u32 = 16;
 /// Longest one API request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -92,9 +106,45 @@ fn conflict_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(50), Duration::from_secs(2), 6).with_jitter(0.5)
 }
 
-/// Pause between attempts to restore the watch after an error.
-fn watch_backoff() -> Backoff {
-    Backoff::new(Duration::from_millis(250), Duration::from_secs(5), 5).with_jitter(0.3)
+/// How often the API server is probed while the watch is down, so readiness comes back
+/// even if no object changes once the watch has resumed.
+const WATCH_PROBE: Duration = Duration::from_secs(1);
+
+/// The watcher's backoff after errors: 250 ms doubling to 5 s, up to 30 % off at random,
+/// reset by the next event. Shorter than kube-runtime's default (800 ms to 30 s): a node's
+/// shim should see the API server again within seconds of an outage, and one watch per
+/// node is cheap for the server.
+struct WatchBackoff {
+    policy: Backoff,
+    failures: u32,
+    rng: SplitMix64,
+}
+
+impl WatchBackoff {
+    fn new() -> Self {
+        Self {
+            policy: Backoff::new(Duration::from_millis(250), Duration::from_secs(5), 5)
+                .with_jitter(0.3),
+            failures: 0,
+            rng: SplitMix64::new(seed("watch")),
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.policy.delay_with_jitter(self.failures, &mut self.rng);
+        self.failures = self.policy.next_failures(self.failures);
+        Some(delay)
+    }
+}
+
+impl ::kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
 }
 
 /// Handle on the Kubernetes store. Clones share the cache and the watch; the watch stops
@@ -124,7 +174,7 @@ struct Inner {
     /// Whether the watch is up (false from a watch error until a probe succeeds).
     watch_ok: AtomicBool,
     limiter: Limiter,
-    metrics: Metrics,
+    metrics: Arc<dyn Observer>,
     post: PostParams,
     rng: Mutex<SplitMix64>,
     create_spread: Duration,
@@ -137,48 +187,86 @@ enum ApiError {
     Conflict,
     /// 409 AlreadyExists: the name is taken.
     AlreadyExists,
-    /// 404.
-    NotFound,
-    /// Any other 4xx except 429: retrying the same request won't help.
-    Rejected(String),
-    /// Transport errors, timeouts, 5xx, 429.
-    Unavailable(String),
+    /// 404 (with the server's message and whether it names a missing namespace).
+    NotFound { detail: String, namespace: bool },
+    /// An answer that ends this key's merge (transient or permanent).
+    Fail(StoreError),
+    /// No answer at all: connection refused or reset, timeout. Transient, and the rest of
+    /// the batch is not tried.
+    NoAnswer(String),
 }
 
 impl ApiError {
-    fn classify(e: ::kube::Error) -> Self {
-        match e {
-            ::kube::Error::Api(s) => match s.code {
-                409 if s.reason == "AlreadyExists" => Self::AlreadyExists,
-                409 => Self::Conflict,
-                404 => Self::NotFound,
-                429 => Self::Unavailable(format!("429 {}", s.message)),
-                400..=499 => Self::Rejected(format!("{} {}: {}", s.code, s.reason, s.message)),
-                _ => Self::Unavailable(format!("{} {}: {}", s.code, s.reason, s.message)),
-            },
-            other => Self::Unavailable(other.to_string()),
+    /// Classifies a kube error of request `op` (e.g. "create x") in namespace `namespace`.
+    fn classify(e: ::kube::Error, op: &str, namespace: &str) -> Self {
+        let s = match e {
+            ::kube::Error::Api(s) => s,
+            other => return Self::NoAnswer(format!("{op}: {other}")),
+        };
+        let detail = if s.reason.is_empty() {
+            format!("{op}: {} {}", s.code, s.message)
+        } else {
+            format!("{op}: {} {}: {}", s.code, s.reason, s.message)
+        };
+        let msg = s.message.to_ascii_lowercase();
+        let ns = || namespace.to_owned();
+        match s.code {
+            409 if s.reason == "AlreadyExists" => Self::AlreadyExists,
+            409 => Self::Conflict,
+            404 => {
+                let kind = s.details.as_ref().map(|d| d.kind.as_str());
+                let namespace = kind == Some("namespaces")
+                    || msg.contains(&format!("namespaces \"{namespace}\""));
+                Self::NotFound { detail, namespace }
+            }
+            413 => Self::Fail(StoreError::TooLarge(detail)),
+            _ if msg.contains("too large") => Self::Fail(StoreError::TooLarge(detail)),
+            403 if msg.contains("exceeded quota") => Self::Fail(StoreError::QuotaExceeded(detail)),
+            403 if msg.contains("being terminated") => {
+                Self::Fail(StoreError::NamespaceTerminating {
+                    namespace: ns(),
+                    detail,
+                })
+            }
+            403 => Self::Fail(StoreError::Forbidden(detail)),
+            400 | 422 => Self::Fail(StoreError::Invalid(detail)),
+            // 401: credentials expire and are refreshed; 408: the server timed out.
+            401 | 408 | 429 => Self::Fail(StoreError::Unavailable(detail)),
+            400..=499 => Self::Fail(StoreError::Rejected(detail)),
+            _ => Self::Fail(StoreError::Unavailable(detail)),
         }
     }
 
-    fn outcome(&self) -> Outcome {
+    fn outcome(&self) -> RequestResult {
         match self {
-            Self::Rejected(_) => Outcome::Invalid,
-            _ => Outcome::Error,
+            // 409s and 404s are part of the merge protocol: counted as errors, as before.
+            Self::Fail(e) if e.is_permanent() => RequestResult::Rejected,
+            _ => RequestResult::Failed,
         }
     }
 
-    fn into_store(self, key: &MappingKey) -> StoreError {
-        match self {
-            Self::Rejected(m) => StoreError::Rejected(format!("{key}: {m}")),
-            Self::Unavailable(m) => StoreError::Unavailable(m),
-            // Only a create gets here with 404: the namespace does not exist (a real
-            // cluster checks; a client may send a made-up namespace) or the resource is
-            // not served (yet). Other keys of the batch go on; the caller retries this one.
-            Self::NotFound => StoreError::Rejected(format!(
-                "{key}: 404 Not Found (no such namespace, or the CRD is not served)"
-            )),
-            Self::Conflict | Self::AlreadyExists => StoreError::Contended(key.to_string()),
-        }
+    /// Whether the server answered (even with a refusal).
+    fn answered(&self) -> bool {
+        !matches!(self, Self::NoAnswer(_))
+            && !matches!(self, Self::Fail(StoreError::Unavailable(_)))
+    }
+}
+
+/// How one key's merge ended: what it did and the conflicts it met, or why it failed.
+type KeyResult = Result<(Done, usize), KeyFail>;
+
+/// Why one key's merge ended without the key stored.
+#[derive(Debug)]
+enum KeyFail {
+    /// The backend did not answer: stop the batch.
+    NoAnswer(StoreError),
+    /// This key only.
+    Key(StoreError),
+}
+
+impl From<StoreError> for KeyFail {
+    fn from(e: StoreError) -> Self {
+        Self::Key(e)
     }
 }
 
@@ -194,7 +282,7 @@ impl KubeStore {
     /// Connects, starts the watch-based cache and returns once it is synced. If the first
     /// list does not complete within 30 s the store is returned anyway: it keeps trying,
     /// reports not ready, and refuses merges (`Unavailable`) until it has synced.
-    pub async fn connect(cfg: KubeStoreConfig, metrics: Metrics) -> Result<Self, StoreError> {
+    pub async fn connect(cfg: KubeStoreConfig, metrics: impl Observer) -> Result<Self, StoreError> {
         let client = client(&cfg).await?;
         let ar = crd::api_resource(&cfg.group, &cfg.version);
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
@@ -208,7 +296,7 @@ impl KubeStore {
             api_ok: AtomicBool::new(true),
             watch_ok: AtomicBool::new(true),
             limiter: Limiter::new(cfg.qps, cfg.burst),
-            metrics,
+            metrics: Arc::new(metrics),
             post: PostParams {
                 dry_run: false,
                 field_manager: Some(identity(&cfg.writer, 128)),
@@ -237,7 +325,7 @@ impl KubeStore {
         Ok(store)
     }
 
-    async fn merge_key(&self, key: MappingKey, want: AppSet) -> Result<(Done, usize), StoreError> {
+    async fn merge_key(&self, key: MappingKey, want: AppSet) -> Result<(Done, usize), KeyFail> {
         let inner = &*self.inner;
         let api: Api<DynamicObject> =
             Api::namespaced_with(inner.client.clone(), &key.namespace, &inner.ar);
@@ -248,19 +336,27 @@ impl KubeStore {
             match plan {
                 Plan::Nothing => {
                     if tries == 0 {
-                        inner.metrics.noop_skips.inc();
+                        inner.metrics.noop_skips(1);
                     }
                     return Ok((done, conflicts));
                 }
                 _ if tries == MAX_TRIES_PER_KEY => break,
                 Plan::NoName => {
-                    let msg = format!("{key}: every candidate object name holds another interface");
-                    tracing::error!(%key, "{msg}");
-                    return Err(StoreError::Rejected(msg));
+                    let e = StoreError::NoName(format!(
+                        "every candidate object name for {key} holds another interface"
+                    ));
+                    tracing::error!(%key, error = %e, "cannot name the object");
+                    return Err(KeyFail::Key(e));
                 }
                 Plan::Update { name, body } => {
+                    let op = format!("update of ServiceNameMapping {}/{name}", key.namespace);
                     match inner
-                        .call(Verb::Update, api.replace(&name, &inner.post, &body))
+                        .call(
+                            Verb::Update,
+                            &op,
+                            &key.namespace,
+                            api.replace(&name, &inner.post, &body),
+                        )
                         .await
                     {
                         Ok(obj) => {
@@ -269,17 +365,17 @@ impl KubeStore {
                         }
                         Err(ApiError::Conflict) => {
                             conflicts += 1;
-                            inner.metrics.conflicts.inc();
+                            inner.metrics.conflict();
                             tracing::debug!(%key, %name, conflicts, "409 Conflict; re-reading");
                             inner.refresh(&api, &key, &name).await?;
                             let pause = inner.pause(conflicts);
                             tokio::time::sleep(pause).await;
                         }
-                        Err(ApiError::NotFound) => {
+                        Err(ApiError::NotFound { .. }) => {
                             // Deleted meanwhile: forget it; the next round creates.
                             inner.forget(&key.namespace, &name);
                         }
-                        Err(e) => return Err(inner.fail(&key, "update", e)),
+                        Err(e) => return Err(inner.fail(&key, e)),
                     }
                 }
                 Plan::Create { .. } if tries == 0 && !inner.create_spread.is_zero() => {
@@ -288,15 +384,22 @@ impl KubeStore {
                     tokio::time::sleep(pause).await;
                     // Look again: another shim's object may have arrived by watch.
                     if let Plan::Nothing = inner.read().plan(&key, &want, &inner.ar) {
-                        inner.metrics.noop_skips.inc();
+                        inner.metrics.noop_skips(1);
                         return Ok((done, conflicts));
                     }
                 }
                 Plan::Create { name } => {
-                    let body = new_object(&inner.ar, &name, &key, &want)
-                        .map_err(|e| StoreError::Rejected(format!("{key}: {e}")))?;
+                    let body = new_object(&inner.ar, &name, &key, &want).map_err(|e| {
+                        StoreError::Invalid(format!("building the object for {key}: {e}"))
+                    })?;
+                    let op = format!("create of ServiceNameMapping {}/{name}", key.namespace);
                     match inner
-                        .call(Verb::Create, api.create(&inner.post, &body))
+                        .call(
+                            Verb::Create,
+                            &op,
+                            &key.namespace,
+                            api.create(&inner.post, &body),
+                        )
                         .await
                     {
                         Ok(obj) => {
@@ -308,17 +411,33 @@ impl KubeStore {
                             // cache has not seen yet): read it; the next round either
                             // updates it (same interface) or takes the next candidate.
                             conflicts += 1;
-                            inner.metrics.conflicts.inc();
+                            inner.metrics.conflict();
                             tracing::debug!(%key, %name, "409 AlreadyExists; re-reading");
                             inner.refresh(&api, &key, &name).await?;
                         }
-                        Err(e) => return Err(inner.fail(&key, "create", e)),
+                        Err(ApiError::NotFound { detail, namespace }) => {
+                            // A create gets 404 when the namespace does not exist (for
+                            // good, until someone creates it), or when the resource is not
+                            // served (yet): the CRD is missing, which the watch reports too.
+                            let e = if namespace {
+                                StoreError::NamespaceNotFound {
+                                    namespace: key.namespace.clone(),
+                                    detail,
+                                }
+                            } else {
+                                StoreError::Unavailable(format!(
+                                    "{detail} (is the ServiceNameMapping CRD installed?)"
+                                ))
+                            };
+                            return Err(inner.fail(&key, ApiError::Fail(e)));
+                        }
+                        Err(e) => return Err(inner.fail(&key, e)),
                     }
                 }
             }
         }
-        tracing::warn!(%key, conflicts, "conflicts did not settle; the batch will be retried");
-        Err(StoreError::Contended(key.to_string()))
+        tracing::warn!(%key, conflicts, "conflicts did not settle; the key will be retried");
+        Err(KeyFail::Key(StoreError::Contended(key.to_string())))
     }
 }
 
@@ -355,11 +474,15 @@ impl Inner {
         api: &Api<DynamicObject>,
         key: &MappingKey,
         name: &str,
-    ) -> Result<(), StoreError> {
-        match self.call(Verb::Get, api.get_opt(name)).await {
+    ) -> Result<(), KeyFail> {
+        let op = format!("get of ServiceNameMapping {}/{name}", key.namespace);
+        match self
+            .call(Verb::Get, &op, &key.namespace, api.get_opt(name))
+            .await
+        {
             Ok(Some(obj)) => self.absorb(obj),
             Ok(None) => self.forget(&key.namespace, name),
-            Err(e) => return Err(self.fail(key, "get", e)),
+            Err(e) => return Err(self.fail(key, e)),
         }
         Ok(())
     }
@@ -368,46 +491,51 @@ impl Inner {
     async fn call<T>(
         &self,
         verb: Verb,
+        op: &str,
+        namespace: &str,
         request: impl std::future::Future<Output = Result<T, ::kube::Error>>,
     ) -> Result<T, ApiError> {
         self.limiter.acquire().await;
         let result = match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-            Ok(r) => r.map_err(ApiError::classify),
-            Err(_) => Err(ApiError::Unavailable(format!(
-                "no answer within {REQUEST_TIMEOUT:?}"
+            Ok(r) => r.map_err(|e| ApiError::classify(e, op, namespace)),
+            Err(_) => Err(ApiError::NoAnswer(format!(
+                "{op}: no answer within {REQUEST_TIMEOUT:?}"
             ))),
         };
         match &result {
             Ok(_) => {
-                self.metrics.store_write(verb, Outcome::Ok);
+                self.metrics.request(verb, RequestResult::Ok);
                 self.api_ok.store(true, Ordering::Relaxed);
             }
             Err(e) => {
-                self.metrics.store_write(verb, e.outcome());
+                self.metrics.request(verb, e.outcome());
                 // Any answer, even a refusal, shows the server is there.
-                self.api_ok
-                    .store(!matches!(e, ApiError::Unavailable(_)), Ordering::Relaxed);
+                self.api_ok.store(e.answered(), Ordering::Relaxed);
             }
         }
         result
     }
 
-    fn fail(&self, key: &MappingKey, what: &str, e: ApiError) -> StoreError {
-        match &e {
-            ApiError::Rejected(m) => {
-                tracing::error!(%key, op = what, error = %m, "API server rejected the request")
+    /// Logs a failed request of `key` and turns it into the key's failure.
+    fn fail(&self, key: &MappingKey, e: ApiError) -> KeyFail {
+        match e {
+            ApiError::NoAnswer(m) => {
+                tracing::warn!(%key, error = %m, "API server did not answer");
+                KeyFail::NoAnswer(StoreError::Unavailable(m))
             }
-            ApiError::Unavailable(m) => {
-                tracing::warn!(%key, op = what, error = %m, "API server unavailable")
+            ApiError::Fail(e) => {
+                if e.is_permanent() {
+                    tracing::error!(%key, reason = e.reason(), error = %e, "API server refused the write");
+                } else {
+                    tracing::warn!(%key, reason = e.reason(), error = %e, "API server unavailable");
+                }
+                KeyFail::Key(e)
             }
-            ApiError::NotFound => tracing::error!(
-                %key,
-                op = what,
-                "404 Not Found: no such namespace, or the CRD is not served"
-            ),
-            _ => {}
+            ApiError::NotFound { detail, .. } => KeyFail::Key(StoreError::Unavailable(detail)),
+            ApiError::Conflict | ApiError::AlreadyExists => {
+                KeyFail::Key(StoreError::Contended(key.to_string()))
+            }
         }
-        e.into_store(key)
     }
 
     /// A uniform random delay in `(0, create_spread]` (a backoff that is all jitter).
@@ -426,66 +554,54 @@ impl Inner {
 }
 
 impl Store for KubeStore {
-    async fn merge(&self, batch: &Mappings) -> Result<MergeOutcome, StoreError> {
+    async fn merge_keys(&self, batch: &Mappings) -> MergeReport {
         if !*self.inner.synced.borrow() {
-            return Err(StoreError::Unavailable(
-                "ServiceNameMapping cache not synced yet".into(),
-            ));
+            return MergeReport::all_failed(batch, || {
+                StoreError::Unavailable("ServiceNameMapping cache not synced yet".into())
+            });
         }
         // Owned work items: the stream must be `Send` for any caller.
         let work: Vec<(MappingKey, AppSet)> =
             batch.iter().map(|(k, a)| (k.clone(), a.clone())).collect();
         let abort = Arc::new(AtomicBool::new(false));
         let store = self.clone();
-        let results: Vec<Result<(Done, usize), StoreError>> =
+        let results: Vec<(MappingKey, KeyResult)> =
             futures::stream::iter(work.into_iter().map(move |(key, apps)| {
                 let (store, abort) = (store.clone(), abort.clone());
                 async move {
                     if abort.load(Ordering::Relaxed) {
-                        return Err(StoreError::Unavailable(
-                            "skipped after an earlier error".into(),
-                        ));
+                        let e = StoreError::Unavailable(
+                            "not tried: the API server did not answer an earlier request of this batch"
+                                .into(),
+                        );
+                        return (key, Err(KeyFail::NoAnswer(e)));
                     }
-                    let r = store.merge_key(key, apps).await;
-                    if matches!(r, Err(StoreError::Unavailable(_))) {
+                    let r = store.merge_key(key.clone(), apps).await;
+                    if matches!(r, Err(KeyFail::NoAnswer(_))) {
                         abort.store(true, Ordering::Relaxed);
                     }
-                    r
+                    (key, r)
                 }
             }))
             .buffer_unordered(WRITE_CONCURRENCY)
             .collect()
             .await;
-        let mut out = MergeOutcome::default();
-        let mut error: Option<StoreError> = None;
-        for r in results {
-            match r {
+        let mut report = MergeReport::default();
+        for (key, r) in results {
+            let outcome = match r {
                 Ok((done, conflicts)) => {
-                    out.conflicts += conflicts;
+                    report.conflicts += conflicts;
                     match done {
-                        Done::Unchanged => out.unchanged += 1,
-                        Done::Created => out.created += 1,
-                        Done::Updated => out.updated += 1,
+                        Done::Unchanged => KeyOutcome::Unchanged,
+                        Done::Created => KeyOutcome::Written { created: true },
+                        Done::Updated => KeyOutcome::Written { created: false },
                     }
                 }
-                Err(e) => {
-                    // Report the error a retry is most likely to fix last: unavailable,
-                    // then contended, then rejected.
-                    let rank = |e: &StoreError| match e {
-                        StoreError::Unavailable(_) => 0,
-                        StoreError::Contended(_) => 1,
-                        _ => 2,
-                    };
-                    if error.as_ref().is_none_or(|prev| rank(&e) < rank(prev)) {
-                        error = Some(e);
-                    }
-                }
-            }
+                Err(KeyFail::NoAnswer(e) | KeyFail::Key(e)) => KeyOutcome::failed(e),
+            };
+            report.keys.push((key, outcome));
         }
-        match error {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        report
     }
 
     fn get(&self, namespace: &str, interfaces: &[String]) -> Vec<(MappingKey, Entry)> {
@@ -512,15 +628,31 @@ impl Store for KubeStore {
 }
 
 /// Keeps the cache in step with the API server, forever (the task is aborted when the
-/// last store handle goes).
+/// last store handle goes). The watcher retries by itself with kube-runtime's stream
+/// backoff ([`WatchBackoff`]); while it is down, a cheap list probes the server so readiness comes back
+/// as soon as the server answers, even if no object changes.
 async fn watch_loop(inner: Arc<Inner>) {
     let api: Api<DynamicObject> = Api::all_with(inner.client.clone(), &inner.ar);
-    let mut stream = pin!(watcher::watcher(api.clone(), watcher::Config::default()));
+    let mut stream = pin!(
+        watcher::watcher(api.clone(), watcher::Config::default()).backoff(WatchBackoff::new())
+    );
     let mut listed: Vec<DynamicObject> = Vec::new();
-    let mut failures = 0u32;
-    let backoff = watch_backoff();
-    let mut rng = SplitMix64::new(seed("watch"));
-    while let Some(event) = stream.next().await {
+    let mut logged_down = false;
+    loop {
+        let down = !inner.watch_ok.load(Ordering::Relaxed);
+        let event = tokio::select! {
+            event = stream.next() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            _ = tokio::time::sleep(WATCH_PROBE), if down => {
+                let params = ListParams::default().limit(1);
+                if inner.call(Verb::List, "list of ServiceNameMappings", "", api.list(&params)).await.is_ok() {
+                    inner.watch_ok.store(true, Ordering::Relaxed);
+                }
+                continue;
+            }
+        };
         let event = match event {
             Ok(event) => event,
             Err(e) => {
@@ -531,22 +663,19 @@ async fn watch_loop(inner: Arc<Inner>) {
                     }
                     _ => "",
                 };
-                tracing::warn!(error = %e, "ServiceNameMapping watch failed{hint}; retrying");
-                // Wait until the API server answers a cheap list before restarting the
-                // watch, so that readiness comes back even if nothing changes.
-                loop {
-                    tokio::time::sleep(backoff.delay_with_jitter(failures, &mut rng)).await;
-                    failures = backoff.next_failures(failures);
-                    let params = ListParams::default().limit(1);
-                    if inner.call(Verb::List, api.list(&params)).await.is_ok() {
-                        inner.watch_ok.store(true, Ordering::Relaxed);
-                        break;
-                    }
+                if logged_down {
+                    tracing::debug!(error = %e, "ServiceNameMapping watch still failing{hint}");
+                } else {
+                    tracing::warn!(error = %e, "ServiceNameMapping watch failed{hint}; retrying with backoff");
+                    logged_down = true;
                 }
                 continue;
             }
         };
-        failures = 0;
+        if logged_down {
+            tracing::info!("ServiceNameMapping watch restored");
+            logged_down = false;
+        }
         inner.watch_ok.store(true, Ordering::Relaxed);
         match event {
             Event::Init => listed.clear(),
@@ -576,30 +705,59 @@ async fn watch_loop(inner: Arc<Inner>) {
     }
 }
 
-/// A kube client from the kubeconfig file, or the in-cluster configuration, identifying
-/// itself as `snp-shim/<writer>`.
+/// A kube client identifying itself as `snp-shim/<writer>`: from `--kubeconfig` if given,
+/// else from what `kube::Config::infer` finds (`KUBECONFIG`, `~/.kube/config`, the
+/// in-cluster service account), logging which one it used.
 async fn client(cfg: &KubeStoreConfig) -> Result<Client, StoreError> {
     let mut config = match &cfg.kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|e| {
-                StoreError::Unavailable(format!("kubeconfig {}: {e}", path.display()))
+                StoreError::Config(format!("reading kubeconfig {}: {e}", path.display()))
             })?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
-                .map_err(|e| {
-                    StoreError::Unavailable(format!("kubeconfig {}: {e}", path.display()))
-                })?
+                .map_err(|e| StoreError::Config(format!("kubeconfig {}: {e}", path.display())))?;
+            tracing::info!(kubeconfig = %path.display(), cluster = %config.cluster_url, "Kubernetes client from --kubeconfig");
+            config
         }
-        None => Config::incluster().map_err(|e| {
-            StoreError::Unavailable(format!(
-                "no --kubeconfig and no in-cluster configuration: {e}"
-            ))
-        })?,
+        None => {
+            let config = Config::infer().await.map_err(|e| {
+                StoreError::Config(format!(
+                    "no --kubeconfig, and neither KUBECONFIG, ~/.kube/config nor the in-cluster configuration works: {e}"
+                ))
+            })?;
+            tracing::info!(
+                source = config_source(),
+                cluster = %config.cluster_url,
+                "Kubernetes client configuration inferred"
+            );
+            config
+        }
     };
     if let Ok(ua) = http::HeaderValue::from_str(&identity(&cfg.writer, 256)) {
         config.headers.push((http::header::USER_AGENT, ua));
     }
-    Client::try_from(config).map_err(|e| StoreError::Unavailable(format!("kube client: {e}")))
+    // No retries inside the client: a 429 or 503 is a transient outcome of its key, which
+    // then waits its own backoff in the debouncer. The client's own retry (up to 15 times,
+    // backing off to minutes) would hold the whole batch in one request instead.
+    config.default_retry = false;
+    Client::try_from(config).map_err(|e| StoreError::Config(format!("kube client: {e}")))
+}
+
+/// Where `Config::infer` took its configuration from (it tries a kubeconfig first).
+fn config_source() -> &'static str {
+    if std::env::var_os("KUBECONFIG").is_some() {
+        "KUBECONFIG"
+    } else if default_kubeconfig().is_some_and(|p| p.exists()) {
+        "~/.kube/config"
+    } else {
+        "in-cluster service account"
+    }
+}
+
+/// `~/.kube/config`, if a home directory is known.
+pub fn default_kubeconfig() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube").join("config"))
 }
 
 /// `snp-shim/<writer>`, cut to `max` bytes and to printable ASCII (a field manager may be
@@ -669,27 +827,89 @@ mod tests {
 
     #[test]
     fn errors_are_classified() {
-        let api = |code: u16, reason: &str| {
-            ApiError::classify(::kube::Error::Api(Box::new(
-                ::kube::core::Status::failure("m", reason).with_code(code),
-            )))
+        let api = |code: u16, reason: &str, msg: &str| {
+            ApiError::classify(
+                ::kube::Error::Api(Box::new(
+                    ::kube::core::Status::failure(msg, reason).with_code(code),
+                )),
+                "create of ServiceNameMapping ns/x",
+                "ns",
+            )
         };
-        assert!(matches!(api(409, "Conflict"), ApiError::Conflict));
-        assert!(matches!(api(409, "AlreadyExists"), ApiError::AlreadyExists));
-        assert!(matches!(api(404, "NotFound"), ApiError::NotFound));
-        assert!(matches!(api(422, "Invalid"), ApiError::Rejected(_)));
-        assert!(matches!(api(403, "Forbidden"), ApiError::Rejected(_)));
+        let reason = |e: ApiError| match e {
+            ApiError::Fail(e) => (e.reason(), e.is_permanent()),
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(api(409, "Conflict", "m"), ApiError::Conflict));
         assert!(matches!(
-            api(429, "TooManyRequests"),
-            ApiError::Unavailable(_)
+            api(409, "AlreadyExists", "m"),
+            ApiError::AlreadyExists
         ));
         assert!(matches!(
-            api(503, "ServiceUnavailable"),
-            ApiError::Unavailable(_)
+            api(404, "NotFound", "namespaces \"ns\" not found"),
+            ApiError::NotFound {
+                namespace: true,
+                ..
+            }
         ));
         assert!(matches!(
-            api(500, "InternalError"),
-            ApiError::Unavailable(_)
+            api(
+                404,
+                "NotFound",
+                "the server could not find the requested resource"
+            ),
+            ApiError::NotFound {
+                namespace: false,
+                ..
+            }
         ));
+        assert_eq!(reason(api(422, "Invalid", "m")), ("invalid", true));
+        assert_eq!(reason(api(400, "BadRequest", "m")), ("invalid", true));
+        assert_eq!(reason(api(403, "Forbidden", "m")), ("forbidden", true));
+        assert_eq!(
+            reason(api(
+                403,
+                "Forbidden",
+                "unable to create new content in namespace ns because it is being terminated"
+            )),
+            ("namespace_terminating", true)
+        );
+        assert_eq!(
+            reason(api(
+                403,
+                "Forbidden",
+                "exceeded quota: q, requested: count/x=1"
+            )),
+            ("quota_exceeded", true)
+        );
+        assert_eq!(
+            reason(api(413, "RequestEntityTooLarge", "m")),
+            ("too_large", true)
+        );
+        assert_eq!(
+            reason(api(
+                500,
+                "InternalError",
+                "etcdserver: request is too large"
+            )),
+            ("too_large", true)
+        );
+        assert_eq!(
+            reason(api(405, "MethodNotAllowed", "m")),
+            ("rejected", true)
+        );
+        for code in [401, 408, 429, 500, 502, 503, 504] {
+            assert_eq!(
+                reason(api(code, "x", "m")),
+                ("unavailable", false),
+                "{code}"
+            );
+        }
+        let e = api(422, "Invalid", "spec.applicationNames: Invalid value");
+        let ApiError::Fail(e) = e else { panic!() };
+        assert_eq!(
+            e.to_string(),
+            "the object was refused as invalid: create of ServiceNameMapping ns/x: 422 Invalid: spec.applicationNames: Invalid value"
+        );
     }
 }
