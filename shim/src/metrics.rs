@@ -432,6 +432,9 @@ mod live {
             )?;
             gauge.encode(metric)
         }
+    }
+}
+
 /// The stores report their requests into these metrics.
 impl snp_store::Observer for Metrics {
     fn request(&self, verb: snp_store::Verb, result: snp_store::RequestResult) {
