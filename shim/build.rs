@@ -2,12 +2,12 @@
 //!
 //! * the Nacos 2.x transport proto (`proto/`), compiled with protox into tonic code;
 //! * the status page's debounce simulator, embedded: `snp-sim-wasm` compiled to
-//! `wasm32-unknown-unknown` and bound with wasm-bindgen by `scripts/build-sim-wasm.sh`, which
-//! writes `snp_sim_wasm.js` and `snp_sim_wasm_bg.wasm` to `$SNP_SIM_WEB_DIR` (default
-//! `<target>/snp-sim-web`). Without them the shim still builds (the wasm target and the
-//! wasm-bindgen CLI are not needed for ordinary development), with a warning, and the page
-//! says the simulator is not built into this binary. `SNP_REQUIRE_SIMULATOR=1` turns the
-//! warning into an error (the image build and scripts/test.sh set it).
+//!   `wasm32-unknown-unknown` and bound with wasm-bindgen by `scripts/build-sim-wasm.sh`, which
+//!   writes `snp_sim_wasm.js` and `snp_sim_wasm_bg.wasm` to `$SNP_SIM_WEB_DIR` (default
+//!   `<target>/snp-sim-web`). Without them the shim still builds (the wasm target and the
+//!   wasm-bindgen CLI are not needed for ordinary development), with a warning, and the page
+//!   says the simulator is not built into this binary. `SNP_REQUIRE_SIMULATOR=1` turns the
+//!   warning into an error (the image build and scripts/test.sh set it).
 
 use std::io;
 use std::path::PathBuf;
