@@ -79,6 +79,9 @@ pub enum ShimError {
     /// The shim's task ended abnormally.
     #[error("the shim task failed: {0}")]
     Task(String),
+    /// The journal could not be opened (e.g. another shim holds the data directory).
+    #[error(transparent)]
+    Journal(#[from] snp_journal::JournalError),
 }
 
 /// How the shim ended.
@@ -216,6 +219,9 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         .transpose()?;
     let auth = Auth::new(token, args.tls_client_ca.is_some(), args.auth_scope);
     let tls = tls_config(&args)?;
+    // Journal hook: lock and replay before binding, so a second shim on the same data
+    // directory fails at once.
+    let journal = crate::journal::open(&args).await?;
     let grpc = bind(args.grpc_addr).await?;
     let http_listener = bind(args.http_addr).await?;
     let grpc_addr = grpc.local_addr().map_err(|source| ShimError::Bind {
@@ -231,6 +237,11 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    if let Some(j) = &journal {
+        registry.register_collector(Box::new(crate::journal::JournalCollector(
+            j.journal.journal().clone(),
+        )));
+    }
     let registry = Arc::new(registry);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -260,6 +271,7 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         shutdown: shutdown_rx,
         synced_once,
         stopping,
+        journal,
     };
     let task = tokio::spawn(async move {
         let result = ctx.run().await;
@@ -287,6 +299,8 @@ struct Context {
     /// Set once the store was first reachable and synced; `/readyz` follows it.
     synced_once: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
+    /// The opened journal and what it recovered (journal hook).
+    journal: Option<crate::journal::Opened>,
 }
 
 impl Context {
@@ -327,18 +341,33 @@ impl Context {
         }
     }
 
-    async fn serve<S: Store>(self, store: S) -> Result<ExitReport, ShimError> {
+    async fn serve<S: Store>(mut self, store: S) -> Result<ExitReport, ShimError> {
         tokio::spawn(track_store_readiness(
             store.clone(),
             Arc::clone(&self.synced_once),
             self.metrics.clone(),
             self.shutdown.clone(),
         ));
-        let (pipeline, pipeline_task) = Pipeline::spawn(
+        // Journal hook: forget what the store wrote; recovered entries become pending.
+        let journal = self.journal.take();
+        let (pipeline, pipeline_task) = Pipeline::spawn_with_hook(
             store.clone(),
             debounce_config(&self.args),
             self.metrics.clone(),
+            journal.as_ref().map(|j| j.journal.stored_hook()),
         );
+        let journal = match journal {
+            Some(j) => {
+                crate::journal::offer_recovered(&pipeline, &j.recovered).await;
+                tokio::spawn(j.journal.clone().sweep(
+                    store.clone(),
+                    pipeline.clone(),
+                    self.shutdown.clone(),
+                ));
+                Some(j.journal)
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             store,
             pipeline: pipeline.clone(),
@@ -348,6 +377,7 @@ impl Context {
             ack_timeout: self.args.ack_timeout,
             limits: Limits::default(),
             shutdown: self.shutdown.clone(),
+            journal,
         });
         let mut builder = Server::builder();
         if let Some(tls) = self.tls.clone() {

@@ -27,6 +27,21 @@ pub enum Command {
     Serve,
     /// Print the CustomResourceDefinition YAML, generated from the Rust type.
     Crd(CrdArgs),
+    /// Create the data directory and hand it to the shim's user. The DaemonSet's init
+    /// container runs this as root with only CAP_CHOWN, on the hostPath the kubelet creates
+    /// root-owned, so that the shim itself runs as non-root.
+    PrepareDataDir(PrepareArgs),
+}
+
+/// Arguments of `prepare-data-dir`.
+#[derive(Debug, Clone, Args)]
+pub struct PrepareArgs {
+    /// The data directory (as the shim's --data-dir).
+    #[arg(long, env = "SNP_DATA_DIR", default_value = "/var/lib/snp")]
+    pub data_dir: PathBuf,
+    /// Owner to give it, `uid:gid` (the image's nonroot user by default).
+    #[arg(long, default_value = "65532:65532")]
+    pub owner: String,
 }
 
 /// Which API group/version the ServiceNameMapping resource is served under.
@@ -84,10 +99,11 @@ pub struct ServeArgs {
     /// Storage backend.
     #[arg(long, env = "SNP_STORE", value_enum, default_value_t = StoreKind::Auto)]
     pub store: StoreKind,
-    /// Directory of the embedded store: one ServiceNameMapping manifest per object, as
+    /// Local state: the journal, in `<data-dir>/journal/<--journal-instance>/`, and, with
+    /// the embedded store, one ServiceNameMapping manifest per object, as
     /// `<namespace>/<object-name>.yaml` (`kubectl apply -R -f <dir>` loads it into a
-    /// cluster). Read at startup; this shim is its only writer.
-    #[arg(long, env = "SNP_DATA_DIR", default_value = "snp-data")]
+    /// cluster). Both are locked: a second shim on the same directory exits with an error.
+    #[arg(long, env = "SNP_DATA_DIR", default_value = "/var/lib/snp")]
     pub data_dir: PathBuf,
     /// Kubeconfig file; without it the in-cluster configuration is used.
     #[arg(long, env = "SNP_KUBECONFIG")]
@@ -175,6 +191,32 @@ pub struct ServeArgs {
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "SNP_LOG", default_value = "info")]
     pub log: String,
+
+    /// Journal immediate-mode registrations under --data-dir and answer only once they are
+    /// on disk (group commit: one fdatasync for all calls that arrived meanwhile), so an OK
+    /// survives a crash. `--journal false` answers from memory, as the seed did.
+    #[arg(long, env = "SNP_JOURNAL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub journal: bool,
+    /// Name of this shim's journal, `<data-dir>/journal/<name>/`. Shims on one node with
+    /// different names (the old and the new pod of a rollout: the DaemonSet uses the pod
+    /// name) each keep their own; a shim adopts the journals of names no process holds.
+    #[arg(long, env = "SNP_JOURNAL_INSTANCE", default_value = "default", value_parser = parse_instance)]
+    pub journal_instance: String,
+}
+
+/// A journal instance name: one path component.
+fn parse_instance(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("one path component of letters, digits, '-', '_' and '.'".to_owned())
+    }
 }
 
 /// Which calls authentication applies to.

@@ -101,6 +101,9 @@ pub struct DrainReport {
     pub pending_keys: usize,
 }
 
+/// Journal hook: called with a batch's mappings once the store holds them.
+pub type StoredHook = std::sync::Arc<dyn Fn(&Mappings) + Send + Sync>;
+
 /// Handle to the pipeline task (cheap to clone).
 #[derive(Clone)]
 pub struct Pipeline {
@@ -113,6 +116,17 @@ impl Pipeline {
         store: S,
         cfg: DebounceConfig,
         metrics: Metrics,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::spawn_with_hook(store, cfg, metrics, None)
+    }
+
+    /// [`Pipeline::spawn`], calling `on_stored` with each batch the store wrote (journal
+    /// hook).
+    pub fn spawn_with_hook<S: Store>(
+        store: S,
+        cfg: DebounceConfig,
+        metrics: Metrics,
+        on_stored: Option<StoredHook>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let task = Task {
@@ -127,6 +141,7 @@ impl Pipeline {
             flushing: false,
             closed: false,
             store_was_unready: false,
+            on_stored,
         };
         (Self { tx }, tokio::spawn(task.run()))
     }
@@ -193,6 +208,8 @@ struct Task<S: Store> {
     /// ready again the backoff is cut short: after an outage the write goes as soon as the
     /// store's watch sees the API again, not up to `--retry-max` later.
     store_was_unready: bool,
+    /// Journal hook: told what each successful batch wrote.
+    on_stored: Option<StoredHook>,
 }
 
 /// How often readiness is checked while a failed batch is backing off.
@@ -351,8 +368,13 @@ impl<S: Store> Task<S> {
             let store = self.store.clone();
             let started = TokioInstant::now();
             tracing::debug!(batch = %batch.id, keys, "writing batch");
+            let on_stored = self.on_stored.clone();
             self.in_flight.spawn(async move {
                 let result = store.merge(&batch.mappings).await;
+                // Journal hook: the store holds these now.
+                if let (Ok(_), Some(hook)) = (&result, &on_stored) {
+                    hook(&batch.mappings);
+                }
                 (batch.id, started, keys, result)
             });
         }

@@ -354,7 +354,10 @@ fn replay_into(dir: &Path, state: &mut State) -> Result<Replay, JournalError> {
             replay.torn.push(torn);
         }
         for e in read.entries {
-            if state.lookup(&e.namespace, &e.interface, &e.application).is_none() {
+            if state
+                .lookup(&e.namespace, &e.interface, &e.application)
+                .is_none()
+            {
                 state.insert(&e, 0);
                 replay.entries.push(e);
             }
@@ -570,7 +573,10 @@ impl Journal {
     }
 
     /// Whether every entry is journaled (not necessarily durable yet).
-    pub fn contains<'a>(&self, entries: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) -> bool {
+    pub fn contains<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    ) -> bool {
         let st = self.inner.shared.lock();
         entries
             .into_iter()

@@ -56,7 +56,9 @@ impl Entry {
 
     /// Whether it is `(namespace, interface, application)`.
     pub fn is(&self, namespace: &str, interface: &str, application: &str) -> bool {
-        self.namespace == namespace && self.interface == interface && self.application == application
+        self.namespace == namespace
+            && self.interface == interface
+            && self.application == application
     }
 
     /// As borrowed fields.

@@ -35,7 +35,10 @@ pub fn entry_len(e: &Entry) -> usize {
 
 /// Appends one record holding `entries` to `out`. Fields longer than [`MAX_FIELD`] must
 /// have been refused before.
-pub fn encode<'a>(out: &mut Vec<u8>, entries: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) {
+pub fn encode<'a>(
+    out: &mut Vec<u8>,
+    entries: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+) {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME]);
     out.extend_from_slice(&[0; 4]);
@@ -202,8 +205,13 @@ mod tests {
         for r in records {
             encode(
                 &mut b,
-                r.iter()
-                    .map(|e| (e.namespace.as_str(), e.interface.as_str(), e.application.as_str())),
+                r.iter().map(|e| {
+                    (
+                        e.namespace.as_str(),
+                        e.interface.as_str(),
+                        e.application.as_str(),
+                    )
+                }),
             );
             ends.push(b.len());
         }
@@ -213,7 +221,10 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let recs = vec![
-            vec![e("default", "com.Foo", "foo"), e("default", "com.Bar", "foo")],
+            vec![
+                e("default", "com.Foo", "foo"),
+                e("default", "com.Bar", "foo"),
+            ],
             vec![e("ns-ü", "", "app")],
         ];
         let (b, ends) = segment(&recs);

@@ -47,7 +47,9 @@ async fn appended_entries_are_replayed_after_reopening() {
             .unwrap(),
         Appended::Written
     );
-    j.append("team-a", "hello", &["org.example.A"]).await.unwrap();
+    j.append("team-a", "hello", &["org.example.A"])
+        .await
+        .unwrap();
     j.close();
     drop(j);
 
@@ -62,7 +64,9 @@ async fn appended_entries_are_replayed_after_reopening() {
     // Replayed entries are live: journaling them again writes nothing.
     let before = j.stats().records;
     assert_eq!(
-        j.append("default", "greeter", &["org.example.B"]).await.unwrap(),
+        j.append("default", "greeter", &["org.example.B"])
+            .await
+            .unwrap(),
         Appended::Known
     );
     assert_eq!(j.stats().records, before);
@@ -153,7 +157,9 @@ async fn forgotten_entries_leave_the_disk() {
     assert!(j.stats().bytes > 10 * (16 << 10));
     assert!(j.stats().rotations > 2);
     // One pending entry stays, across rotations and a reopen.
-    j.append("default", "app", &["org.example.Pending"]).await.unwrap();
+    j.append("default", "app", &["org.example.Pending"])
+        .await
+        .unwrap();
     for round in 0..100 {
         let iface = format!("org.example.More{round}");
         j.append("default", "app", &[iface.as_str()]).await.unwrap();
@@ -250,7 +256,11 @@ async fn a_journal_cut_at_every_offset_of_its_last_record_opens() {
 #[tokio::test]
 async fn garbage_and_foreign_files_never_stop_the_start() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("journal-0000000000000007.log"), b"not a journal at all").unwrap();
+    std::fs::write(
+        tmp.path().join("journal-0000000000000007.log"),
+        b"not a journal at all",
+    )
+    .unwrap();
     std::fs::write(tmp.path().join("journal-0000000000000008.log"), b"").unwrap();
     std::fs::write(tmp.path().join("notes.txt"), b"kept").unwrap();
     let (j, replay) = Journal::open(tmp.path(), cfg()).unwrap();
@@ -275,7 +285,10 @@ fn a_second_open_of_one_directory_fails_clearly() {
     }
     let text = err.to_string();
     assert!(text.contains(&tmp.path().display().to_string()), "{text}");
-    assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+    assert!(
+        text.contains(&format!("pid {}", std::process::id())),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -65,6 +65,8 @@ struct Inner {
     write: Mutex<()>,
     changes: broadcast::Sender<Change>,
     metrics: Metrics,
+    /// Held while the store is open (journal hook: snp_journal::DirLock).
+    _lock: snp_journal::DirLock,
 }
 
 #[derive(Clone)]
@@ -104,6 +106,9 @@ fn lock_err<T>(_: T) -> StoreError {
 impl EmbeddedStore {
     /// Opens (creating if needed) the directory and loads every manifest in it.
     pub async fn open(cfg: EmbeddedStoreConfig, metrics: Metrics) -> Result<Self, StoreError> {
+        // Journal hook: one writer per directory (a second shim on it gets a clear error).
+        let lock = snp_journal::DirLock::acquire(&cfg.dir)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let dir = cfg.dir.clone();
         let cache = tokio::task::spawn_blocking(move || load(&dir, true))
             .await
@@ -123,6 +128,7 @@ impl EmbeddedStore {
                 write: Mutex::new(()),
                 changes,
                 metrics,
+                _lock: lock,
             }),
         })
     }
