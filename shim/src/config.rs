@@ -250,4 +250,29 @@ mod tests {
         assert_eq!(s.crd.crd_group, "extensions.istio.io");
         assert_eq!(s.store, StoreKind::Auto);
     }
+
+    #[test]
+    fn journal_flags() {
+        let s = Cli::parse_from(["snp-shim"]).serve;
+        assert!(s.journal, "the journal is on by default");
+        assert_eq!(s.data_dir, PathBuf::from("/var/lib/snp"));
+        assert_eq!(s.journal_instance, "default");
+        let s = Cli::parse_from(["snp-shim", "--journal=false", "--journal-instance=snp-shim-x7k2p"]).serve;
+        assert!(!s.journal);
+        assert_eq!(s.journal_instance, "snp-shim-x7k2p");
+        for bad in ["", "..", "a/b", "../etc", "x y"] {
+            assert!(
+                Cli::try_parse_from(["snp-shim", &format!("--journal-instance={bad}")]).is_err(),
+                "{bad:?} must be refused"
+            );
+        }
+        let cli = Cli::parse_from(["snp-shim", "prepare-data-dir", "--owner=1:2"]);
+        match cli.command {
+            Some(Command::PrepareDataDir(p)) => {
+                assert_eq!(p.owner, "1:2");
+                assert_eq!(p.data_dir, PathBuf::from("/var/lib/snp"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

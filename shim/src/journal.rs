@@ -338,3 +338,35 @@ pub fn prepare_data_dir(p: &crate::config::PrepareArgs) -> std::io::Result<()> {
     std::os::unix::fs::chown(&p.data_dir, Some(uid), Some(gid))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn prepare_data_dir_hands_the_directory_over_and_is_idempotent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = std::fs::metadata(tmp.path()).unwrap();
+        // As root (CI, the init container) give it away; otherwise to ourselves.
+        let (uid, gid) = if me.uid() == 0 {
+            (12345, 23456)
+        } else {
+            (me.uid(), me.gid())
+        };
+        let p = crate::config::PrepareArgs {
+            data_dir: tmp.path().join("var/lib/snp"),
+            owner: format!("{uid}:{gid}"),
+        };
+        prepare_data_dir(&p).unwrap();
+        let m = std::fs::metadata(&p.data_dir).unwrap();
+        assert_eq!((m.uid(), m.gid()), (uid, gid));
+        // The next pod start finds it already handed over.
+        prepare_data_dir(&p).unwrap();
+        let bad = crate::config::PrepareArgs {
+            owner: "nobody".into(),
+            ..p
+        };
+        assert!(prepare_data_dir(&bad).is_err());
+    }
+}
