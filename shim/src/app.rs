@@ -368,6 +368,8 @@ impl Context {
             }
             None => None,
         };
+        // Closed at the end, whoever still holds a handle: the lock is released at once.
+        let close_journal = journal.clone();
         let shared = Arc::new(Shared {
             store,
             pipeline: pipeline.clone(),
@@ -427,6 +429,7 @@ impl Context {
                 self.stopping.store(true, Ordering::Relaxed);
                 pipeline.flush().await;
                 let _ = tokio::time::timeout(self.args.shutdown_timeout, pipeline.drain()).await;
+                crate::journal::close(close_journal).await;
                 return Err(err);
             }
             other => other.is_some(),
@@ -480,6 +483,7 @@ impl Context {
         }
         drop(pipeline);
         pipeline_task.abort();
+        crate::journal::close(close_journal).await;
         Ok(ExitReport {
             drained,
             pending_keys,

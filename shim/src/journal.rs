@@ -196,6 +196,15 @@ impl ShimJournal {
     }
 }
 
+/// Writes what is queued, compacts, and releases the journal's lock (shutdown). Handles
+/// still held elsewhere get `UNAVAILABLE` from then on.
+pub async fn close(journal: Option<ShimJournal>) {
+    if let Some(j) = journal {
+        let journal = j.journal;
+        let _ = tokio::task::spawn_blocking(move || journal.close()).await;
+    }
+}
+
 fn siblings(root: &Path, own: &Path) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(root) else {
         return Vec::new();

@@ -212,6 +212,8 @@ struct State {
     queued: Vec<(u64, Vec<Entry>)>,
     waiters: Vec<(u64, oneshot::Sender<Result<(), JournalError>>)>,
     closed: bool,
+    /// The writer sleeps on `work`: only then does an append pay for a wake-up.
+    writer_waiting: bool,
     /// Set when the last append was at a time the writer can compare with `idle`.
     last_append: Option<Instant>,
 }
@@ -561,7 +563,9 @@ impl Journal {
             st.queued.push((seq, new));
             st.last_append = Some(Instant::now());
             need = seq;
-            shared.work.notify_one();
+            if st.writer_waiting {
+                shared.work.notify_one();
+            }
             Appended::Written
         };
         if need <= st.durable {
@@ -700,12 +704,14 @@ impl Writer {
                     if idle && st.live_entries == 0 && self.segment_bytes > MAGIC_LEN {
                         break;
                     }
+                    st.writer_waiting = true;
                     let (g, _) = self
                         .shared
                         .work
                         .wait_timeout(st, self.shared.cfg.idle)
                         .unwrap_or_else(|p| p.into_inner());
                     st = g;
+                    st.writer_waiting = false;
                 }
                 std::mem::swap(&mut st.queue, &mut self.buf);
                 (
