@@ -257,7 +257,12 @@ mod tests {
         assert!(s.journal, "the journal is on by default");
         assert_eq!(s.data_dir, PathBuf::from("/var/lib/snp"));
         assert_eq!(s.journal_instance, "default");
-        let s = Cli::parse_from(["snp-shim", "--journal=false", "--journal-instance=snp-shim-x7k2p"]).serve;
+        let s = Cli::parse_from([
+            "snp-shim",
+            "--journal=false",
+            "--journal-instance=snp-shim-x7k2p",
+        ])
+        .serve;
         assert!(!s.journal);
         assert_eq!(s.journal_instance, "snp-shim-x7k2p");
         for bad in ["", "..", "a/b", "../etc", "x y"] {
