@@ -86,6 +86,9 @@ pub enum ShimError {
     /// A flag's value makes no sense.
     #[error(transparent)]
     Flags(#[from] crate::config::FlagError),
+    /// The journal could not be opened (e.g. another shim holds the data directory).
+    #[error(transparent)]
+    Journal(#[from] snp_journal::JournalError),
 }
 
 /// How the shim ended.
@@ -294,6 +297,9 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         .transpose()?;
     let auth = Auth::new(token, args.tls_client_ca.is_some(), args.auth_scope);
     let tls = tls_config(&args)?;
+    // Journal hook: lock and replay before binding, so a second shim on the same data
+    // directory fails at once.
+    let journal = crate::journal::open(&args).await?;
     let grpc = bind(args.grpc_addr).await?;
     let http_listener = bind(args.http_addr).await?;
     let grpc_addr = grpc.local_addr().map_err(|source| ShimError::Bind {
@@ -315,6 +321,11 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    if let Some(j) = &journal {
+        registry.register_collector(Box::new(crate::journal::JournalCollector(
+            j.journal.journal().clone(),
+        )));
+    }
     let registry = Arc::new(registry);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -351,6 +362,7 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         stopping,
         status: status.clone(),
         parked,
+        journal,
     };
     let task = tokio::spawn(async move {
         let result = ctx.run().await;
@@ -386,6 +398,8 @@ struct Context {
     status: StatusHub,
     /// The parked keys, kept by the pipeline, listed at `/parked`.
     parked: ParkedView,
+    /// The opened journal and what it recovered (journal hook).
+    journal: Option<crate::journal::Opened>,
 }
 
 impl Context {
@@ -457,12 +471,29 @@ impl Context {
             self.metrics.clone(),
             self.shutdown.clone(),
         ));
+        // Journal hook: forget what the store wrote; recovered entries become pending.
+        let journal = self.journal.take();
         let (pipeline, pipeline_task) = Pipeline::spawn_with(
             store.clone(),
             debounce_config(&self.args),
             self.metrics.clone(),
             self.parked.clone(),
+            journal.as_ref().map(|j| j.journal.stored_hook()),
         );
+        let journal = match journal {
+            Some(j) => {
+                crate::journal::offer_recovered(&pipeline, &j.recovered).await;
+                tokio::spawn(j.journal.clone().sweep(
+                    store.clone(),
+                    pipeline.clone(),
+                    self.shutdown.clone(),
+                ));
+                Some(j.journal)
+            }
+            None => None,
+        };
+        // Closed at the end, whoever still holds a handle: the lock is released at once.
+        let close_journal = journal.clone();
         let shared = Arc::new(Shared {
             store,
             pipeline: pipeline.clone(),
@@ -474,6 +505,7 @@ impl Context {
             max_apps_per_key: usize::try_from(self.args.max_apps_per_key).unwrap_or(usize::MAX),
             max_message_bytes: usize::try_from(self.args.max_message_bytes).unwrap_or(usize::MAX),
             shutdown: self.shutdown.clone(),
+            journal,
         });
         let mut builder = Server::builder();
         if let Some(tls) = self.tls.clone() {
@@ -531,6 +563,7 @@ impl Context {
                 self.stopping.store(true, Ordering::Relaxed);
                 pipeline.flush().await;
                 let _ = tokio::time::timeout(self.args.shutdown_timeout, pipeline.drain()).await;
+                crate::journal::close(close_journal).await;
                 return Err(err);
             }
             other => other.is_some(),
@@ -591,6 +624,7 @@ impl Context {
         }
         drop(pipeline);
         pipeline_task.abort();
+        crate::journal::close(close_journal).await;
         Ok(ExitReport {
             drained,
             pending_keys,

@@ -27,6 +27,21 @@ pub enum Command {
     Serve,
     /// Print the CustomResourceDefinition YAML, generated from the Rust type.
     Crd(CrdArgs),
+    /// Create the data directory and hand it to the shim's user. The DaemonSet's init
+    /// container runs this as root with only CAP_CHOWN, on the hostPath the kubelet creates
+    /// root-owned, so that the shim itself runs as non-root.
+    PrepareDataDir(PrepareArgs),
+}
+
+/// Arguments of `prepare-data-dir`.
+#[derive(Debug, Clone, Args)]
+pub struct PrepareArgs {
+    /// The data directory (as the shim's --data-dir).
+    #[arg(long, env = "SNP_DATA_DIR", default_value = "/var/lib/snp")]
+    pub data_dir: PathBuf,
+    /// Owner to give it, `uid:gid` (the image's nonroot user by default).
+    #[arg(long, default_value = "65532:65532")]
+    pub owner: String,
 }
 
 /// Which API group/version the ServiceNameMapping resource is served under.
@@ -84,10 +99,11 @@ pub struct ServeArgs {
     /// Storage backend.
     #[arg(long, env = "SNP_STORE", value_enum, default_value_t = StoreKind::Auto)]
     pub store: StoreKind,
-    /// Directory of the embedded store: one ServiceNameMapping manifest per object, as
+    /// Local state: the journal, in `<data-dir>/journal/<--journal-instance>/`, and, with
+    /// the embedded store, one ServiceNameMapping manifest per object, as
     /// `<namespace>/<object-name>.yaml` (`kubectl apply -R -f <dir>` loads it into a
-    /// cluster). Read at startup; this shim is its only writer.
-    #[arg(long, env = "SNP_DATA_DIR", default_value = "snp-data")]
+    /// cluster). Both are locked: a second shim on the same directory exits with an error.
+    #[arg(long, env = "SNP_DATA_DIR", default_value = "/var/lib/snp")]
     pub data_dir: PathBuf,
     /// Kubeconfig file; without it the in-cluster configuration is used.
     #[arg(long, env = "SNP_KUBECONFIG")]
@@ -198,6 +214,16 @@ pub struct ServeArgs {
     /// The Nacos endpoint (`--nacos*`).
     #[command(flatten)]
     pub nacos: crate::nacos::NacosArgs,
+    /// Journal immediate-mode registrations under --data-dir and answer only once they are
+    /// on disk (group commit: one fdatasync for all calls that arrived meanwhile), so an OK
+    /// survives a crash. `--journal false` answers from memory, as the seed did.
+    #[arg(long, env = "SNP_JOURNAL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub journal: bool,
+    /// Name of this shim's journal, `<data-dir>/journal/<name>/`. Shims on one node with
+    /// different names (the old and the new pod of a rollout: the DaemonSet uses the pod
+    /// name) each keep their own; a shim adopts the journals of names no process holds.
+    #[arg(long, env = "SNP_JOURNAL_INSTANCE", default_value = "default", value_parser = parse_instance)]
+    pub journal_instance: String,
 }
 
 /// A duration above zero (e.g. `4s`, `5m`).
@@ -207,6 +233,21 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
         return Err("must be above zero".into());
     }
     Ok(d)
+}
+
+/// A journal instance name: one path component.
+fn parse_instance(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("one path component of letters, digits, '-', '_' and '.'".to_owned())
+    }
 }
 
 /// Which calls authentication applies to.
@@ -239,6 +280,36 @@ mod tests {
         assert_eq!(s.ack_mode, AckMode::Immediate);
         assert_eq!(s.crd.crd_group, "extensions.istio.io");
         assert_eq!(s.store, StoreKind::Auto);
+    }
+
+    #[test]
+    fn journal_flags() {
+        let s = Cli::parse_from(["snp-shim"]).serve;
+        assert!(s.journal, "the journal is on by default");
+        assert_eq!(s.data_dir, PathBuf::from("/var/lib/snp"));
+        assert_eq!(s.journal_instance, "default");
+        let s = Cli::parse_from([
+            "snp-shim",
+            "--journal=false",
+            "--journal-instance=snp-shim-x7k2p",
+        ])
+        .serve;
+        assert!(!s.journal);
+        assert_eq!(s.journal_instance, "snp-shim-x7k2p");
+        for bad in ["", "..", "a/b", "../etc", "x y"] {
+            assert!(
+                Cli::try_parse_from(["snp-shim", &format!("--journal-instance={bad}")]).is_err(),
+                "{bad:?} must be refused"
+            );
+        }
+        let cli = Cli::parse_from(["snp-shim", "prepare-data-dir", "--owner=1:2"]);
+        match cli.command {
+            Some(Command::PrepareDataDir(p)) => {
+                assert_eq!(p.owner, "1:2");
+                assert_eq!(p.data_dir, PathBuf::from("/var/lib/snp"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

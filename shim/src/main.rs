@@ -41,6 +41,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::PrepareDataDir(p)) => match snp_shim::journal::prepare_data_dir(&p) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("snp-shim: preparing {}: {e}", p.data_dir.display());
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Serve) | None => {
             // Nonsense values are usage errors, reported like clap's own (exit code 2).
             if let Err(e) = cli.serve.validate() {

@@ -212,6 +212,9 @@ impl ParkedView {
     }
 }
 
+/// Journal hook: called with a batch's mappings once the store holds them.
+pub type StoredHook = std::sync::Arc<dyn Fn(&Mappings) + Send + Sync>;
+
 /// Handle to the pipeline task (cheap to clone).
 #[derive(Clone)]
 pub struct Pipeline {
@@ -226,15 +229,17 @@ impl Pipeline {
         cfg: DebounceConfig,
         metrics: Metrics,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        Self::spawn_with(store, cfg, metrics, ParkedView::default())
+        Self::spawn_with(store, cfg, metrics, ParkedView::default(), None)
     }
 
-    /// Starts the pipeline task on `store`, keeping `parked` current.
+    /// Starts the pipeline task on `store`, keeping `parked` current and calling
+    /// `on_stored` with what the store holds after each batch (the journal forgets it).
     pub fn spawn_with<S: Store>(
         store: S,
         cfg: DebounceConfig,
         metrics: Metrics,
         parked: ParkedView,
+        on_stored: Option<StoredHook>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let task = Task {
@@ -254,6 +259,7 @@ impl Pipeline {
             store_was_unready: false,
             parked: parked.clone(),
             last_prune: TokioInstant::now(),
+            on_stored,
         };
         (Self { tx, parked }, tokio::spawn(task.run()))
     }
@@ -340,6 +346,8 @@ struct Task<S: Store> {
     store_was_unready: bool,
     parked: ParkedView,
     last_prune: TokioInstant,
+    /// Journal hook: told what each successful batch wrote.
+    on_stored: Option<StoredHook>,
 }
 
 /// How often readiness is checked while a failed key is backing off.
@@ -679,6 +687,9 @@ impl<S: Store> Task<S> {
                 }
             }
             self.refresh_parked_view();
+        }
+        if let Some(hook) = self.on_stored.as_ref().filter(|_| !done.stored.is_empty()) {
+            hook(&done.stored);
         }
         self.release_waiters(&done.stored, &done.parked);
     }

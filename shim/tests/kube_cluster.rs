@@ -49,9 +49,18 @@ fn shim(node: &str, group: &str, extra: &[&str]) -> Binary {
         format!("--kubeconfig={}", server.kubeconfig.display()),
         format!("--node-name={node}"),
         format!("--crd-group={group}"),
+        // Its own journal directory (one per shim process; they run side by side).
+        format!("--data-dir={}", journal_dir(&server.dir).display()),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     Binary::spawn(&server.dir.join(format!("shim-{node}.log")), &args)
+}
+
+/// A fresh data directory for each shim process of this test binary.
+fn journal_dir(base: &std::path::Path) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    base.join(format!("shim-data-{}-{n}", std::process::id()))
 }
 
 async fn scrape(shim: &Binary) -> String {

@@ -53,6 +53,11 @@ impl Shim {
                 "--retry-max=2s",
             ])
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            // Its journal, next to its log.
+            .arg(format!(
+                "--data-dir={}",
+                log.with_extension("data").display()
+            ))
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(Stdio::null())
             .stderr(err)

@@ -32,6 +32,8 @@ class Shim:
         self.data_dir = data_dir
         if kubeconfig is not None:
             store = ["--store=kubernetes", f"--kubeconfig={kubeconfig}"]
+            if data_dir is not None:  # the journal's directory
+                store.append(f"--data-dir={data_dir}")
         else:
             assert data_dir is not None, "an embedded store needs a data directory"
             store = ["--store=embedded", f"--data-dir={data_dir}"]
@@ -167,7 +169,7 @@ def shims(logs, tmp_path):
     started: list[Shim] = []
 
     def make(*args: str, data_dir: Path | None = None, kubeconfig: Path | None = None) -> Shim:
-        d = None if kubeconfig else (data_dir or tmp_path / f"data{len(started)}")
+        d = data_dir or tmp_path / f"data{len(started)}"
         s = Shim(logs, d, *args, name=f"snp-shim-{len(started)}", kubeconfig=kubeconfig)
         started.append(s)
         return s.start()

@@ -24,6 +24,7 @@ enum Figure {
     Fig5,
     Fig6,
     Fig7,
+    Fig8,
 }
 
 /// Runs snp's benchmark figures and prints their tables.
@@ -162,6 +163,7 @@ fn main() -> ExitCode {
             Figure::Fig5,
             Figure::Fig6,
             Figure::Fig7,
+            Figure::Fig8,
         ];
     }
     figs.sort();
@@ -220,6 +222,7 @@ fn main() -> ExitCode {
                 Figure::Fig5 => figures::fig5(&env).await,
                 Figure::Fig6 => figures::fig6(&env).await,
                 Figure::Fig7 => figures::fig7(&env).await,
+                Figure::Fig8 => figures::fig8(&env).await,
                 Figure::All => Ok(vec![]),
             }
         });

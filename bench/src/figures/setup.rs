@@ -35,6 +35,10 @@ impl Shim {
             Some(k) => {
                 args.push("--store=kubernetes".into());
                 args.push(format!("--kubeconfig={}", k.display()));
+                // The journal's directory.
+                let data = env.dir.join(format!("{name}-data"));
+                let _ = std::fs::remove_dir_all(&data);
+                args.push(format!("--data-dir={}", data.display()));
             }
             None => {
                 let data = env.dir.join(format!("{name}-data"));

@@ -78,6 +78,8 @@ struct Inner {
     write: Mutex<()>,
     changes: broadcast::Sender<Change>,
     metrics: Arc<dyn Observer>,
+    /// Held while the store is open: one writer per directory.
+    _lock: snp_journal::DirLock,
 }
 
 /// One object as the embedded store keeps it: the typed object and its file.
@@ -130,6 +132,9 @@ impl EmbeddedStore {
         cfg: EmbeddedStoreConfig,
         metrics: impl Observer,
     ) -> Result<Self, StoreError> {
+        // One writer per directory (a second shim on it gets a clear error).
+        let lock = snp_journal::DirLock::acquire(&cfg.dir)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let dir = cfg.dir.clone();
         let cache = tokio::task::spawn_blocking(move || load(&dir, true))
             .await
@@ -149,6 +154,7 @@ impl EmbeddedStore {
                 write: Mutex::new(()),
                 changes,
                 metrics: Arc::new(metrics),
+                _lock: lock,
             }),
         })
     }

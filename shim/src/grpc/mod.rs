@@ -51,6 +51,8 @@ pub struct Shared<S: Store> {
     pub max_message_bytes: usize,
     /// Becomes `true` when the shim shuts down; open watches end then.
     pub shutdown: watch::Receiver<bool>,
+    /// The journal that makes immediate acks durable (`None` with `--journal=false`).
+    pub journal: Option<crate::journal::ShimJournal>,
 }
 
 /// The status of an offer the pipeline refused.

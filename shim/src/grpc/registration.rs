@@ -183,6 +183,14 @@ async fn register<S: Store>(
         "registration"
     );
     let durable = shared.ack_mode == AckMode::Durable;
+    // Journal hook: an immediate OK waits until the registration is on disk.
+    let journaled = (!durable)
+        .then_some(shared.journal.as_ref())
+        .flatten()
+        .map(|j| (j, registration.clone()));
     offer_and_wait(shared, Payload::Registration(registration), durable).await?;
+    if let Some((journal, registration)) = journaled {
+        journal.record(&shared.store, &registration).await?;
+    }
     Ok(Bytes::from(flavour.ok_response()))
 }
