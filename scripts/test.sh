@@ -39,6 +39,10 @@ fi
 cargo build --locked -p snp-shim
 # The Go-built apiextensions-apiserver + etcd; the Rust tests start it themselves.
 scripts/k8s-apiserver.sh build
+# istiod's own config generation (Istio 1.31 as a Go module) and the grpc-java client, both
+# cached outside the repository by a hash of their inputs.
+time scripts/istio-xds.sh build
+time scripts/grpc-java.sh build
 
 step "cargo test"
 cargo test --workspace --locked
