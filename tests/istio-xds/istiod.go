@@ -249,6 +249,11 @@ func newSidecar(c *common, p agentPorts) (*sidecar, error) {
 	if p.configPath != "" {
 		pc.ConfigPath = p.configPath
 	}
+	// What docs/istio.md tells users to add (proxy.istio.io/config): Istio's bootstrap keeps
+	// few stats by default, and the tests read these.
+	pc.ProxyStatsMatcher = &meshconfig.ProxyConfig_ProxyStatsMatcher{InclusionPrefixes: []string{
+		"cluster.snp_", "cluster.outbound|15051|", "extension_config_discovery.",
+	}}
 	prom := p.prometheus
 	if prom == 0 {
 		prom = 15090
@@ -279,6 +284,8 @@ func newSidecar(c *common, p agentPorts) (*sidecar, error) {
 		ProxyConfig:         pc,
 		EnvoyStatusPort:     int(pc.StatusPort),
 		EnvoyPrometheusPort: prom,
+		// The SDS socket istio-agent serves (the template's sds-grpc cluster dials it).
+		WorkloadIdentitySocketFile: "socket",
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node metadata: %w", err)
