@@ -117,7 +117,7 @@ func (w world) meshConfig() *meshconfig.MeshConfig {
 
 // kubeObjects: deploy/namespace.yaml and deploy/service.yaml as they are (plus the ClusterIP
 // the API server would allocate), the shim pod and its EndpointSlice (the DaemonSet's pod on
-// node-1), and the app's namespace and pod.
+// node-1), that node, and the app's namespace and pod.
 func (w world) kubeObjects(root string) (string, error) {
 	ns, err := os.ReadFile(filepath.Join(root, "deploy", "namespace.yaml"))
 	if err != nil {
@@ -142,7 +142,12 @@ func (w world) kubeObjects(root string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	docs := []string{string(ns), string(svcOut), fmt.Sprintf(`apiVersion: v1
+	docs := []string{fmt.Sprintf(`apiVersion: v1
+kind: Node
+metadata:
+  name: %s
+  labels: {topology.kubernetes.io/region: region-1, topology.kubernetes.io/zone: zone-a}
+`, nodeName), string(ns), string(svcOut), fmt.Sprintf(`apiVersion: v1
 kind: Pod
 metadata:
   name: snp-shim-x7k2p

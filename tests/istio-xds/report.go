@@ -107,7 +107,7 @@ func judge(c *common, got *served) (*report, error) {
 	rep := &report{
 		ProxyVersion: c.proxyVersion, EnvoyFilter: c.envoyFilterPath(), AllApplied: len(ef.Spec.ConfigPatches) > 0,
 		Listeners: got.listenerNames, Clusters: got.clusterNames,
-		HTTPFilters: map[string][]string{}, Routes: map[string]map[string][]string{},
+		HTTPFilters: map[string][]string{}, Routes: map[string]map[string][]string{}, ECDS: []string{},
 	}
 	listeners := map[string]map[string]any{}
 	for name, l := range got.listeners {
