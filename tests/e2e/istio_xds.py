@@ -53,6 +53,13 @@ def report(out: Path, envoyfilter: Path | None = None, proxy_version: str | None
     return json.loads(res.stdout)
 
 
+def analyze(*files: Path) -> list[dict]:
+    """What `istioctl analyze -f` reports for EnvoyFilters (Istio's own analyzer)."""
+    res = subprocess.run([str(binary()), "analyze", *map(str, files)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, f"istio analyzer failed: {res.stderr[-4000:]}"
+    return json.loads(res.stdout)
+
+
 def explain(rep: dict) -> str:
     return "\n".join(f"patch {p['index']} {p['apply_to']} {p['name']}: {p['status']} {p.get('problems') or ''}" for p in rep["patches"])
 

@@ -22,7 +22,7 @@ import yaml
 from conftest import ROOT, tool
 from envoy_harness import VM_FAILURE_MARKERS
 from grpc_java import assert_storm_ok, storm, storm_union
-from istio_xds import ISTIO_SHIM_CLUSTER, SHIM_AUTHORITY, IstioSidecar, explain, report
+from istio_xds import ISTIO_SHIM_CLUSTER, SHIM_AUTHORITY, IstioSidecar, analyze, explain, report
 from shim_harness import shims, wait_until  # noqa: F401
 
 ENVOYFILTER = ROOT / "deploy" / "istio" / "envoyfilter.yaml"
@@ -136,10 +136,21 @@ def test_a_mutated_copy_is_caught(tmp_path, name, change, expect):
             assert any(want[1] in problem for problem in p["problems"]), explain(rep)
 
 
+def test_istioctl_analyze_has_nothing_to_report(tmp_path):
+    """Istio's EnvoyFilter analyzer (what `istioctl analyze` runs) is quiet on the file, and
+    warns IST0155 on a copy without the priority: a relative insert with a proxyVersion match."""
+    assert analyze(ENVOYFILTER) == []
+    no_priority = yaml.safe_load(ENVOYFILTER.read_text())
+    del no_priority["spec"]["priority"]
+    path = tmp_path / "envoyfilter-no-priority.yaml"
+    path.write_text(yaml.safe_dump(no_priority, sort_keys=False))
+    assert [m["code"] for m in analyze(path)] == ["IST0155"]
+
+
 def test_a_sidecar_older_than_the_proxy_version_match_gets_no_patch(tmp_path):
     rep = report(tmp_path, proxy_version="1.26.4")
     assert [p["status"] for p in rep["patches"]] == ["not_applied"] * 7, explain(rep)
-    assert not any(n.startswith("snp") for n in rep["listeners"] + rep["clusters"] + (rep["ecds"] or []))
+    assert not any(n.startswith("snp") for n in rep["listeners"] + rep["clusters"] + rep["ecds"])
     assert "snp-filter" not in rep["http_filters"][LISTENER]
     # The oldest version it matches gets them all.
     assert report(tmp_path / "1.27", proxy_version="1.27.0")["all_applied"]

@@ -5,6 +5,8 @@
 //	    istiod generates the configuration of one Dubbo app's sidecar; every patch of the
 //	    EnvoyFilter is reported by its effect on what istiod serves (JSON on stdout). DIR gets
 //	    the served resources and one static Envoy bootstrap holding them, for envoy --mode validate.
+//	snp-istio-xds analyze FILE...
+//	    what `istioctl analyze -f FILE` reports for EnvoyFilters (JSON on stdout).
 //	snp-istio-xds serve --dir DIR --shim-port P --wasm F [--envoyfilter F] [--proxy-version V]
 //	    istiod serves a live Envoy over ADS, through a stand-in for istio-agent (its xDS proxy and
 //	    SDS server on the agent's Unix sockets). Writes DIR/envoy.json (the sidecar bootstrap from
@@ -61,6 +63,8 @@ func main() {
 		err = runReport(os.Args[2:])
 	case "serve":
 		err = runServe(os.Args[2:])
+	case "analyze":
+		err = runAnalyze(os.Args[2:])
 	default:
 		usage()
 	}
