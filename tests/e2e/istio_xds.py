@@ -32,6 +32,8 @@ from conftest import ROOT, Proc, filter_wasm, tool, wait_for_port
 SCRIPT = ROOT / "scripts" / "istio-xds.sh"
 SHIM_AUTHORITY = "snp-shim.snp-system.svc.cluster.local:15051"
 ISTIO_SHIM_CLUSTER = "outbound|15051||snp-shim.snp-system.svc.cluster.local"
+# istiod gives its clusters an alt_stat_name: the cluster's stats carry this name.
+ISTIO_SHIM_STAT = f"cluster.{ISTIO_SHIM_CLUSTER};"
 
 
 def binary() -> Path:
@@ -80,13 +82,17 @@ class _CwdProc(Proc):
 class IstioSidecar:
     """istiod (+ the agent's stand-in) and an Envoy sidecar it configures, for one app pod."""
 
-    def __init__(self, logs: Path, shim_port: int, envoyfilter: Path | None = None):
+    def __init__(self, logs: Path, shim_port: int, envoyfilter: Path | None = None, hold_module: bool = False):
+        """`hold_module`: the agent holds the filter's ECDS resource until `release_module()`,
+        as if it were still downloading the module."""
         # Unix socket paths must stay short (108 bytes): a directory of its own under /tmp.
         self.dir = Path(tempfile.mkdtemp(prefix="snp-istio-"))
         self.logs = logs
         args = [binary(), "serve", "--root", ROOT, "--dir", self.dir, "--shim-port", shim_port, "--wasm", filter_wasm()]
         if envoyfilter:
             args += ["--envoyfilter", envoyfilter]
+        if hold_module:
+            args += ["--hold-module", "true"]
         self.istiod = Proc("istiod", args, logs)
         self.envoy: Proc | None = None
         self.info: dict = {}
@@ -118,6 +124,9 @@ class IstioSidecar:
             self.envoy.stop()
         self.istiod.stop()
         (self.logs / "istio-agent.log").write_text((self.dir / "agent.log").read_text() if (self.dir / "agent.log").exists() else "")
+
+    def release_module(self) -> None:
+        (self.dir / "module-ready").touch()
 
     def admin(self, path: str) -> tuple[int, str]:
         try:

@@ -121,6 +121,18 @@ type agentProxy struct {
 	istiod *grpc.ClientConn
 	z      localizer
 	log    io.Writer
+	// holdECDS: while this file does not exist, ECDS responses wait (the module "downloading").
+	holdECDS string
+}
+
+// waitForModule waits until the test says the module has "arrived".
+func (p *agentProxy) waitForModule() {
+	for {
+		if _, err := os.Stat(p.holdECDS); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func (p *agentProxy) StreamAggregatedResources(down discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
@@ -171,7 +183,8 @@ func (p *agentProxy) DeltaAggregatedResources(down discovery.AggregatedDiscovery
 	if err != nil {
 		return err
 	}
-	errc := make(chan error, 2)
+	var mu sync.Mutex
+	errc := make(chan error, 3)
 	go func() {
 		for {
 			req, err := down.Recv()
@@ -203,7 +216,22 @@ func (p *agentProxy) DeltaAggregatedResources(down discovery.AggregatedDiscovery
 				r.Resource = res[i]
 			}
 			fmt.Fprintf(p.log, "delta %s: %d resources, %d removed\n", resp.TypeUrl, len(resp.Resources), len(resp.RemovedResources))
-			if err := down.Send(resp); err != nil {
+			if p.holdECDS != "" && resp.TypeUrl == v3.ExtensionConfigurationType {
+				go func() {
+					p.waitForModule()
+					fmt.Fprintf(p.log, "delta %s: released\n", resp.TypeUrl)
+					mu.Lock()
+					defer mu.Unlock()
+					if err := down.Send(resp); err != nil {
+						errc <- err
+					}
+				}()
+				continue
+			}
+			mu.Lock()
+			err = down.Send(resp)
+			mu.Unlock()
+			if err != nil {
 				errc <- err
 				return
 			}
@@ -332,6 +360,7 @@ func runServe(args []string) error {
 	c.register(fs)
 	dir := fs.String("dir", "", "Envoy's working directory: the agent's sockets and envoy.json go here")
 	shimPort := fs.Int("shim-port", 0, "the shim's gRPC port on 127.0.0.1")
+	holdModule := fs.Bool("hold-module", false, "hold ECDS (delta xDS) until DIR/module-ready exists, as if the agent were still downloading the module")
 	_ = fs.Parse(args)
 	if *dir == "" || *shimPort == 0 || c.wasm == "" {
 		return fmt.Errorf("--dir, --shim-port and --wasm are required")
@@ -377,6 +406,10 @@ func runServe(args []string) error {
 	}
 	defer logf.Close()
 	z := localizer{wasm: c.wasm, listenerPort: lport, shimPort: *shimPort}
+	hold := ""
+	if *holdModule {
+		hold = filepath.Join(abs, "module-ready")
+	}
 	xdsL, err := listenUnix(filepath.Join(configPath, "XDS"))
 	if err != nil {
 		return err
@@ -392,7 +425,7 @@ func runServe(args []string) error {
 	}
 	var wg sync.WaitGroup
 	xdsSrv, sdsSrv := grpc.NewServer(), grpc.NewServer()
-	discovery.RegisterAggregatedDiscoveryServiceServer(xdsSrv, &agentProxy{istiod: conn, z: z, log: logf})
+	discovery.RegisterAggregatedDiscoveryServiceServer(xdsSrv, &agentProxy{istiod: conn, z: z, log: logf, holdECDS: hold})
 	secret.RegisterSecretDiscoveryServiceServer(sdsSrv, sds)
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = xdsSrv.Serve(xdsL) }()
