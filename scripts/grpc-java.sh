@@ -36,7 +36,7 @@ build() {
   [[ -s "$out" ]] && return 0
   echo "grpc-java: building $out (the first build downloads grpc-java and protoc from Maven Central)" >&2
   # Offline when ~/.m2 already has everything; online otherwise.
-  (cd "$SRC" && { mvn -B -q -o package 2>/dev/null || mvn -B -q package; }) >&2
+  (cd "$SRC" && { mvn -B -q -o package >/dev/null 2>&1 || mvn -B -q package; }) >&2
   mkdir -p "$(dirname "$out")"
   cp "$SRC/target/snp-grpc-java.jar" "$out.tmp" && mv "$out.tmp" "$out"
 }
