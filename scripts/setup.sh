@@ -13,6 +13,7 @@
 #     target and wasm-bindgen-cli (the version of the crate in Cargo.lock), Debian's
 #     chromium (Playwright drives it), helm, promtool and func-e from the Go module proxy;
 #     cached by version under ${XDG_CACHE_HOME:-~/.cache}/snp/tools, linked in target/tools.
+#   * the grpc-java test client (scripts/grpc-java.sh: Maven, cached by a hash of its inputs).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -59,12 +60,14 @@ if [ ! -x "$tools/grpcurl" ] || [ "$(cat "$tools/.grpcurl-version" 2>/dev/null)"
   echo "$grpcurl_version" > "$tools/.grpcurl-version"
 fi
 
-# Java: the real Dubbo and nacos-client the Nacos endpoint is tested with.
+# Java: the real Dubbo and nacos-client the Nacos endpoint is tested with, and grpc-java,
+# the known client of the registration API.
 if ! command -v java >/dev/null || ! command -v javac >/dev/null || ! command -v mvn >/dev/null; then
   log "installing a JDK and Maven (Debian packages)"
   apt-get update -qq >&2 && apt-get install -y -qq openjdk-17-jdk-headless maven >&2
 fi
 tests/dubbo-nacos/build.sh
+scripts/grpc-java.sh build
 
 "$venv/bin/envoy" --version >/dev/null
 

@@ -42,6 +42,10 @@ SNP_REQUIRE_SIMULATOR=1 cargo build --locked -p snp-shim -p snp-sim
 # The Go-built kube-apiserver + etcd (+ controller manager, kubectl), cached by a hash of
 # its inputs; the Rust and Python tests start it themselves.
 scripts/k8s-apiserver.sh build
+# istiod's own config generation (Istio 1.31 as a Go module) and the grpc-java client, both
+# cached outside the repository by a hash of their inputs.
+time scripts/istio-xds.sh build
+time scripts/grpc-java.sh build
 
 step "cargo test"
 cargo test --workspace --locked

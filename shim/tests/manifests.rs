@@ -1608,6 +1608,11 @@ fn istio_envoyfilter_targets_the_node_local_shim() {
         .find(|p| p.apply_to == ApplyTo::HttpFilter)
         .expect("an HTTP_FILTER patch");
     assert_eq!(filter.patch.operation, PatchOperation::InsertBefore);
+    // A relative insert with a proxyVersion match needs a priority (istioctl analyze IST0155).
+    assert!(
+        f.spec.priority.is_some_and(|p| p != 0),
+        "the EnvoyFilter has a relative insert and no priority (IST0155)"
+    );
     let clusters: Vec<String> = f
         .spec
         .config_patches
