@@ -181,7 +181,7 @@ impl Binary {
         let mut args = vec![
             format!("--grpc-addr={grpc_addr}"),
             "--http-addr=127.0.0.1:0".to_owned(),
-            "--store=auto".to_owned(),
+            "--store=embedded".to_owned(),
             format!("--data-dir={}", dir.display()),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
