@@ -59,6 +59,7 @@ class Envoy:
         app_http_port: int | None = None,
         extra_listeners: dict | None = None,
         name: str = "envoy",
+        without_filter: bool = False,
     ):
         """`extra_listeners`: name -> {"filter_config": {...}, "tls": {"cert", "key", "ca"}}."""
         self.logs = logs
@@ -84,6 +85,11 @@ class Envoy:
         _set_endpoint_port(_find(clusters, "snp_shim"), shim_port)
         _set_endpoint_port(_find(clusters, "app_grpc"), app_grpc_port or free_port())
         _set_endpoint_port(_find(clusters, "app_http"), app_http_port or free_port())
+        if without_filter:
+            # The filter removed from the apps listener (issue 13: what a client gets when
+            # the filter is absent); the routes stay as shipped.
+            hcm = apps["filter_chains"][0]["filters"][0]["typed_config"]
+            hcm["http_filters"] = [f for f in hcm["http_filters"] if f.get("name") != "snp"]
         for lname, spec in (extra_listeners or {}).items():
             extra = copy.deepcopy(apps)
             extra["name"] = lname

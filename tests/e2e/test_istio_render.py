@@ -112,7 +112,7 @@ def test_every_patch_applies_and_the_rendered_config_validates(logs):
     assert by_name(sc.clusters, "snp_ack") == by_name(plain["clusters"], "snp_ack")
     plain_ack = [r for r in hcm_of(by_name(plain["listeners"], "apps"))["route_config"]["virtual_hosts"][0]["routes"] if r.get("route", {}).get("cluster") == "snp_ack"]
     istio_ack = sc.routes[ROUTE_CONFIG]["virtual_hosts"][0]["routes"][:2]
-    key = lambda r: (r["match"]["path"], yaml.safe_dump(r["match"]["headers"]), r["route"]["cluster"])  # noqa: E731
+    key = lambda r: (r["match"]["path"], yaml.safe_dump(r["match"]["filter_state"]), r["route"]["cluster"])  # noqa: E731
     assert sorted(map(key, istio_ack)) == sorted(map(key, plain_ack))
 
     # Envoy accepts the result: as delivered (ECDS from a file), and with the extension

@@ -73,11 +73,13 @@ pub enum Reason {
     PendingFull,
     /// Durable mode: the shim did not acknowledge in time.
     NotAcknowledged,
+    /// A spelling of a registration path other than the exact one (`snp_proto::path`).
+    NonCanonicalPath,
 }
 
 impl Reason {
     /// Every reason, for metric definitions.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::TruncatedFrame,
         Reason::InvalidFrameFlag,
         Reason::Compressed,
@@ -95,6 +97,7 @@ impl Reason {
         Reason::CallerUnknown,
         Reason::PendingFull,
         Reason::NotAcknowledged,
+        Reason::NonCanonicalPath,
     ];
 
     /// Stable snake_case name, for metrics and logs.
@@ -117,6 +120,7 @@ impl Reason {
             Self::CallerUnknown => "caller_unknown",
             Self::PendingFull => "pending_full",
             Self::NotAcknowledged => "not_acknowledged",
+            Self::NonCanonicalPath => "non_canonical_path",
         }
     }
 
