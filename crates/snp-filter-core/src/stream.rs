@@ -212,6 +212,7 @@ impl<H: Host> Stream<H> {
             content_type: host.header(Map::RequestHeaders, "content-type"),
             grpc_encoding: host.header(Map::RequestHeaders, "grpc-encoding"),
             content_length: host.header(Map::RequestHeaders, "content-length"),
+            protocol: host.property(&["request", "protocol"]),
         };
         if let Err(r) = check_headers(&headers, plugin.cfg.max_body_bytes) {
             return self.reject(&plugin, &r);
