@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use clap::{CommandFactory, Parser};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -44,7 +45,8 @@ use snp_shim::store::kube::KubeStore;
 use snp_shim::store::Store;
 
 /// The verbs the ClusterRole grants, exactly (issue 6).
-const GRANTED_VERBS: [&str; 6] = ["get", "list", "watch", "create", "update", "patch"];
+/// `patch` is not among them (issue 13: least privilege; the shim never sends one).
+const GRANTED_VERBS: [&str; 5] = ["get", "list", "watch", "create", "update"];
 /// The verbs `shim/src/store/kube.rs` uses; all must be granted.
 const USED_VERBS: [&str; 5] = ["get", "list", "watch", "create", "update"];
 
@@ -277,6 +279,7 @@ enum Manifest {
     Mapping(Box<ServiceNameMapping>),
     Kustomization(Box<Kustomization>),
     EnvoyFilter(Box<EnvoyFilter>),
+    NetworkPolicy(Box<NetworkPolicy>),
 }
 
 impl Manifest {
@@ -292,6 +295,7 @@ impl Manifest {
             Self::Mapping(_) => crd::KIND,
             Self::Kustomization(_) => "Kustomization",
             Self::EnvoyFilter(_) => "EnvoyFilter",
+            Self::NetworkPolicy(_) => "NetworkPolicy",
         }
     }
 }
@@ -346,6 +350,7 @@ fn parse_document(doc: Value) -> Result<Manifest, String> {
         "DaemonSet" => strict(doc, &[]).map(Manifest::DaemonSet),
         "Service" => strict(doc, &[]).map(Manifest::Service),
         "CustomResourceDefinition" => strict(doc, &[]).map(Manifest::Crd),
+        "NetworkPolicy" => strict(doc, &[]).map(Manifest::NetworkPolicy),
         crd::KIND => {
             let want = format!("{}/{}", crd::DEFAULT_GROUP, crd::DEFAULT_VERSION);
             if api_version != want {
@@ -430,6 +435,7 @@ struct Deploy {
     service: Service,
     crd: CustomResourceDefinition,
     kustomization: Kustomization,
+    network_policy: NetworkPolicy,
     samples: Vec<ServiceNameMapping>,
     /// Which file each object came from, by kind.
     files: BTreeMap<&'static str, Vec<String>>,
@@ -484,6 +490,10 @@ fn load_deploy() -> Deploy {
             Manifest::Kustomization(x) => Some(&**x),
             _ => None,
         }),
+        network_policy: one(&all, "NetworkPolicy", |m| match m {
+            Manifest::NetworkPolicy(x) => Some(&**x),
+            _ => None,
+        }),
         samples: all
             .iter()
             .filter_map(|(_, m)| match m {
@@ -516,7 +526,8 @@ fn crd_yaml_is_generated_from_the_rust_type() {
 fn every_manifest_parses_strictly() {
     let d = load_deploy();
     // Where each kind lives (the README and docs/deploy.md point at these files).
-    let expect: [(&str, &str); 9] = [
+    let expect: [(&str, &str); 10] = [
+        ("NetworkPolicy", "networkpolicy.yaml"),
         ("Namespace", "namespace.yaml"),
         ("ServiceAccount", "rbac.yaml"),
         ("ClusterRole", "rbac.yaml"),
@@ -730,11 +741,89 @@ fn bytes(q: &Quantity) -> u64 {
 }
 
 #[test]
+fn network_policy_admits_cluster_pods_to_grpc_and_monitoring_to_metrics() {
+    let d = load_deploy();
+    let np = &d.network_policy;
+    let ns = d.namespace.metadata.name.as_deref().unwrap();
+    assert_eq!(np.metadata.namespace.as_deref(), Some(ns));
+    let spec = np.spec.as_ref().expect("spec");
+    // Selects the shim's pods, as the DaemonSet labels them.
+    let labels = d
+        .daemonset
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let selector = spec.pod_selector.as_ref().expect("podSelector");
+    let wanted = selector.match_labels.clone().unwrap_or_default();
+    assert!(
+        !wanted.is_empty(),
+        "the policy selects the shim's pods, not every pod"
+    );
+    for (k, v) in wanted {
+        assert_eq!(labels.get(&k), Some(&v), "pod selector {k}={v}");
+    }
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_owned()][..])
+    );
+    let ingress = spec.ingress.as_deref().unwrap_or_default();
+    assert_eq!(ingress.len(), 2, "{ingress:?}");
+    let port_of = |i: usize| {
+        let ports = ingress[i].ports.as_deref().unwrap_or_default();
+        assert_eq!(ports.len(), 1);
+        ports[0].port.clone()
+    };
+    // gRPC: any namespace (every pod of the cluster), and no ipBlock.
+    assert_eq!(port_of(0), Some(IntOrString::String("grpc".into())));
+    let from = ingress[0].from.as_deref().unwrap_or_default();
+    assert_eq!(from.len(), 1);
+    assert!(from[0].ip_block.is_none() && from[0].pod_selector.is_none());
+    let any = from[0]
+        .namespace_selector
+        .as_ref()
+        .expect("namespaceSelector");
+    assert!(any.match_labels.is_none() && any.match_expressions.is_none());
+    // Metrics: the monitoring namespace only.
+    assert_eq!(port_of(1), Some(IntOrString::String("http-metrics".into())));
+    let from = ingress[1].from.as_deref().unwrap_or_default();
+    assert_eq!(from.len(), 1);
+    let mon = from[0]
+        .namespace_selector
+        .as_ref()
+        .expect("namespaceSelector");
+    assert_eq!(
+        mon.match_labels.clone().unwrap_or_default(),
+        BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_owned(),
+            "monitoring".to_owned()
+        )])
+    );
+    // The named ports exist on the shim's container.
+    let names: Vec<String> = shim_container(&d.daemonset)
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    assert!(names.contains(&"grpc".to_owned()) && names.contains(&"http-metrics".to_owned()));
+}
+
+#[test]
 fn cluster_role_grants_exactly_the_mapping_verbs() {
     let d = load_deploy();
     let rules = d.role.rules.as_deref().unwrap_or_default();
     assert!(d.role.aggregation_rule.is_none(), "no aggregation");
-    assert_eq!(rules.len(), 1, "one rule: {rules:?}");
+    assert_eq!(rules.len(), 2, "two rules: {rules:?}");
+    // Pods: read only (namespace policy "pod" maps a caller's address to its pod).
+    let pods = &rules[1];
+    assert_eq!(pods.api_groups.as_deref(), Some(&[String::new()][..]));
+    assert_eq!(pods.resources.as_deref(), Some(&["pods".to_owned()][..]));
+    let pod_verbs: BTreeSet<&str> = pods.verbs.iter().map(String::as_str).collect();
+    assert_eq!(pod_verbs, BTreeSet::from(["get", "list", "watch"]));
+    assert!(pods.resource_names.is_none() && pods.non_resource_urls.is_none());
     let rule = &rules[0];
     assert_eq!(
         rule.api_groups.as_deref(),
