@@ -215,6 +215,10 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         .map(Auth::read_token)
         .transpose()?;
     let auth = Auth::new(token, args.tls_client_ca.is_some(), args.auth_scope);
+    if let Some(path) = &args.auth_token_file {
+        // Rotation without restart (issue 13).
+        let _ = auth.watch_token_file(path.clone(), Duration::from_secs(1));
+    }
     let tls = tls_config(&args)?;
     let grpc = bind(args.grpc_addr).await?;
     let http_listener = bind(args.http_addr).await?;
