@@ -21,6 +21,7 @@ pub mod config;
 pub mod crd;
 pub mod grpc;
 pub mod http;
+pub mod identity;
 pub mod metrics;
 pub mod pipeline;
 pub mod shutdown;

@@ -930,6 +930,17 @@ fn daemonset_is_configured_for_a_node_local_shim() {
     // Configuration through env.
     assert_eq!(cfg.store, StoreKind::Kubernetes, "SNP_STORE=kubernetes");
     assert_eq!(cfg.log_format, LogFormat::Json, "SNP_LOG_FORMAT=json");
+    // Issue 13: direct registrations may only name the calling pod's namespace.
+    assert_eq!(
+        cfg.namespace_policy,
+        snp_shim::identity::NamespacePolicy::Pod,
+        "SNP_NAMESPACE_POLICY=pod"
+    );
+    assert_eq!(
+        cfg.on_mismatch,
+        snp_shim::identity::OnMismatch::Reject,
+        "SNP_ON_MISMATCH=reject"
+    );
     let node = c
         .env
         .iter()

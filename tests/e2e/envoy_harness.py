@@ -230,7 +230,7 @@ def register_request(protos, namespace: str, app: str, interfaces: list[str]):
     return protos.dubbo.ServiceMappingRequest(namespace=namespace, applicationName=app, interfaceNames=interfaces)
 
 
-def raw_call(target: str, path: str, body: bytes, headers: dict | None = None, tls: dict | None = None, allow_reset: bool = False) -> dict:
+def raw_call(target: str, path: str, body: bytes, headers: dict | None = None, tls: dict | None = None, allow_reset: bool = False, interface: str | None = None) -> dict:
     """Sends `body` as-is (no framing added) as a gRPC request over HTTP/2 with curl, so
     that malformed frames can be sent. Returns {"http", "headers", "body"}; headers hold
     trailers too (curl reports HTTP/2 trailers with the headers)."""
@@ -245,6 +245,9 @@ def raw_call(target: str, path: str, body: bytes, headers: dict | None = None, t
         args += ["--http2"] if tls else ["--http2-prior-knowledge"]
         if tls:
             args += ["--cacert", str(tls["ca"]), "--cert", str(tls["cert"]), "--key", str(tls["key"])]
+        if interface:
+            # The client's source address (issue 13: a call "from" a pod's address).
+            args += ["--interface", interface]
         for k, v in hdrs.items():
             args += ["-H", f"{k}: {v}"]
         args.append(f"{scheme}://{target}{path}")

@@ -45,6 +45,8 @@ pub struct Shared<S: Store> {
     pub ack_timeout: Duration,
     /// Input limits (the filter's).
     pub limits: Limits,
+    /// Whose namespace a registration may name (issue 13).
+    pub identity: crate::identity::Identity,
     /// Becomes `true` when the shim shuts down; open watches end then.
     pub shutdown: watch::Receiver<bool>,
 }

@@ -252,9 +252,15 @@ async fn register<S: Store>(
 ) -> Result<Bytes, Status> {
     shared.auth.check_request(Action::Register, &request)?;
     // Decoded and validated in `validate`, by the filter's code.
-    let Some(registration) = request.extensions().get::<Registration>().cloned() else {
+    let Some(mut registration) = request.extensions().get::<Registration>().cloned() else {
         return Err(Status::internal("the registration was not validated"));
     };
+    if let Some(from) = shared
+        .identity
+        .enforce(request.remote_addr(), &mut registration)?
+    {
+        tracing::info!(from = %from, to = %registration.namespace, "namespace rewritten to the caller's");
+    }
     tracing::debug!(
         namespace = %registration.namespace,
         application = %registration.application,

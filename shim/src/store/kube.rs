@@ -574,7 +574,7 @@ async fn watch_loop(inner: Arc<Inner>) {
 
 /// A kube client from the kubeconfig file, or the in-cluster configuration, identifying
 /// itself as `snp-shim/<writer>`.
-async fn client(cfg: &KubeStoreConfig) -> Result<Client, StoreError> {
+pub(crate) async fn client(cfg: &KubeStoreConfig) -> Result<Client, StoreError> {
     let mut config = match &cfg.kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|e| {
