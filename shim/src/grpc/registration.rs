@@ -119,7 +119,7 @@ where
         Box::pin(async move {
             // The filter's checks, in the filter's order, with the filter's answers
             // (`snp_core::request`): headers, then the body as it arrives, then the whole.
-            let req = match validate(req).await {
+            let req = match validate(req, &shared.limits).await {
                 Ok(req) => req,
                 Err(r) => {
                     shared.metrics.invalid(r.reason.as_str());
@@ -163,7 +163,10 @@ fn rejection_response(r: &Rejection) -> http::Response<TonicBody> {
 
 /// Runs the shared checks on a registration call and, if it passes, hands tonic the same
 /// request with its body buffered and the validated [`Registration`] in its extensions.
-async fn validate<B>(req: http::Request<B>) -> Result<http::Request<TonicBody>, Rejection>
+async fn validate<B>(
+    req: http::Request<B>,
+    limits: &Limits,
+) -> Result<http::Request<TonicBody>, Rejection>
 where
     B: Body + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
@@ -203,7 +206,7 @@ where
             )?;
         }
     }
-    let registration = decode_body(&buf, MAX_REGISTRATION_BODY_BYTES, &Limits::default())?;
+    let registration = decode_body(&buf, MAX_REGISTRATION_BODY_BYTES, limits)?;
     let mut req = http::Request::from_parts(
         parts,
         TonicBody::new(http_body_util::Full::new(Bytes::from(buf))),
