@@ -360,6 +360,7 @@ impl Context {
             builder = builder.tls_config(tls)?;
         }
         let router = builder
+            .layer(crate::grpc::registration::PathGuardLayer)
             .add_service(RegistrationServer::<S, DubboFlavour>::new(Arc::clone(
                 &shared,
             )))

@@ -111,3 +111,19 @@ def test_a_forged_ack_header_gets_no_ok_without_the_filter(protos, envoys, shim,
     on_disk = shim.union_on_disk()
     assert set(on_disk) <= {("kube-system", "org.forged.Ack")}, on_disk
     assert_vm_healthy(envoy)
+
+
+def test_the_shim_refuses_path_spellings_as_the_filter_does(protos, envoys, shim):
+    """Called directly, the shim gives every path variant the filter's answer (same status,
+    same message) and stores nothing."""
+    envoy = envoys(shim_port=shim.grpc_port)
+    with grpc.insecure_channel(shim.target) as direct:
+        ch = envoy.channel()
+        for i, path in enumerate(VARIANTS):
+            body = register_request(protos, "default", "app", [f"org.variant.V{i}"]).SerializeToString()
+            via_filter = call(ch, path, body)
+            via_shim = call(direct, path, body)
+            assert via_shim == via_filter, (path, via_filter, via_shim)
+            assert via_shim[0] == grpc.StatusCode.INVALID_ARGUMENT, (path, via_shim)
+    assert shim.union_on_disk() == {}
+    assert_vm_healthy(envoy)

@@ -274,3 +274,55 @@ async fn register<S: Store>(
     offer_and_wait(shared, Payload::Registration(registration), durable).await?;
     Ok(Bytes::from(flavour.ok_response()))
 }
+
+/// Refuses spellings of the registration paths that are not the exact one (issue 13), with
+/// the filter's status and message (`snp_proto::path`), before tonic routes the call. tonic
+/// would answer UNIMPLEMENTED; a proxy that normalises paths could route them to the method.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PathGuardLayer;
+
+impl<S> tower_layer::Layer<S> for PathGuardLayer {
+    type Service = PathGuard<S>;
+
+    fn layer(&self, inner: S) -> PathGuard<S> {
+        PathGuard { inner }
+    }
+}
+
+/// The service of [`PathGuardLayer`].
+#[derive(Debug, Clone)]
+pub struct PathGuard<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for PathGuard<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<TonicBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<TonicBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let known = [Flavour::Dubbo.path(), Flavour::Admin.path()];
+        let path = req.uri().path().as_bytes();
+        if let snp_proto::path::PathMatch::Variant(canonical) =
+            snp_proto::path::classify(path, known)
+        {
+            let r = Rejection::new(
+                request::Code::InvalidArgument,
+                request::Reason::NonCanonicalPath,
+                snp_proto::path::variant_message(path, canonical),
+            );
+            let answer = rejection_response(&r);
+            return Box::pin(async move { Ok(answer) });
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
