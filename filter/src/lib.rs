@@ -72,6 +72,10 @@ impl Host for Envoy {
         hc::get_property(path.to_vec()).ok().flatten()
     }
 
+    fn set_property(&self, path: &[&str], value: &[u8]) {
+        let _ = hc::set_property(path.to_vec(), Some(value));
+    }
+
     fn plugin_configuration(&self) -> Result<Vec<u8>, String> {
         hc::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
             .map(Option::unwrap_or_default)

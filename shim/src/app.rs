@@ -296,6 +296,10 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         .map(Auth::read_token)
         .transpose()?;
     let auth = Auth::new(token, args.tls_client_ca.is_some(), args.auth_scope);
+    if let Some(path) = &args.auth_token_file {
+        // Rotation without restart.
+        let _ = auth.watch_token_file(path.clone(), Duration::from_secs(1));
+    }
     let tls = tls_config(&args)?;
     // Journal hook: lock and replay before binding, so a second shim on the same data
     // directory fails at once.
@@ -465,6 +469,7 @@ impl Context {
     }
 
     async fn serve<S: Store>(mut self, store: S) -> Result<ExitReport, ShimError> {
+        let identity = identity_of(&self.args, self.shutdown.clone()).await?;
         tokio::spawn(track_store_readiness(
             store.clone(),
             Arc::clone(&self.synced_once),
@@ -504,6 +509,7 @@ impl Context {
             limits: limits(&self.args),
             max_apps_per_key: usize::try_from(self.args.max_apps_per_key).unwrap_or(usize::MAX),
             max_message_bytes: usize::try_from(self.args.max_message_bytes).unwrap_or(usize::MAX),
+            identity,
             shutdown: self.shutdown.clone(),
             journal,
         });
@@ -512,6 +518,7 @@ impl Context {
             builder = builder.tls_config(tls)?;
         }
         let router = builder
+            .layer(crate::grpc::registration::PathGuardLayer)
             .add_service(RegistrationServer::<S, DubboFlavour>::new(Arc::clone(
                 &shared,
             )))
@@ -634,6 +641,52 @@ impl Context {
 
 /// Connects the Kubernetes store, retrying with backoff (1 s doubling to 30 s) until it
 /// succeeds.
+/// The registration API's namespace policy. `pod` starts a reflector over this node's pods
+/// (`--node-name`), with the store's Kubernetes client settings; it ends at shutdown.
+async fn identity_of(
+    args: &ServeArgs,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<crate::identity::Identity, ShimError> {
+    use crate::identity::{Identity, NamespacePolicy, PodIndex};
+    use futures::StreamExt;
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+    if args.namespace_policy == NamespacePolicy::Trust {
+        return Ok(Identity::trust());
+    }
+    let cfg = KubeStoreConfig {
+        kubeconfig: args.kubeconfig.clone(),
+        group: args.crd.crd_group.clone(),
+        version: args.crd.crd_version.clone(),
+        qps: args.kube_qps,
+        burst: args.kube_burst,
+        writer: args.node_name.clone(),
+        create_spread: args.kube_create_spread,
+    };
+    let client = crate::store::kube::client(&cfg).await?;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(client);
+    let (reader, writer) = reflector::store();
+    let watch = watcher::Config::default().fields(&PodIndex::field_selector(&args.node_name));
+    let stream = reflector(writer, watcher(pods, watch)).default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                item = stream.next() => match item {
+                    Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed; retrying"),
+                    Some(Ok(_)) => {}
+                    None => break,
+                },
+                _ = crate::shutdown::signalled(&mut shutdown) => break,
+            }
+        }
+    });
+    tracing::info!(node = %args.node_name, on_mismatch = ?args.on_mismatch, "namespace policy pod: watching this node's pods");
+    Ok(Identity::pod(
+        args.on_mismatch,
+        std::sync::Arc::new(PodIndex::new(reader)),
+    ))
+}
+
 async fn connect_kube(cfg: KubeStoreConfig, metrics: Metrics) -> KubeStore {
     let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), 5).with_jitter(0.2);
     let mut rng = SplitMix64::new(u64::from(std::process::id()));

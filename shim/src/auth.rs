@@ -2,7 +2,9 @@
 //! either.
 //!
 //! * `--auth-token-file`: callers send `authorization: Bearer <token>`; the token is read
-//!   once at startup (surrounding whitespace trimmed) and compared in constant time.
+//!   at startup (surrounding whitespace trimmed), compared in constant time, and re-read
+//!   when the file's content changes ([`Auth::watch_token_file`]): a Secret mounted as a
+//!   volume is rotated in place by the kubelet, and the old token stops working at once.
 //! * `--tls-client-ca` (with `--tls-cert`/`--tls-key`): the TLS handshake verifies client
 //!   certificates against the CA. Certificates are optional at the handshake so that calls
 //!   outside `--auth-scope` (lookups, and registrations with `--auth-scope push`) still work
@@ -15,7 +17,9 @@
 //! Checks happen in the handlers, not in a tonic interceptor, because the scope depends on
 //! the method and an interceptor does not see the path.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tonic::metadata::MetadataMap;
 use tonic::Status;
@@ -34,7 +38,8 @@ pub enum Action {
 /// The authentication policy.
 #[derive(Clone, Default)]
 pub struct Auth {
-    token: Option<Vec<u8>>,
+    /// Shared by every clone, so a reload reaches every handler.
+    token: Option<Arc<RwLock<Vec<u8>>>>,
     mtls: bool,
     scope_all: bool,
 }
@@ -75,7 +80,7 @@ impl Auth {
     /// client certificates are accepted.
     pub fn new(token: Option<String>, mtls: bool, scope: AuthScope) -> Self {
         Self {
-            token: token.map(String::into_bytes),
+            token: token.map(|t| Arc::new(RwLock::new(t.into_bytes()))),
             mtls,
             scope_all: scope == AuthScope::All,
         }
@@ -92,6 +97,38 @@ impl Auth {
             return Err(AuthError::EmptyToken(path.display().to_string()));
         }
         Ok(token.to_owned())
+    }
+
+    /// Re-reads the token from `path` every `period` and replaces it when the content
+    /// changed. A file that cannot be read or is empty keeps the current token (and is
+    /// logged): a half-written rotation must not open the door. Polling the content, not
+    /// inotify or the mtime, because a kubelet Secret update swaps a symlink (`..data`),
+    /// which neither event on the file nor its mtime reliably shows.
+    pub fn watch_token_file(
+        &self,
+        path: PathBuf,
+        period: Duration,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let slot = Arc::clone(self.token.as_ref()?);
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match Self::read_token(&path) {
+                    Ok(t) => {
+                        let changed = slot.read().map(|cur| *cur != t.as_bytes()).unwrap_or(true);
+                        if changed {
+                            if let Ok(mut cur) = slot.write() {
+                                *cur = t.into_bytes();
+                                tracing::info!(file = %path.display(), "bearer token reloaded");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "keeping the current bearer token"),
+                }
+            }
+        }))
     }
 
     /// Whether any credential is required at all.
@@ -117,7 +154,8 @@ impl Auth {
         if self.mtls && has_verified_cert {
             return Ok(());
         }
-        if let Some(expected) = &self.token {
+        if let Some(slot) = &self.token {
+            let expected = slot.read().map(|t| t.clone()).unwrap_or_default();
             let presented = metadata
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
@@ -127,7 +165,9 @@ impl Auth {
                 })
                 .map(str::trim);
             return match presented {
-                Some(t) if constant_time_eq(t.as_bytes(), expected) => Ok(()),
+                Some(t) if !expected.is_empty() && constant_time_eq(t.as_bytes(), &expected) => {
+                    Ok(())
+                }
                 Some(_) => Err(Status::unauthenticated("invalid bearer token")),
                 None if self.mtls => Err(Status::unauthenticated(
                     "a bearer token or a client certificate is required",

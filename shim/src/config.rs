@@ -181,7 +181,8 @@ pub struct ServeArgs {
     pub max_message_bytes: u64,
 
     /// File holding a bearer token that callers in --auth-scope must present as
-    /// `authorization: Bearer <token>` (read once at startup, whitespace trimmed). Without it
+    /// `authorization: Bearer <token>` (whitespace trimmed; re-read when the file changes, so a
+    /// rotated Secret takes effect without a restart). Without it
     /// and without --tls-client-ca, nothing is authenticated.
     #[arg(long, env = "SNP_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
@@ -200,6 +201,16 @@ pub struct ServeArgs {
     /// (or the bearer token).
     #[arg(long, env = "SNP_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// Whose namespace a registration call may name (docs/security.md): `trust` takes the
+    /// call's; `pod` requires the namespace of the pod whose address the call comes from
+    /// (a watch on this node's pods, --node-name; a peer that is no pod is refused).
+    #[arg(long, env = "SNP_NAMESPACE_POLICY", value_enum, default_value_t = crate::identity::NamespacePolicy::Trust)]
+    pub namespace_policy: crate::identity::NamespacePolicy,
+    /// With --namespace-policy pod, what a call naming another namespace gets: `reject`
+    /// (PERMISSION_DENIED) or `rewrite` (registered in the caller's namespace).
+    #[arg(long, env = "SNP_ON_MISMATCH", value_enum, default_value_t = crate::identity::OnMismatch::Reject)]
+    pub on_mismatch: crate::identity::OnMismatch,
 
     /// Longest the shutdown flush may take after SIGTERM.
     #[arg(long, env = "SNP_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "20s")]

@@ -22,6 +22,7 @@ pub mod config;
 pub use snp_store::crd;
 pub mod grpc;
 pub mod http;
+pub mod identity;
 pub mod journal;
 pub mod metrics;
 pub mod nacos;

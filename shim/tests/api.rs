@@ -142,12 +142,12 @@ async fn bad_input_gets_invalid_argument_and_changes_nothing() {
         (
             a,
             vec![0xff, 0xff, 0xff],
-            "not a protobuf ServiceMappingRequest",
+            "is not a ServiceMappingRequest protobuf",
         ),
         (
             b,
             vec![0x0a, 0x10, b'x'],
-            "not a protobuf ServiceMappingRequest",
+            "is not a ServiceMappingRequest protobuf",
         ),
         (
             a,
@@ -267,10 +267,10 @@ async fn bad_input_gets_invalid_argument_and_changes_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
-    // An oversized message is refused before it is buffered.
+    // An oversized message is refused before it is buffered, as the filter refuses it.
     let huge = encode(b"default", b"app", &[&vec![b'a'; 5 * 1024 * 1024]]);
     let err = raw_call(shim.grpc_addr, a, huge).await.unwrap_err();
-    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 
     // Still up, nothing but the valid mapping of the pushed batches was written, and every
     // refusal was counted by reason.
@@ -1053,4 +1053,55 @@ async fn without_debounce_each_registration_goes_out_at_once() {
     assert!(t0.elapsed() < Duration::from_secs(3));
     assert!(metric(shim.http_addr, "snp_batches_total", &[r#"result="ok""#]).await >= 2.0);
     shim.stop().await.unwrap();
+}
+
+/// Issue 13: the token file is re-read when it changes; after the swap the old token is
+/// refused (a stale token after rotation) and the new one works, with no restart.
+#[tokio::test]
+async fn a_rotated_token_file_replaces_the_token_without_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, "first-token\n").unwrap();
+    let token_arg = format!("--auth-token-file={}", token_file.display());
+    let shim = start(
+        &tmp.path().join("data"),
+        &[&token_arg, "--debounce-first-check=10ms"],
+    )
+    .await;
+    let ch = channel(shim.grpc_addr).await;
+    let mut api = snp_proto::api::mapping_service_client::MappingServiceClient::new(ch);
+    let push = |token: &str| {
+        let mut r = tonic::Request::new(PushMappingsRequest {
+            batch_id: "1".into(),
+            source: "s".into(),
+            mappings: vec![mapping("default", "com.A", &["a"])],
+        });
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    };
+    api.push_mappings(push("first-token")).await.unwrap();
+    // Rotated as the kubelet does it: the new content replaces the file atomically.
+    let next = tmp.path().join("token.new");
+    std::fs::write(&next, "second-token\n").unwrap();
+    std::fs::rename(&next, &token_file).unwrap();
+    let mut swapped = false;
+    for _ in 0..100 {
+        if api.push_mappings(push("second-token")).await.is_ok() {
+            swapped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(swapped, "the new token was never accepted");
+    let err = api.push_mappings(push("first-token")).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "the stale token: {err:?}"
+    );
+    // An empty file (a rotation caught half way) keeps the current token.
+    std::fs::write(&token_file, "").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    api.push_mappings(push("second-token")).await.unwrap();
 }

@@ -46,8 +46,9 @@ use snp_shim::metrics::Metrics;
 use snp_shim::store::kube::KubeStore;
 use snp_shim::store::Store;
 
-/// The verbs the ClusterRole grants, exactly.
-const GRANTED_VERBS: [&str; 6] = ["get", "list", "watch", "create", "update", "patch"];
+/// The verbs the ClusterRole grants, exactly. `patch` is not among them: the shim never
+/// sends one (least privilege).
+const GRANTED_VERBS: [&str; 5] = ["get", "list", "watch", "create", "update"];
 /// The verbs `shim/src/store/kube.rs` uses; all must be granted.
 const USED_VERBS: [&str; 5] = ["get", "list", "watch", "create", "update"];
 
@@ -449,6 +450,7 @@ fn parse_document_as(doc: Value, helm_only: bool) -> Result<Manifest, String> {
         "DaemonSet" => strict(doc, &[]).map(Manifest::DaemonSet),
         "Service" => strict(doc, &[]).map(Manifest::Service),
         "CustomResourceDefinition" => strict(doc, &[]).map(Manifest::Crd),
+        "NetworkPolicy" => strict(doc, &[]).map(Manifest::NetworkPolicy),
         crd::KIND => {
             let want = format!("{}/{}", crd::DEFAULT_GROUP, crd::DEFAULT_VERSION);
             if api_version != want {
@@ -476,7 +478,6 @@ fn parse_document_as(doc: Value, helm_only: bool) -> Result<Manifest, String> {
             Err(format!("{kind} apiVersion {api_version}"))
         }
         "PrometheusRule" => strict(doc, &[]).map(Manifest::PrometheusRule),
-        "NetworkPolicy" => strict(doc, &[]).map(Manifest::NetworkPolicy),
         // Only the Helm chart renders these (token Secret, Grafana dashboard).
         "Secret" if helm_only => strict(doc, &[]).map(Manifest::Secret),
         "ConfigMap" if helm_only => strict(doc, &[]).map(Manifest::ConfigMap),
@@ -542,6 +543,7 @@ struct Deploy {
     service: Service,
     crd: CustomResourceDefinition,
     kustomization: Kustomization,
+    network_policy: NetworkPolicy,
     samples: Vec<ServiceNameMapping>,
     /// Which file each object came from, by kind.
     files: BTreeMap<&'static str, Vec<String>>,
@@ -597,6 +599,10 @@ fn load_deploy() -> Deploy {
             Manifest::Kustomization(x) if x.resources.iter().any(|r| r == "daemonset.yaml") => {
                 Some(&**x)
             }
+            _ => None,
+        }),
+        network_policy: one(&all, "NetworkPolicy", |m| match m {
+            Manifest::NetworkPolicy(x) => Some(&**x),
             _ => None,
         }),
         samples: all
@@ -855,11 +861,98 @@ fn bytes(q: &Quantity) -> u64 {
 }
 
 #[test]
+fn network_policy_admits_cluster_pods_to_grpc_and_monitoring_to_metrics() {
+    let d = load_deploy();
+    let np = &d.network_policy;
+    let ns = d.namespace.metadata.name.as_deref().unwrap();
+    assert_eq!(np.metadata.namespace.as_deref(), Some(ns));
+    let spec = np.spec.as_ref().expect("spec");
+    // Selects the shim's pods, as the DaemonSet labels them.
+    let labels = d
+        .daemonset
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let selector = spec.pod_selector.as_ref().expect("podSelector");
+    let wanted = selector.match_labels.clone().unwrap_or_default();
+    assert!(
+        !wanted.is_empty(),
+        "the policy selects the shim's pods, not every pod"
+    );
+    for (k, v) in wanted {
+        assert_eq!(labels.get(&k), Some(&v), "pod selector {k}={v}");
+    }
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_owned()][..])
+    );
+    let ingress = spec.ingress.as_deref().unwrap_or_default();
+    assert_eq!(ingress.len(), 2, "{ingress:?}");
+    let ports_of = |i: usize| -> Vec<Option<IntOrString>> {
+        let ports = ingress[i].ports.as_deref().unwrap_or_default();
+        ports.iter().map(|p| p.port.clone()).collect()
+    };
+    // gRPC (the registration API and the Nacos endpoint): any namespace (every pod of the
+    // cluster), and no ipBlock.
+    assert_eq!(
+        ports_of(0),
+        [
+            Some(IntOrString::String("grpc".into())),
+            Some(IntOrString::String("grpc-nacos".into()))
+        ]
+    );
+    let from = ingress[0].from.as_deref().unwrap_or_default();
+    assert_eq!(from.len(), 1);
+    assert!(from[0].ip_block.is_none() && from[0].pod_selector.is_none());
+    let any = from[0]
+        .namespace_selector
+        .as_ref()
+        .expect("namespaceSelector");
+    assert!(any.match_labels.is_none() && any.match_expressions.is_none());
+    // Metrics: the monitoring namespace only.
+    assert_eq!(
+        ports_of(1),
+        [Some(IntOrString::String("http-metrics".into()))]
+    );
+    let from = ingress[1].from.as_deref().unwrap_or_default();
+    assert_eq!(from.len(), 1);
+    let mon = from[0]
+        .namespace_selector
+        .as_ref()
+        .expect("namespaceSelector");
+    assert_eq!(
+        mon.match_labels.clone().unwrap_or_default(),
+        BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_owned(),
+            "monitoring".to_owned()
+        )])
+    );
+    // The named ports exist on the shim's container.
+    let names: Vec<String> = shim_container(&d.daemonset)
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    assert!(names.contains(&"grpc".to_owned()) && names.contains(&"http-metrics".to_owned()));
+}
+
+#[test]
 fn cluster_role_grants_exactly_the_mapping_verbs() {
     let d = load_deploy();
     let rules = d.role.rules.as_deref().unwrap_or_default();
     assert!(d.role.aggregation_rule.is_none(), "no aggregation");
-    assert_eq!(rules.len(), 1, "one rule: {rules:?}");
+    assert_eq!(rules.len(), 2, "two rules: {rules:?}");
+    // Pods: read only (namespace policy "pod" maps a caller's address to its pod).
+    let pods = &rules[1];
+    assert_eq!(pods.api_groups.as_deref(), Some(&[String::new()][..]));
+    assert_eq!(pods.resources.as_deref(), Some(&["pods".to_owned()][..]));
+    let pod_verbs: BTreeSet<&str> = pods.verbs.iter().map(String::as_str).collect();
+    assert_eq!(pod_verbs, BTreeSet::from(["get", "list", "watch"]));
+    assert!(pods.resource_names.is_none() && pods.non_resource_urls.is_none());
     let rule = &rules[0];
     assert_eq!(
         rule.api_groups.as_deref(),
@@ -974,6 +1067,17 @@ fn daemonset_is_configured_for_a_node_local_shim() {
     // Configuration through env.
     assert_eq!(cfg.store, StoreKind::Kubernetes, "SNP_STORE=kubernetes");
     assert_eq!(cfg.log_format, LogFormat::Json, "SNP_LOG_FORMAT=json");
+    // Issue 13: direct registrations may only name the calling pod's namespace.
+    assert_eq!(
+        cfg.namespace_policy,
+        snp_shim::identity::NamespacePolicy::Pod,
+        "SNP_NAMESPACE_POLICY=pod"
+    );
+    assert_eq!(
+        cfg.on_mismatch,
+        snp_shim::identity::OnMismatch::Reject,
+        "SNP_ON_MISMATCH=reject"
+    );
     let node = c
         .env
         .iter()
@@ -2004,7 +2108,9 @@ fn networkpolicy_admits_the_shims_ports_and_alerts_carry_runbooks() {
                     for p in rule.ports.iter().flatten() {
                         let port = resolve_port(shim, p.port.as_ref().unwrap());
                         admitted.insert(port);
-                        if port == container_port(shim, "grpc") {
+                        if port == container_port(shim, "grpc")
+                            || port == container_port(shim, "grpc-nacos")
+                        {
                             let from = rule.from.as_ref().unwrap();
                             assert!(from.iter().any(|f| f
                                 .namespace_selector
@@ -2019,6 +2125,7 @@ fn networkpolicy_admits_the_shims_ports_and_alerts_carry_runbooks() {
                     admitted,
                     BTreeSet::from([
                         container_port(shim, "grpc"),
+                        container_port(shim, "grpc-nacos"),
                         container_port(shim, "http-metrics")
                     ])
                 );

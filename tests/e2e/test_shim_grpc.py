@@ -95,7 +95,7 @@ def test_grpcio_bad_input_gets_clear_errors_and_the_shim_stays_up(protos, shims)
         with pytest.raises(grpc.RpcError) as e:
             raw(b"\xff\xff\xff", timeout=5)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "not a protobuf" in e.value.details()
+        assert "not a ServiceMappingRequest protobuf" in e.value.details()
 
         # A gzip-compressed call: the shim does not take compressed messages.
         with pytest.raises(grpc.RpcError) as e:

@@ -20,6 +20,7 @@ pub mod backoff;
 pub mod debounce;
 pub mod model;
 pub mod naming;
+pub mod request;
 pub mod schedule;
 pub mod time;
 pub mod validate;

@@ -14,7 +14,10 @@ use core::time::Duration;
 use serde::Deserialize;
 use snp_core::backoff::Backoff;
 use snp_core::{DebounceConfig, Limits};
+use snp_proto::path::PathMatch;
 use snp_proto::Flavour;
+
+use crate::request::{Code, Reason, Rejection};
 
 /// How the namespace of a registration is checked against the caller's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -201,7 +204,8 @@ pub struct Config {
     pub auth_token: Option<String>,
     /// Sender label of batches (default: the Envoy node id, else `envoy`).
     pub source: Option<String>,
-    /// Request header that routes an answered call to the ack listener (default `x-snp-ack`).
+    /// Request header that used to route an answered call to the ack listener (default
+    /// `x-snp-ack`); now removed from answered calls, as the route matches filter state.
     pub ack_header: String,
     /// Response header the ack listener sets, so the filter only ever rewrites its own
     /// answer (default `x-snp-acked`).
@@ -429,12 +433,26 @@ impl Config {
         })
     }
 
-    /// The flavour served at `path`, if the filter intercepts it.
+    /// The flavour served at `path`, if the filter intercepts it. The query string and
+    /// fragment are ignored, as Envoy's and tonic's routing ignore them.
     pub fn flavour_for(&self, path: &[u8]) -> Option<Flavour> {
-        self.paths
-            .iter()
-            .find(|(p, _)| p.as_bytes() == path)
-            .map(|(_, f)| *f)
+        self.classify(path).ok().flatten()
+    }
+
+    /// Like [`Config::flavour_for`], but a spelling of an intercepted path that some proxy
+    /// could route to the same method (`snp_proto::path`) is refused instead of passed on.
+    pub fn classify(&self, path: &[u8]) -> Result<Option<Flavour>, Rejection> {
+        let known = self.paths.iter().map(|(p, _)| p.as_str());
+        let flavour_of = |k: &str| self.paths.iter().find(|(p, _)| p == k).map(|(_, f)| *f);
+        match snp_proto::path::classify(path, known) {
+            PathMatch::Exact(k) => Ok(flavour_of(k)),
+            PathMatch::Variant(k) => Err(Rejection::new(
+                Code::InvalidArgument,
+                Reason::NonCanonicalPath,
+                snp_proto::path::variant_message(path, k),
+            )),
+            PathMatch::Other => Ok(None),
+        }
     }
 }
 

@@ -107,6 +107,11 @@ pub trait Host {
     /// which panics on non-UTF-8 values).
     fn header(&self, map: Map, name: &str) -> Option<Vec<u8>>;
 
+    /// Sets a property (Envoy: filter state `wasm.<path>`) of the effective stream. Only
+    /// filters can write filter state, so a route that matches it cannot be chosen by a
+    /// client (the ack route, issue 13).
+    fn set_property(&self, path: &[&str], value: &[u8]);
+
     /// Sets (replaces) a header of the effective stream.
     fn set_header(&self, map: Map, name: &str, value: &str);
 

@@ -27,7 +27,10 @@ pub mod engine;
 pub mod host;
 pub mod metrics;
 pub mod policy;
-pub mod request;
+/// Decoding and validation of registration calls, shared with the shim (`snp_core::request`).
+pub mod request {
+    pub use snp_core::request::*;
+}
 pub mod root;
 pub mod stream;
 

@@ -176,6 +176,14 @@ impl Envoy {
         self.streams[&id].phase().clone()
     }
 
+    /// Whether the filter routed the stream to the ack listener (filter state `snp_ack`).
+    fn ack_routed(&self, id: u32) -> bool {
+        self.host.state.borrow().streams[&id]
+            .properties
+            .get("snp_ack")
+            .is_some_and(|v| v == b"1")
+    }
+
     fn request_header(&self, id: u32, name: &str) -> Option<String> {
         self.host.state.borrow().streams[&id]
             .request_headers
@@ -241,7 +249,8 @@ fn immediate_dubbo_call_is_answered_in_the_proxy_and_forwarded_in_a_batch() {
         envoy.request_header(id, "content-type").as_deref(),
         Some("application/octet-stream")
     );
-    assert_eq!(envoy.request_header(id, "x-snp-ack").as_deref(), Some("1"));
+    assert!(envoy.ack_routed(id));
+    assert_eq!(envoy.request_header(id, "x-snp-ack"), None);
     assert_eq!(envoy.metric("snp.registrations.ok"), 1);
 
     envoy.ack_listener_answers(id);
@@ -368,7 +377,7 @@ fn bad_input_gets_its_own_local_reply_and_never_reaches_the_ack_route() {
     let (id, a) = envoy.call(DUBBO, good[..good.len() - 2].to_vec());
     assert_eq!(a, Action::Pause);
     assert!(grpc(3)(&envoy.reply(id)));
-    assert_eq!(envoy.request_header(id, "x-snp-ack"), None);
+    assert!(!envoy.ack_routed(id));
     assert_eq!(envoy.metric("snp.registrations.invalid"), 1);
     assert_eq!(envoy.metric("snp.invalid.truncated_frame"), 1);
 
@@ -469,7 +478,7 @@ fn durable_calls_are_held_until_the_shim_acknowledges_them() {
         }
     );
     assert_eq!(envoy.metric("snp.registrations.held"), 1);
-    assert_eq!(envoy.request_header(id, "x-snp-ack"), None);
+    assert!(!envoy.ack_routed(id));
     envoy.advance(250);
     envoy.tick();
     assert_eq!(envoy.metric("snp.held_replies"), 1);
@@ -482,7 +491,7 @@ fn durable_calls_are_held_until_the_shim_acknowledges_them() {
         let s = &st.streams[&id];
         assert!(s.resumed);
         assert_eq!(
-            s.request_headers.get("x-snp-ack").map(Vec::as_slice),
+            s.properties.get("snp_ack").map(Vec::as_slice),
             Some(&b"1"[..])
         );
     }
@@ -840,7 +849,7 @@ mod random_sequences {
                 }
             }
             let st = envoy.host.state.borrow();
-            for s in st.streams.values().filter(|s| s.request_headers.contains_key("x-snp-ack")) {
+            for s in st.streams.values().filter(|s| s.properties.contains_key("snp_ack")) {
                 let req = ServiceMappingRequest::decode(&s.request_body[5..]).unwrap();
                 // Under the peer policy (the stream's configuration) the namespace was
                 // rewritten to the caller's.
@@ -854,4 +863,63 @@ mod random_sequences {
             }
         }
     }
+}
+
+/// Issue 13: a query string does not hide a registration, a spelling of the path that a
+/// proxy could route to the method is refused, and a client's ack header selects nothing.
+#[test]
+fn path_variants_are_registrations_or_refused_and_the_ack_header_is_inert() {
+    let host = Rc::new(MockHost::new(ROOT));
+    host.state.borrow_mut().properties.insert(
+        vec![
+            "xds".into(),
+            "node".into(),
+            "metadata".into(),
+            "NAMESPACE".into(),
+        ],
+        b"shop".to_vec(),
+    );
+    host.state.borrow_mut().config = br#"{"namespace_policy": "node"}"#.to_vec();
+    let mut root = Root::new(ROOT, Rc::clone(&host));
+    assert!(root.on_configure());
+    let mut envoy = Envoy {
+        host,
+        root,
+        streams: BTreeMap::new(),
+        next: 10,
+    };
+    for suffix in ["?x=1", "?", "#f"] {
+        let (id, _) = envoy.call(
+            &format!("{DUBBO}{suffix}"),
+            body("kube-system", "app", &["a.B"]),
+        );
+        assert!(grpc(7)(&envoy.reply(id)), "{suffix}: {:?}", envoy.reply(id));
+        assert!(!envoy.ack_routed(id));
+    }
+    for variant in [
+        DUBBO.replacen("/register", "//register", 1),
+        DUBBO.replacen('.', "%2E", 1),
+        DUBBO.to_ascii_lowercase(),
+        format!("{ADMIN}/"),
+    ] {
+        let id = envoy.open(&variant, &[], body("shop", "app", &["a.B"]));
+        assert_eq!(envoy.request_headers(id, false), Action::Pause);
+        assert!(
+            grpc(3)(&envoy.reply(id)),
+            "{variant}: {:?}",
+            envoy.reply(id)
+        );
+        assert!(!envoy.ack_routed(id));
+    }
+    // A forged ack header on a call the filter accepts is removed; on one it refuses, the
+    // call never reaches a route.
+    let id = envoy.open(
+        &format!("{DUBBO}?x=1"),
+        &[("x-snp-ack", "1")],
+        body("shop", "app", &["a.B"]),
+    );
+    assert_eq!(envoy.request_headers(id, false), Action::Pause);
+    assert_eq!(envoy.request_body(id, true), Action::Continue);
+    assert!(envoy.ack_routed(id));
+    assert_eq!(envoy.request_header(id, "x-snp-ack"), None);
 }

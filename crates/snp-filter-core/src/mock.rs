@@ -25,6 +25,8 @@ pub struct MockStream {
     pub request_body: Vec<u8>,
     pub response_body: Vec<u8>,
     pub reply: Option<Reply>,
+    /// Properties the filter set on this stream (filter state).
+    pub properties: BTreeMap<String, Vec<u8>>,
     pub resumed: bool,
     /// The stream was reset or finished: the host no longer knows it.
     pub gone: bool,
@@ -128,6 +130,13 @@ impl Host for MockHost {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         let key: Vec<String> = path.iter().map(|s| s.to_string()).collect();
         self.state.borrow().properties.get(&key).cloned()
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) {
+        let key = path.join(".");
+        self.with_stream("set_property", |s| {
+            s.properties.insert(key, value.to_vec());
+        });
     }
 
     fn plugin_configuration(&self) -> Result<Vec<u8>, String> {

@@ -78,16 +78,23 @@ pub(crate) fn reply_rejection(host: &impl Host, plugin: &Plugin, r: &Rejection) 
 }
 
 /// Routes the effective stream, whose request headers are held, to the ack listener: the
-/// content type makes the internal listener answer as plain HTTP, the header selects the
-/// route.
+/// filter-state property [`ACK_PROPERTY`] selects the route (a client cannot set filter
+/// state, unlike a header), the content type makes the internal listener answer as plain
+/// HTTP. Changing a header also makes Envoy recompute the route, so the property is set
+/// first. A client-sent `ack_header` is removed: it selects nothing any more, and nothing
+/// downstream should see it.
 pub(crate) fn mark_for_ack(host: &impl Host, cfg: &Config) {
+    host.set_property(&[ACK_PROPERTY], b"1");
+    host.remove_header(Map::RequestHeaders, &cfg.ack_header);
     host.set_header(
         Map::RequestHeaders,
         "content-type",
         "application/octet-stream",
     );
-    host.set_header(Map::RequestHeaders, &cfg.ack_header, "1");
 }
+
+/// The property whose filter state (`wasm.snp_ack`, value `1`) the ack routes match.
+pub const ACK_PROPERTY: &str = "snp_ack";
 
 /// The filter of one HTTP stream.
 pub struct Stream<H: Host> {
@@ -194,8 +201,10 @@ impl<H: Host> Stream<H> {
         let Some(path) = host.header(Map::RequestHeaders, ":path") else {
             return Action::Continue;
         };
-        let Some(flavour) = plugin.cfg.flavour_for(&path) else {
-            return Action::Continue;
+        let flavour = match plugin.cfg.classify(&path) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Action::Continue,
+            Err(r) => return self.reject(&plugin, &r),
         };
         // Everything needed later is read now: request headers can't be read afterwards.
         let headers = RequestHeaders {
@@ -203,6 +212,7 @@ impl<H: Host> Stream<H> {
             content_type: host.header(Map::RequestHeaders, "content-type"),
             grpc_encoding: host.header(Map::RequestHeaders, "grpc-encoding"),
             content_length: host.header(Map::RequestHeaders, "content-length"),
+            protocol: host.property(&["request", "protocol"]),
         };
         if let Err(r) = check_headers(&headers, plugin.cfg.max_body_bytes) {
             return self.reject(&plugin, &r);

@@ -99,12 +99,14 @@ proptest! {
         policy in prop_oneof![Just(NamespacePolicy::Trust), Just(NamespacePolicy::Node), Just(NamespacePolicy::Peer)],
         rewrite in any::<bool>(),
         max in 64usize..2048,
+        proto in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..12)),
     ) {
         let h = RequestHeaders {
             method: Some(b"POST".to_vec()),
             content_type: Some(ct),
             grpc_encoding: enc,
             content_length: len,
+            protocol: proto,
         };
         let _ = check_headers(&h, max);
         let _ = check_prefix(&body, body.len(), max);

@@ -14,6 +14,7 @@
 )]
 
 pub mod frame;
+pub mod path;
 mod raw;
 
 pub use raw::RawServiceMappingRequest;

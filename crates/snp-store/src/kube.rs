@@ -708,7 +708,7 @@ async fn watch_loop(inner: Arc<Inner>) {
 /// A kube client identifying itself as `snp-shim/<writer>`: from `--kubeconfig` if given,
 /// else from what `kube::Config::infer` finds (`KUBECONFIG`, `~/.kube/config`, the
 /// in-cluster service account), logging which one it used.
-async fn client(cfg: &KubeStoreConfig) -> Result<Client, StoreError> {
+pub async fn client(cfg: &KubeStoreConfig) -> Result<Client, StoreError> {
     let mut config = match &cfg.kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|e| {

@@ -49,6 +49,8 @@ pub struct Shared<S: Store> {
     pub max_apps_per_key: usize,
     /// Largest request message decoded (`--max-message-bytes`).
     pub max_message_bytes: usize,
+    /// Whose namespace a registration may name.
+    pub identity: crate::identity::Identity,
     /// Becomes `true` when the shim shuts down; open watches end then.
     pub shutdown: watch::Receiver<bool>,
     /// The journal that makes immediate acks durable (`None` with `--journal=false`).

@@ -1,9 +1,9 @@
-//! What the filter decides about an intercepted call, host-agnostic: which headers are
+//! What both doors (the proxy-wasm filter and the shim) decide about a registration call: which headers are
 //! acceptable, and how a buffered body becomes a validated [`Registration`] or a
 //! [`Rejection`] with its own gRPC status and message.
 
-use snp_core::validate::ValidationError;
-use snp_core::{Limits, Registration};
+use crate::validate::ValidationError;
+use crate::{Limits, Registration};
 use snp_proto::frame::{self, FrameError, Header, HEADER_LEN};
 use snp_proto::RawServiceMappingRequest;
 
@@ -65,6 +65,8 @@ pub enum Reason {
     InvalidInterface,
     /// Not a gRPC request (HTTP 415).
     NotGrpc,
+    /// A registration over HTTP/1.x (gRPC needs HTTP/2).
+    NotHttp2,
     /// The namespace is not the caller's (policy `reject`).
     NamespaceMismatch,
     /// The policy needs the caller's namespace and it is unknown.
@@ -73,11 +75,13 @@ pub enum Reason {
     PendingFull,
     /// Durable mode: the shim did not acknowledge in time.
     NotAcknowledged,
+    /// A spelling of a registration path other than the exact one (`snp_proto::path`).
+    NonCanonicalPath,
 }
 
 impl Reason {
     /// Every reason, for metric definitions.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 19] = [
         Reason::TruncatedFrame,
         Reason::InvalidFrameFlag,
         Reason::Compressed,
@@ -91,10 +95,12 @@ impl Reason {
         Reason::InvalidNamespace,
         Reason::InvalidInterface,
         Reason::NotGrpc,
+        Reason::NotHttp2,
         Reason::NamespaceMismatch,
         Reason::CallerUnknown,
         Reason::PendingFull,
         Reason::NotAcknowledged,
+        Reason::NonCanonicalPath,
     ];
 
     /// Stable snake_case name, for metrics and logs.
@@ -113,10 +119,12 @@ impl Reason {
             Self::InvalidNamespace => "invalid_namespace",
             Self::InvalidInterface => "invalid_interface",
             Self::NotGrpc => "not_grpc",
+            Self::NotHttp2 => "not_http2",
             Self::NamespaceMismatch => "namespace_mismatch",
             Self::CallerUnknown => "caller_unknown",
             Self::PendingFull => "pending_full",
             Self::NotAcknowledged => "not_acknowledged",
+            Self::NonCanonicalPath => "non_canonical_path",
         }
     }
 
@@ -184,6 +192,8 @@ pub struct RequestHeaders {
     pub grpc_encoding: Option<Vec<u8>>,
     /// `content-length`, if present.
     pub content_length: Option<Vec<u8>>,
+    /// The HTTP protocol (`HTTP/1.1`, `HTTP/2`, ...), if the host knows it.
+    pub protocol: Option<Vec<u8>>,
 }
 
 /// Checks the headers of a call to an intercepted path. `Ok` means: buffer the body.
@@ -197,6 +207,20 @@ pub fn check_headers(h: &RequestHeaders, max_body_bytes: usize) -> Result<(), Re
             Code::Unimplemented,
             Reason::NotGrpc,
             "registration paths accept gRPC calls only (POST, content-type application/grpc)",
+        ));
+    }
+    if h.protocol
+        .as_deref()
+        .is_some_and(|p| p.starts_with(b"HTTP/1"))
+    {
+        // gRPC needs HTTP/2: over HTTP/1.1 the answer's trailers (grpc-status) are lost,
+        // and a client would read "200, no status" as success.
+        // A gRPC status (in the headers of a trailers-only answer), not an HTTP 415: Envoy
+        // turns a local reply to an application/grpc request into one anyway.
+        return Err(Rejection::new(
+            Code::Unimplemented,
+            Reason::NotHttp2,
+            "registration paths accept gRPC calls only, over HTTP/2; this call is HTTP/1.x",
         ));
     }
     if ct.starts_with(b"application/grpc+") && !ct.starts_with(b"application/grpc+proto") {
@@ -474,6 +498,12 @@ mod tests {
         assert!(ascii_message(&"x".repeat(1000)).len() < 300);
     }
 
+    fn with_protocol(h: &RequestHeaders, p: &[u8]) -> Result<(), (Code, Reason)> {
+        let mut h = h.clone();
+        h.protocol = Some(p.to_vec());
+        check_headers(&h, MAX).map_err(|r| (r.code, r.reason))
+    }
+
     #[test]
     fn headers_are_checked_before_buffering() {
         let ok = RequestHeaders {
@@ -481,8 +511,15 @@ mod tests {
             content_type: Some(b"application/grpc".to_vec()),
             grpc_encoding: None,
             content_length: None,
+            protocol: Some(b"HTTP/2".to_vec()),
         };
         assert_eq!(check_headers(&ok, MAX), Ok(()));
+        for p in [&b"HTTP/1.1"[..], b"HTTP/1.0"] {
+            assert_eq!(
+                with_protocol(&ok, p),
+                Err((Code::Unimplemented, Reason::NotHttp2))
+            );
+        }
         let with = |f: &dyn Fn(&mut RequestHeaders)| {
             let mut h = ok.clone();
             f(&mut h);

@@ -1,0 +1,318 @@
+//! Who is calling, for callers with no sidecar (issue 13): the shim maps a call's TCP peer
+//! address to the pod that has that address, and so to its namespace and service account.
+//!
+//! The seam is [`CallerResolver`]: the gRPC registration API uses it today, and the Nacos
+//! front end can use the same one. [`PodIndex`] is the resolver backed by a kube-rs
+//! reflector over the pods of the shim's own node (`spec.nodeName` field selector): a
+//! per-node shim only ever hears from pods of its node (the Service is
+//! `internalTrafficPolicy: Local`), so that is all it needs to know, and the watch stays
+//! small. Host-network pods share the node's address and are never matched: a call from
+//! the node's address has no pod, and the `pod` policy refuses it.
+//!
+//! **Status:** `trust` and `pod` are served (`--namespace-policy`); `peer` (SPIFFE ID of a
+//! client certificate) is not yet offered at the shim. The test on a real kube-apiserver
+//! with Pod objects waits for the `k8s` harness. See docs/security.md.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use snp_core::Registration;
+use tonic::Status;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::Store;
+
+/// The identity of a caller, as far as the shim can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller's namespace.
+    pub namespace: String,
+    /// The caller's service account, if its pod names one.
+    pub service_account: Option<String>,
+}
+
+/// Tells who is behind a peer address.
+pub trait CallerResolver: Send + Sync + 'static {
+    /// The caller at `peer`, if known.
+    fn caller(&self, peer: IpAddr) -> Option<Caller>;
+}
+
+/// A pod's caller identity, if it can be attributed by address: running (or pending with an
+/// address), not on the host network.
+fn pod_caller(pod: &Pod, peer: IpAddr) -> Option<Caller> {
+    let spec = pod.spec.as_ref()?;
+    if spec.host_network == Some(true) {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        // Finished pods keep status.podIP for a while, and the address may already be
+        // another pod's.
+        return None;
+    }
+    let mut ips = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|p| p.ip.as_str())
+        .chain(status.pod_ip.as_deref());
+    let peer = canonical(peer);
+    if !ips.any(|ip| ip.parse::<IpAddr>().is_ok_and(|ip| canonical(ip) == peer)) {
+        return None;
+    }
+    Some(Caller {
+        namespace: pod.metadata.namespace.clone()?,
+        service_account: spec.service_account_name.clone(),
+    })
+}
+
+/// IPv4-mapped IPv6 addresses (a dual-stack listener reports those) as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// [`CallerResolver`] over a reflector of the node's pods.
+#[derive(Clone)]
+pub struct PodIndex {
+    pods: Store<Pod>,
+}
+
+impl PodIndex {
+    /// A resolver reading `pods` (a reflector store the caller keeps running).
+    pub fn new(pods: Store<Pod>) -> Self {
+        Self { pods }
+    }
+
+    /// The field selector that limits the watch to the pods of `node`.
+    pub fn field_selector(node: &str) -> String {
+        format!("spec.nodeName={node}")
+    }
+}
+
+impl CallerResolver for PodIndex {
+    fn caller(&self, peer: IpAddr) -> Option<Caller> {
+        // Two live pods never share an address; should the store briefly hold an old and a
+        // new pod with one (a missed delete), refuse rather than guess.
+        let mut found = self
+            .pods
+            .state()
+            .iter()
+            .filter_map(|p| pod_caller(p, peer))
+            .collect::<Vec<_>>();
+        found.dedup();
+        match found.len() {
+            1 => found.pop(),
+            _ => None,
+        }
+    }
+}
+
+/// Whose namespace a registration may name (the filter's names and meanings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NamespacePolicy {
+    /// The call's own namespace, unchecked.
+    Trust,
+    /// The namespace of the pod at the call's peer address.
+    Pod,
+}
+
+/// What a call naming another namespace than its caller's gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnMismatch {
+    /// PERMISSION_DENIED.
+    Reject,
+    /// Registered in the caller's namespace instead.
+    Rewrite,
+}
+
+/// The policy of the registration API, with its resolver.
+#[derive(Clone)]
+pub struct Identity {
+    policy: NamespacePolicy,
+    on_mismatch: OnMismatch,
+    resolver: Option<Arc<dyn CallerResolver>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("policy", &self.policy)
+            .field("on_mismatch", &self.on_mismatch)
+            .finish()
+    }
+}
+
+impl Identity {
+    /// `trust`: no check.
+    pub fn trust() -> Self {
+        Self {
+            policy: NamespacePolicy::Trust,
+            on_mismatch: OnMismatch::Reject,
+            resolver: None,
+        }
+    }
+
+    /// `pod`, resolving peers with `resolver`.
+    pub fn pod(on_mismatch: OnMismatch, resolver: Arc<dyn CallerResolver>) -> Self {
+        Self {
+            policy: NamespacePolicy::Pod,
+            on_mismatch,
+            resolver: Some(resolver),
+        }
+    }
+
+    /// Applies the policy to a validated registration from `peer`. `Ok(Some(from))` when
+    /// the namespace was rewritten from `from`.
+    pub fn enforce(
+        &self,
+        peer: Option<SocketAddr>,
+        reg: &mut Registration,
+    ) -> Result<Option<String>, Status> {
+        let Some(resolver) = self
+            .resolver
+            .as_ref()
+            .filter(|_| self.policy == NamespacePolicy::Pod)
+        else {
+            return Ok(None);
+        };
+        let Some(caller) = peer.and_then(|p| resolver.caller(p.ip())) else {
+            return Err(Status::permission_denied(format!(
+                "the caller's namespace is unknown (no pod on this node has the address {})",
+                peer.map_or_else(|| "?".to_owned(), |p| p.ip().to_string())
+            )));
+        };
+        if reg.namespace == caller.namespace {
+            return Ok(None);
+        }
+        match self.on_mismatch {
+            OnMismatch::Reject => Err(Status::permission_denied(format!(
+                "namespace {:?} is not the caller's namespace {:?} (from the peer pod)",
+                reg.namespace, caller.namespace
+            ))),
+            OnMismatch::Rewrite => Ok(Some(std::mem::replace(
+                &mut reg.namespace,
+                caller.namespace,
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodIP, PodSpec, PodStatus};
+    use kube::api::ObjectMeta;
+    use kube::runtime::{reflector, watcher};
+
+    fn pod(ns: &str, name: &str, ip: &str, host_network: bool, phase: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                host_network: Some(host_network),
+                service_account_name: Some(format!("{name}-sa")),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                pod_ip: Some(ip.into()),
+                pod_ips: Some(vec![PodIP { ip: ip.into() }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn index(pods: Vec<Pod>) -> PodIndex {
+        let (reader, mut writer) = reflector::store::<Pod>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for p in pods {
+            writer.apply_watcher_event(&watcher::Event::InitApply(p));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        PodIndex::new(reader)
+    }
+
+    #[test]
+    fn a_peer_address_maps_to_its_pod_only() {
+        let idx = index(vec![
+            pod("shop", "cart", "127.0.0.2", false, "Running"),
+            pod("kube-system", "dns", "127.0.0.3", false, "Running"),
+            pod("infra", "gateway", "127.0.0.1", true, "Running"),
+            pod("old", "job", "127.0.0.4", false, "Succeeded"),
+        ]);
+        assert_eq!(
+            idx.caller("127.0.0.2".parse().unwrap()),
+            Some(Caller {
+                namespace: "shop".into(),
+                service_account: Some("cart-sa".into())
+            })
+        );
+        assert_eq!(
+            idx.caller("::ffff:127.0.0.3".parse().unwrap())
+                .map(|c| c.namespace),
+            Some("kube-system".into())
+        );
+        // Host network (the node's address), finished pods, unknown addresses: nobody.
+        for ip in ["127.0.0.1", "127.0.0.4", "127.0.0.9"] {
+            assert_eq!(idx.caller(ip.parse().unwrap()), None, "{ip}");
+        }
+        assert_eq!(PodIndex::field_selector("n1"), "spec.nodeName=n1");
+    }
+
+    #[test]
+    fn the_pod_policy_rejects_or_rewrites() {
+        let idx: Arc<dyn CallerResolver> = Arc::new(index(vec![pod(
+            "shop",
+            "cart",
+            "127.0.0.2",
+            false,
+            "Running",
+        )]));
+        let reg = |ns: &str| Registration {
+            namespace: ns.into(),
+            application: "app".into(),
+            interfaces: vec!["a.B".into()],
+        };
+        let from = |ip: &str| Some(SocketAddr::new(ip.parse().unwrap(), 4000));
+        let reject = Identity::pod(OnMismatch::Reject, Arc::clone(&idx));
+        let e = reject
+            .enforce(from("127.0.0.2"), &mut reg("kube-system"))
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("\"shop\""), "{}", e.message());
+        assert_eq!(
+            reject.enforce(from("127.0.0.2"), &mut reg("shop")).unwrap(),
+            None
+        );
+        for peer in [from("127.0.0.9"), None] {
+            let e = reject.enforce(peer, &mut reg("shop")).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        }
+        let rewrite = Identity::pod(OnMismatch::Rewrite, idx);
+        let mut r = reg("kube-system");
+        assert_eq!(
+            rewrite.enforce(from("127.0.0.2"), &mut r).unwrap(),
+            Some("kube-system".into())
+        );
+        assert_eq!(r.namespace, "shop");
+        assert_eq!(
+            Identity::trust().enforce(None, &mut reg("x")).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn two_live_pods_with_one_address_are_nobody() {
+        let idx = index(vec![
+            pod("a", "x", "10.0.0.5", false, "Running"),
+            pod("b", "y", "10.0.0.5", false, "Running"),
+        ]);
+        assert_eq!(idx.caller("10.0.0.5".parse().unwrap()), None);
+    }
+}
