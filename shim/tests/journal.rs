@@ -108,8 +108,7 @@ async fn sigkill_during_a_storm_loses_no_acknowledged_registration() {
         // batches written, the next debounce window open).
         let at = Duration::from_millis(150 + rng.next_u64() % 1500);
         tokio::time::sleep(at).await;
-        shim.child.kill().unwrap(); // SIGKILL
-        shim.child.wait().unwrap();
+        shim.kill(); // SIGKILL
         storm.await.unwrap();
 
         let acked: BTreeSet<_> = acked.lock().unwrap().iter().cloned().collect();
@@ -203,7 +202,7 @@ async fn a_second_shim_on_one_data_directory_exits_and_nothing_is_lost() {
         .await
         .unwrap();
 
-    let pid = first.child.id();
+    let pid = first.pid();
     let base = |extra: &[&str]| {
         let mut v = vec![
             "--grpc-addr=127.0.0.1:0".to_owned(),
@@ -239,8 +238,7 @@ async fn a_second_shim_on_one_data_directory_exits_and_nothing_is_lost() {
         .await
         .unwrap();
     assert!(on_disk(&data).is_empty(), "held by the 60 s windows");
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
+    first.kill(); // SIGKILL
     let mut again = Binary::start(&data, &tmp.path().join("again.log"), &[]);
     again.wait_ready(Duration::from_secs(30)).await;
     wait_idle(&again).await;

@@ -74,7 +74,7 @@ pub struct Agg {
 }
 
 impl Agg {
-    fn add(&mut self, r: &LoadReport, cpu: Duration) {
+    pub(crate) fn add(&mut self, r: &LoadReport, cpu: Duration) {
         self.ok += r.ok;
         self.errors += r.error_count();
         self.elapsed += r.elapsed;

@@ -222,6 +222,15 @@ impl Binary {
     pub fn log_text(&self) -> String {
         self.shim.proc.log_text()
     }
+    /// SIGKILL, and waits for the exit (a crash at this very moment).
+    pub fn kill(&mut self) {
+        self.shim.proc.kill();
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.shim.proc.pid()
+    }
 }
 
 impl Drop for Binary {
