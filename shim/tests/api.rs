@@ -1075,6 +1075,7 @@ async fn a_rotated_token_file_replaces_the_token_without_restart() {
             batch_id: "1".into(),
             source: "s".into(),
             mappings: vec![mapping("default", "com.A", &["a"])],
+            want_results: false,
         });
         r.metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
