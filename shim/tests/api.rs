@@ -427,7 +427,7 @@ async fn ack_modes_immediate_and_durable() {
     // Immediate (the seed's): the answer comes before the write, which waits for the
     // debounce window.
     let tmp = tempfile::tempdir().unwrap();
-    let shim = start(tmp.path(), &["--debounce-first-check=400ms"]).await;
+    let shim = start_paused(tmp.path(), &["--debounce-first-check=400ms"]).await;
     dubbo(shim.grpc_addr)
         .await
         .register_service_app_mapping(dubbo_req("default", "app", &["com.Imm"]))
@@ -439,7 +439,7 @@ async fn ack_modes_immediate_and_durable() {
 
     // Durable: the answer means the mapping is on disk.
     let tmp = tempfile::tempdir().unwrap();
-    let shim = start(
+    let shim = start_paused(
         tmp.path(),
         &["--ack-mode=durable", "--debounce-first-check=400ms"],
     )
@@ -525,7 +525,7 @@ async fn durable_calls_time_out_with_unavailable_when_the_store_cannot_write() {
 #[tokio::test(start_paused = true)]
 async fn watch_delivers_a_snapshot_then_changes_within_a_second() {
     let tmp = tempfile::tempdir().unwrap();
-    let shim = start(
+    let shim = start_paused(
         tmp.path(),
         &["--debounce-first-check=50ms", "--debounce-after=20ms"],
     )
@@ -1028,7 +1028,7 @@ async fn mutual_tls_guards_writes_when_configured() {
 #[tokio::test(start_paused = true)]
 async fn without_debounce_each_registration_goes_out_at_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let shim = start(
+    let shim = start_paused(
         tmp.path(),
         &[
             "--debounce=false",

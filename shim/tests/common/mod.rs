@@ -50,6 +50,16 @@ pub async fn start(dir: &Path, extra: &[&str]) -> ShimHandle {
     start_at(dir, "127.0.0.1:0", extra).await
 }
 
+/// Starts an in-process shim for a test on tokio's paused clock. The journal is off: its
+/// writer thread syncs in real time, and meanwhile the paused clock jumps to the next timer,
+/// so virtual-time bounds would not hold. The journal is tested on the real binary
+/// (`tests/journal.rs`).
+pub async fn start_paused(dir: &Path, extra: &[&str]) -> ShimHandle {
+    let mut args = vec!["--journal=false"];
+    args.extend_from_slice(extra);
+    start(dir, &args).await
+}
+
 /// Starts an in-process shim on `dir` with gRPC on `grpc_addr`; returns once it is ready.
 pub async fn start_at(dir: &Path, grpc_addr: &str, extra: &[&str]) -> ShimHandle {
     init_logs();
