@@ -422,6 +422,16 @@ impl ServeArgs {
             self.shutdown_timeout,
             "pending mappings would not be flushed at shutdown",
         )?;
+        if self.nacos.enabled
+            && self.nacos.nacos_identity == crate::nacos::NacosIdentity::Pod
+            && self.namespace_policy != crate::identity::NamespacePolicy::Pod
+        {
+            refuse(
+                "--nacos-identity",
+                "pod needs --namespace-policy=pod (the shim's index of this node's pods)"
+                    .to_owned(),
+            )?;
+        }
         if self.max_in_flight == 0 {
             refuse("--max-in-flight", "must be at least 1".to_owned())?;
         }

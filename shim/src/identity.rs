@@ -164,6 +164,14 @@ impl Identity {
         }
     }
 
+    /// The pod index behind `pod` (`None` under `trust`): the Nacos endpoint resolves its
+    /// callers with the same one.
+    pub fn resolver(&self) -> Option<Arc<dyn CallerResolver>> {
+        self.resolver
+            .clone()
+            .filter(|_| self.policy == NamespacePolicy::Pod)
+    }
+
     /// Applies the policy to a validated registration from `peer`. `Ok(Some(from))` when
     /// the namespace was rewritten from `from`.
     pub fn enforce(

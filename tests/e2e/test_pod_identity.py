@@ -13,6 +13,9 @@ no scheduler or kubelet runs, so the test sets each pod's status itself.
 
 from __future__ import annotations
 
+import json
+import socket
+
 from apiserver_harness import apiserver  # noqa: F401  (fixture)
 from envoy_harness import REGISTER_A, raw_call
 from shim_harness import shims, wait_until  # noqa: F401
@@ -78,3 +81,77 @@ def test_a_pod_may_register_in_its_own_namespace_only(apiserver, shims):
     assert wait_until(lambda: stored("shop") == {"org.shop.Cart"}, timeout=30), stored("shop")
     assert stored("kube-system") == set()
     assert stored("shop") == {"org.shop.Cart"}
+
+
+def pb_message(field: int, value: bytes) -> bytes:
+    return pb_string(field, value)
+
+
+def pb_fields(buf: bytes) -> dict[int, bytes]:
+    """The length-delimited fields of a protobuf message (enough for Nacos's Payload)."""
+    out, i = {}, 0
+    while i < len(buf):
+        key, shift = 0, 0
+        while True:
+            b = buf[i]
+            i += 1
+            key |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                break
+        assert key & 7 == 2, f"unexpected wire type in {buf!r}"
+        n, shift = 0, 0
+        while True:
+            b = buf[i]
+            i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                break
+        out[key >> 3] = buf[i : i + n]
+        i += n
+    return out
+
+
+def nacos_publish(target: str, src: str, tenant: str, data_id: str, app: str) -> dict:
+    """A Nacos 2.x ConfigPublishRequest for group `mapping`, as nacos-client sends it
+    (Payload{metadata{type}, body Any{value: JSON}}), from source address `src`."""
+    req = {"requestId": "1", "headers": {}, "dataId": data_id, "group": "mapping", "tenant": tenant,
+           "content": app, "casMd5": "", "additionMap": {}}
+    payload = pb_message(2, pb_string(3, b"ConfigPublishRequest")) + pb_message(3, pb_string(2, json.dumps(req).encode()))
+    r = raw_call(target, "/Request/request", frame(payload), interface=src)
+    assert r["headers"].get("grpc-status") == "0", r
+    body = r["body"][5:]
+    return json.loads(pb_fields(pb_fields(body)[3])[2])
+
+
+def test_a_nacos_publish_lands_in_the_callers_namespace_only(apiserver, shims):
+    """The Nacos endpoint under `--nacos-identity=pod`: the default tenant writes into the
+    caller pod's namespace, a tenant naming another namespace is refused (errorCode 400,
+    never 403, which Dubbo would re-throw), and so is an address that is no pod's."""
+    make_pod(apiserver, "shelf", "books", "127.0.0.4")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    shim = shims(
+        "--namespace-policy=pod", "--on-mismatch=reject", f"--node-name={NODE}",
+        "--nacos", f"--nacos-addr=127.0.0.1:{port}", "--nacos-identity=pod",
+        kubeconfig=apiserver.kubeconfig,
+    ).wait_ready()
+    target = f"127.0.0.1:{port}"
+    # The reflector may need a moment after the shim is ready.
+    assert wait_until(lambda: nacos_publish(target, "127.0.0.4", "", "org.shelf.NacosBooks", "cart").get("resultCode") == 200, timeout=30)
+    forged = nacos_publish(target, "127.0.0.4", "kube-system", "org.forged.NacosEvil", "cart")
+    assert (forged.get("resultCode"), forged.get("errorCode")) == (500, 400), forged
+    assert "not the caller's namespace" in forged.get("message", ""), forged
+    stranger = nacos_publish(target, "127.0.0.1", "", "org.forged.NacosHost", "cart")
+    assert stranger.get("errorCode") == 400 and "no pod on this node" in stranger.get("message", ""), stranger
+
+    def stored(ns: str) -> set[str]:
+        status, listing = apiserver.get(f"/apis/extensions.istio.io/v1alpha1/namespaces/{ns}/servicenamemappings")
+        assert status == 200, listing
+        return {i["spec"]["interfaceName"] for i in listing["items"]}
+
+    assert wait_until(lambda: "org.shelf.NacosBooks" in stored("shelf"), timeout=30), stored("shelf")
+    assert stored("kube-system") == set()
+    assert "org.forged.NacosHost" not in stored("default")

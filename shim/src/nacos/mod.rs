@@ -47,7 +47,9 @@ use tonic::transport::Server;
 
 use crate::grpc::{Shared, MAX_MESSAGE_BYTES};
 use crate::store::Store;
-use identity::{NamespacePolicy, Trust};
+use identity::{NamespacePolicy, PodPolicy, Trust};
+
+use crate::identity::CallerResolver;
 use proto::bi_request_stream_server::BiRequestStreamServer;
 use proto::request_server::RequestServer;
 use service::{Endpoint, NacosGrpc};
@@ -56,9 +58,12 @@ use service::{Endpoint, NacosGrpc};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NacosIdentity {
     /// The tenant when it is a valid namespace name, else `--nacos-default-namespace`.
-    /// Any caller may write into any namespace. (`pod`, the caller pod's namespace, is
-    /// issue 13.)
+    /// Any caller may write into any namespace.
     Trust,
+    /// The namespace of the pod at the call's peer address (the shim's pod index, so it
+    /// needs `--namespace-policy=pod`): writes go there, and a tenant naming another
+    /// namespace is refused; reads of the default tenant read it, and may name another.
+    Pod,
 }
 
 fn namespace_name(s: &str) -> Result<String, String> {
@@ -98,10 +103,13 @@ pub struct NacosArgs {
 }
 
 impl NacosArgs {
-    /// The namespace policy the flags ask for.
-    pub fn policy(&self) -> Arc<dyn NamespacePolicy> {
+    /// The namespace policy the flags ask for; `pods` resolves peers under `pod` (without
+    /// it, every call is refused: `--nacos-identity=pod` needs `--namespace-policy=pod`,
+    /// which the flags' validation checks).
+    pub fn policy(&self, pods: Option<Arc<dyn CallerResolver>>) -> Arc<dyn NamespacePolicy> {
         match self.nacos_identity {
             NacosIdentity::Trust => Arc::new(Trust::new(self.nacos_default_namespace.clone())),
+            NacosIdentity::Pod => Arc::new(PodPolicy::new(pods)),
         }
     }
 }
@@ -178,7 +186,11 @@ pub async fn serve<S: Store>(
     shutdown: watch::Receiver<bool>,
 ) {
     let metrics = shared.metrics.nacos.clone();
-    let endpoint = Endpoint::new(Arc::clone(&shared), args.policy(), metrics.clone());
+    let endpoint = Endpoint::new(
+        Arc::clone(&shared),
+        args.policy(shared.identity.resolver()),
+        metrics.clone(),
+    );
     tokio::spawn(Arc::clone(&endpoint).run_pushes(shutdown.clone()));
     if let Some(login) = listeners.login {
         tokio::spawn(serve_login(login, metrics.clone(), shutdown.clone()));
