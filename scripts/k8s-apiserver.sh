@@ -9,6 +9,7 @@
 #   scripts/k8s-apiserver.sh stop DIR           stop both (SIGTERM, waits)
 #   scripts/k8s-apiserver.sh kubectl DIR ARGS   kubectl, as the admin unless ARGS say otherwise
 #   scripts/k8s-apiserver.sh istio-crds         print the path of Istio's CRDs (istio.io/api)
+#   scripts/k8s-apiserver.sh monitoring-crds    print the directory of prometheus-operator's CRDs
 #
 # DIR afterwards holds: kubeconfig (admin, group system:masters), shim.kubeconfig (the
 # shim's service account snp-system/snp-shim), controller-manager.kubeconfig, certs/,
@@ -40,6 +41,9 @@ CONTROLLERS="namespace,resourcequota,serviceaccount"
 # Istio's API module, the one the Istio tests' istiod is built against: its CRDs are what
 # a cluster with Istio serves (deploy/istio/envoyfilter.yaml is checked against them).
 ISTIO_API="istio.io/api@v1.31.0-rc.0.0.20260824154656-b943409680a7"
+# The prometheus-operator release whose CRDs (PrometheusRule, PodMonitor) the dry runs of
+# deploy/monitoring use.
+PROMETHEUS_OPERATOR="github.com/prometheus-operator/prometheus-operator@v0.85.0"
 
 die() { echo "k8s-apiserver: $*" >&2; exit 1; }
 
@@ -218,6 +222,14 @@ istio_crds() {
   echo "$dir/kubernetes/customresourcedefinitions.gen.yaml"
 }
 
+monitoring_crds() {
+  local dir
+  dir="$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "$PROMETHEUS_OPERATOR" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  [[ -f "$dir/example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml" ]] ||
+    die "no CRDs in $PROMETHEUS_OPERATOR (dir '$dir')"
+  echo "$dir/example/prometheus-operator-crd"
+}
+
 case "${1:-}" in
   build) build; echo "$BIN" ;;
   start) shift; start "$@" ;;
@@ -225,5 +237,6 @@ case "${1:-}" in
   stop) shift; stop "$@" ;;
   kubectl) shift; build; d="${1:?usage: kubectl DIR ARGS}"; shift; kubectl_as_admin "$d" "$@" ;;
   istio-crds) istio_crds ;;
-  *) echo "usage: $0 build | start DIR [PORT] | controllers DIR | stop DIR | kubectl DIR ARGS | istio-crds" >&2; exit 2 ;;
+  monitoring-crds) monitoring_crds ;;
+  *) echo "usage: $0 build | start DIR [PORT] | controllers DIR | stop DIR | kubectl DIR ARGS | istio-crds | monitoring-crds" >&2; exit 2 ;;
 esac

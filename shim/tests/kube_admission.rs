@@ -395,10 +395,21 @@ async fn the_shim_may_do_exactly_what_deploy_rbac_says() {
         let mut verbs = rule.verbs.clone();
         verbs.sort();
         for group in rule.api_groups.as_deref().unwrap_or_default() {
-            for g in [group.as_str(), apiserver::OTHER_GROUP] {
+            // The mappings' rule holds for the second group too; the others (pods, in the
+            // core group "") only for their own.
+            let groups = if group == GROUP {
+                vec![group.as_str(), apiserver::OTHER_GROUP]
+            } else {
+                vec![group.as_str()]
+            };
+            for g in groups {
                 for r in rule.resources.as_deref().unwrap_or_default() {
                     intended.insert((
-                        format!("{r}.{g}"),
+                        if g.is_empty() {
+                            r.clone()
+                        } else {
+                            format!("{r}.{g}")
+                        },
                         vec![],
                         rule.resource_names.clone().unwrap_or_default(),
                         verbs.clone(),
@@ -456,23 +467,45 @@ fn dry_run(args: &[&str]) -> String {
 
 /// The Istio CRD of `kind` (plural), from Istio's own API module (the one istiod is built
 /// against, `scripts/k8s-apiserver.sh istio-crds`).
-fn istio_crd(plural: &str) -> CustomResourceDefinition {
+/// What `scripts/k8s-apiserver.sh ARG` prints (a path from the Go module cache).
+fn script_out(arg: &str) -> String {
     let out = std::process::Command::new(repo_root().join("scripts/k8s-apiserver.sh"))
-        .arg("istio-crds")
+        .arg(arg)
         .output()
-        .expect("run scripts/k8s-apiserver.sh istio-crds");
+        .unwrap_or_else(|e| panic!("run scripts/k8s-apiserver.sh {arg}: {e}"));
     assert!(
         out.status.success(),
-        "istio-crds: {}",
+        "{arg}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The CRD named `name` in the YAML file at `path`.
+fn crd_in(path: &str, name: &str) -> CustomResourceDefinition {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
     yaml_docs(&text)
         .into_iter()
-        .find(|v| v["metadata"]["name"] == format!("{plural}.networking.istio.io").as_str())
+        .find(|v| v["metadata"]["name"] == name)
         .map(|v| serde_yaml_ng::from_value(v).unwrap())
-        .unwrap_or_else(|| panic!("no {plural} CRD in {path}"))
+        .unwrap_or_else(|| panic!("no CRD {name} in {path}"))
+}
+
+/// Istio's own CRD of `plural` (istio.io/api).
+fn istio_crd(plural: &str) -> CustomResourceDefinition {
+    crd_in(
+        &script_out("istio-crds"),
+        &format!("{plural}.networking.istio.io"),
+    )
+}
+
+/// prometheus-operator's own CRD of `plural` (its release's files).
+fn monitoring_crd(plural: &str) -> CustomResourceDefinition {
+    let dir = script_out("monitoring-crds");
+    crd_in(
+        &format!("{dir}/monitoring.coreos.com_{plural}.yaml"),
+        &format!("{plural}.monitoring.coreos.com"),
+    )
 }
 
 async fn install_crd(client: &kube::Client, crd: &CustomResourceDefinition) {
@@ -541,6 +574,9 @@ async fn every_shipped_manifest_passes_a_server_side_dry_run() {
     // Every YAML file under deploy/ on its own, as its comments say they apply.
     let istio_crd = istio_crd("envoyfilters");
     install_crd(&admin, &istio_crd).await;
+    for plural in ["prometheusrules", "podmonitors"] {
+        install_crd(&admin, &monitoring_crd(plural)).await;
+    }
     apiserver::create_namespace(&admin, "istio-system").await;
     let sample_ns = apiserver::namespace("dry-run");
     let mut files = Vec::new();
@@ -549,7 +585,11 @@ async fn every_shipped_manifest_passes_a_server_side_dry_run() {
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
             if p.is_dir() {
-                stack.push(p);
+                // The chart's templates are not manifests (rendered below), nor are
+                // promtool's rule tests.
+                if p != deploy_dir.join("helm") && p != deploy_dir.join("monitoring/tests") {
+                    stack.push(p);
+                }
             } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml")
                 && p.file_name().is_some_and(|n| n != "kustomization.yaml")
             {
@@ -578,8 +618,66 @@ async fn every_shipped_manifest_passes_a_server_side_dry_run() {
         );
     }
 
-    // The checks are real: Istio's schema refuses a misspelled enum, and PodSecurity
-    // `restricted` on snp-system flags a privileged pod.
+    // The Helm chart as users install it: `helm template` with the defaults, and with the
+    // monitoring objects on, then the API server's admission and validation.
+    let helm = root.join("target/tools/helm");
+    // Rendered for this API server's version (the chart states the versions it supports).
+    let kube_version = admin.apiserver_version().await.unwrap().git_version;
+    let chart = deploy_dir.join("helm/snp");
+    for set in [
+        &[][..],
+        &[
+            "--set",
+            "monitoring.podMonitor.enabled=true",
+            "--set",
+            "monitoring.prometheusRule.enabled=true",
+        ][..],
+    ] {
+        let out = std::process::Command::new(&helm)
+            .args(["template", "snp", chart.to_str().unwrap()])
+            .args(["--namespace", "snp-system", "--kube-version", &kube_version])
+            .args(set)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("run {} (scripts/setup.sh installs it): {e}", helm.display())
+            });
+        assert!(
+            out.status.success(),
+            "helm template {set:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rendered = String::from_utf8(out.stdout).unwrap();
+        let (ok, stdout, err) = kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=snp-dry-run",
+                // The harness applied deploy/'s RBAC under its own manager; the chart is
+                // checked for validity and admission here, not for field ownership.
+                "--force-conflicts",
+                "--dry-run=server",
+                "-f",
+                "-",
+            ],
+            &rendered,
+        );
+        assert!(
+            ok && !err.to_lowercase().contains("warning"),
+            "the chart {set:?}:\n{stdout}\n{err}"
+        );
+        let applied = stdout
+            .lines()
+            .filter(|l| l.ends_with("serverside-applied (server dry run)"))
+            .count();
+        assert_eq!(
+            applied,
+            yaml_docs(&rendered).len(),
+            "the chart {set:?}:\n{stdout}"
+        );
+        eprintln!("helm template {set:?}: {applied} objects pass a server-side dry run");
+    }
+
+    // The checks are real: Istio's schema refuses a misspelled enum.
     let bad = std::fs::read_to_string(deploy("istio/envoyfilter.yaml"))
         .unwrap()
         .replacen("applyTo: HTTP_FILTER", "applyTo: HTTP_FILTERS", 1);
@@ -589,19 +687,50 @@ async fn every_shipped_manifest_passes_a_server_side_dry_run() {
         &bad,
     );
     assert!(!ok && err.contains("HTTP_FILTERS"), "{err}");
-    let ds = std::fs::read_to_string(deploy("daemonset.yaml"))
+
+    // snp-system enforces the `privileged` Pod Security level: the journal's hostPath and
+    // the init container that hands it to the shim's user need it. The shim's own container
+    // still meets `restricted`: in a namespace that warns at that level, the violations
+    // named are the hostPath and the init container's, never the shim container's; and a
+    // shim container that allows privilege escalation is named.
+    let (ok, _, err) = kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: pss-check\n  labels:\n    pod-security.kubernetes.io/warn: restricted\n",
+    );
+    assert!(ok, "{err}");
+    let shipped = std::fs::read_to_string(deploy("daemonset.yaml"))
         .unwrap()
-        .replacen(
-            "allowPrivilegeEscalation: false",
-            "allowPrivilegeEscalation: true",
-            1,
-        );
-    assert!(ds.contains("allowPrivilegeEscalation: true"));
+        .replace("namespace: snp-system", "namespace: pss-check");
     let (ok, _, err) = kubectl_stdin(
         &["apply", "--server-side", "--dry-run=server", "-f", "-"],
-        &ds,
+        &shipped,
     );
     assert!(ok && err.contains("would violate PodSecurity"), "{err}");
+    assert!(err.contains("hostPath"), "{err}");
+    assert!(!err.contains("container \"snp-shim\""), "{err}");
+    let at = shipped
+        .find("- name: snp-shim")
+        .expect("the shim's container");
+    let escalating = format!(
+        "{}{}",
+        &shipped[..at],
+        shipped[at..].replacen(
+            "allowPrivilegeEscalation: false",
+            "allowPrivilegeEscalation: true",
+            1
+        )
+    );
+    assert_ne!(escalating, shipped);
+    let (ok, _, err) = kubectl_stdin(
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        &escalating,
+    );
+    assert!(
+        ok && err.contains(
+            "container \"snp-shim\" must set securityContext.allowPrivilegeEscalation=false"
+        ),
+        "{err}"
+    );
 }
 
 fn kubectl_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
