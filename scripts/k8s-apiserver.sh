@@ -104,14 +104,27 @@ install_identity() {
     (kind == "ClusterRole" || kind == "ClusterRoleBinding") && /^  name: snp-shim$/ { $0 = "  name: snp-shim-dubbo-apache-org" }
     { gsub(/extensions\.istio\.io/, "dubbo.apache.org"); print }' "$ROOT/deploy/rbac.yaml" |
     kubectl_as_admin "$dir" apply --server-side --field-manager=snp-tests -f - >/dev/null
-  # The CRDs may not exist yet (the tests register them), so ask for the rules, not for
-  # one resource (kubectl's can-i maps a resource it cannot find to something else).
-  local rules
-  rules="$(KUBECONFIG="$dir/shim.kubeconfig" "$BIN" kubectl auth can-i --list)"
-  for group in extensions.istio.io dubbo.apache.org; do
-    grep -Eq "^servicenamemappings\.$group .*\[[a-z ]*\bcreate\b" <<<"$rules" ||
-      die "the shim's service account may not create servicenamemappings.$group after applying deploy/rbac.yaml:
+}
+
+# Waits until the shim's service account may create and update servicenamemappings in both
+# groups. After a restart the authorizer answers from caches that fill in a moment after the
+# server says it is ready; until then the shim would be refused (403) for writes it is
+# allowed, so `start` returns only once RBAC answers as the cluster's policy says.
+await_shim_rules() {
+  local dir="$1" rules="" deadline=$((SECONDS + READY_TIMEOUT)) group ok
+  while :; do
+    # The CRDs may not exist yet (the tests register them), so ask for the rules, not for
+    # one resource (kubectl's can-i maps a resource it cannot find to something else).
+    rules="$(KUBECONFIG="$dir/shim.kubeconfig" "$BIN" kubectl auth can-i --list 2>&1)" || true
+    ok=1
+    for group in extensions.istio.io dubbo.apache.org; do
+      grep -Eq "^servicenamemappings\.$group .*\[[a-z ]*\bcreate\b.*\bupdate\b" <<<"$rules" || ok=0
+    done
+    ((ok)) && return 0
+    ((SECONDS >= deadline)) &&
+      die "the shim's service account may not create and update servicenamemappings after applying deploy/rbac.yaml:
 $rules"
+    sleep 0.2
   done
 }
 
@@ -154,6 +167,7 @@ start() {
     install_identity "$dir"
     touch "$dir/installed"
   fi
+  await_shim_rules "$dir"
   [[ -f "$dir/controllers" ]] && controllers "$dir"
   echo "$url"
 }

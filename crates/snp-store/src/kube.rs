@@ -560,6 +560,15 @@ impl Store for KubeStore {
                 StoreError::Unavailable("ServiceNameMapping cache not synced yet".into())
             });
         }
+        // While the watch is down (an outage, or a server still starting), nothing is
+        // written: a server that has just come back may refuse with 403 until its
+        // authorizer has loaded the RBAC rules, and such a refusal would park keys that
+        // are in fact allowed. Writes resume once the watch (or its list probe) is served.
+        if !self.inner.watch_ok.load(Ordering::Relaxed) {
+            return MergeReport::all_failed(batch, || {
+                StoreError::Unavailable("the API server is not serving the watch yet".into())
+            });
+        }
         // Owned work items: the stream must be `Send` for any caller.
         let work: Vec<(MappingKey, AppSet)> =
             batch.iter().map(|(k, a)| (k.clone(), a.clone())).collect();

@@ -141,7 +141,12 @@ impl NacosMetrics {
         );
         // Series that dashboards and alerts expect exist from the start, at zero.
         for kind in [types::CONFIG_QUERY, types::CONFIG_PUBLISH] {
-            for result in [CallResult::Ok, CallResult::Error] {
+            for result in [
+                CallResult::Ok,
+                CallResult::Error,
+                CallResult::Invalid,
+                CallResult::Refused,
+            ] {
                 drop(self.calls.get_or_create(&NacosCallLabels {
                     request: kind,
                     result: result.as_str(),
