@@ -159,8 +159,18 @@ impl Envoy {
     }
 
     fn complete(&mut self, token: u32, status: u32) {
-        self.host.state.borrow_mut().effective = ROOT;
-        self.root.on_grpc_call_response(token, status);
+        self.complete_with(token, status, Vec::new());
+    }
+
+    /// A callout finishes with `status` and response message `response`.
+    fn complete_with(&mut self, token: u32, status: u32, response: Vec<u8>) {
+        let size = response.len();
+        {
+            let mut st = self.host.state.borrow_mut();
+            st.effective = ROOT;
+            st.grpc_response = response;
+        }
+        self.root.on_grpc_call_response(token, status, size);
         assert_eq!(
             self.host.state.borrow().effective,
             ROOT,
@@ -199,6 +209,12 @@ impl Envoy {
 
     fn metric(&self, name: &str) -> i64 {
         self.host.metric(name)
+    }
+
+    /// Nothing pending, in flight or held: `on_done` completes at once.
+    fn root_is_idle(&mut self) -> bool {
+        self.host.state.borrow_mut().effective = ROOT;
+        self.root.on_done()
     }
 }
 
@@ -854,4 +870,140 @@ mod random_sequences {
             }
         }
     }
+}
+
+/// The shim's per-mapping answer: `(status, reason, message)` per mapping, in order.
+fn results(rs: &[(i32, &str, &str)]) -> Vec<u8> {
+    use snp_proto::api::{MappingResult, PushMappingsResponse};
+    PushMappingsResponse {
+        batch_id: String::new(),
+        unchanged: 0,
+        written: 0,
+        results: rs
+            .iter()
+            .map(|(status, reason, message)| MappingResult {
+                status: *status,
+                reason: (*reason).into(),
+                message: (*message).into(),
+            })
+            .collect(),
+    }
+    .encode_to_vec()
+}
+
+const STORED: i32 = 1;
+const PENDING: i32 = 2;
+const REJECTED: i32 = 3;
+
+fn position(req: &PushMappingsRequest, iface: &str) -> usize {
+    req.mappings
+        .iter()
+        .position(|m| m.interface_name == iface)
+        .expect("in the batch")
+}
+
+#[test]
+fn a_rejected_mapping_is_dropped_counted_and_its_callers_told_while_the_rest_is_stored() {
+    let mut envoy = Envoy::new(r#"{"ack_mode": "durable", "retry_jitter": 0}"#);
+    let (good, _) = envoy.call(DUBBO, body("default", "a", &["x.Good"]));
+    let (bad, _) = envoy.call(DUBBO, body("missing", "a", &["x.Bad"]));
+    envoy.advance(250);
+    envoy.tick();
+    let (token, req) = envoy.batch(0);
+    assert!(req.want_results, "the filter asks for per-mapping results");
+    assert_eq!(req.mappings.len(), 2);
+    let msg = "missing/x.Bad cannot be stored: namespace missing not found";
+    let mut rs = vec![(STORED, "", ""); 2];
+    rs[position(&req, "x.Bad")] = (REJECTED, "namespace_not_found", msg);
+    envoy.complete_with(token, 0, results(&rs));
+    // The good one is released; the bad one is answered as the shim answers it.
+    assert!(envoy.host.state.borrow().streams[&good].resumed);
+    match envoy.reply(bad) {
+        Some(Reply::Grpc { status: 9, message }) => assert_eq!(
+            message,
+            format!("{msg} (reason namespace_not_found; the shim retries it on a slow schedule; see /parked)")
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(envoy.metric("snp.mappings.rejected"), 1);
+    assert_eq!(envoy.metric("snp.registrations.rejected"), 1);
+    assert_eq!(envoy.metric("snp.rejected.store_rejected"), 1);
+    assert_eq!(envoy.metric("snp.pending_keys"), 0);
+    assert_eq!(envoy.metric("snp.parked_keys"), 1);
+    assert_eq!(envoy.metric("snp.held_replies"), 0);
+    assert_eq!(envoy.metric("snp.mappings.acked"), 1);
+    let warned = |e: &Envoy| {
+        e.host
+            .state
+            .borrow()
+            .logs
+            .iter()
+            .filter(|(l, m)| *l == LogLevel::Warn && m.contains("rejected mapping missing/x.Bad"))
+            .count()
+    };
+    assert_eq!(warned(&envoy), 1);
+    // A storm of repeats for the rejected key is answered at once, in either mode, and
+    // sends nothing: it is never retried in a loop.
+    for app in ["a", "b", "c"] {
+        let (id, _) = envoy.call(DUBBO, body("missing", app, &["x.Bad"]));
+        assert!(grpc(9)(&envoy.reply(id)), "{:?}", envoy.reply(id));
+    }
+    for _ in 0..100 {
+        envoy.advance(1000);
+        envoy.tick();
+    }
+    assert_eq!(envoy.calls(), 1, "nothing resent within the probe interval");
+    assert_eq!(envoy.metric("snp.registrations.rejected"), 4);
+    assert_eq!(warned(&envoy), 1, "logged once per key");
+    assert!(envoy.root_is_idle());
+}
+
+#[test]
+fn pending_mappings_are_retried_alone_and_stored_ones_are_not_resent() {
+    let mut envoy = Envoy::new(r#"{"retry_jitter": 0, "retry_base_ms": 500}"#);
+    envoy.call(DUBBO, body("default", "a", &["x.A", "x.B"]));
+    envoy.advance(250);
+    envoy.tick();
+    let (token, req) = envoy.batch(0);
+    let mut rs = vec![(STORED, "", ""); 2];
+    rs[position(&req, "x.B")] = (PENDING, "", "");
+    envoy.complete_with(token, 0, results(&rs));
+    assert_eq!(envoy.metric("snp.pending_keys"), 1);
+    assert_eq!(envoy.metric("snp.mappings.acked"), 1);
+    // Its own backoff: 500 ms << 1.
+    envoy.advance(900);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 1);
+    envoy.advance(200);
+    envoy.tick();
+    let (token, req) = envoy.batch(1);
+    assert_eq!(
+        mappings(&req),
+        vec![("default".into(), "x.B".into(), vec!["a".into()])]
+    );
+    envoy.complete_with(token, 0, results(&[(STORED, "", "")]));
+    assert_eq!(envoy.metric("snp.pending_keys"), 0);
+    assert_eq!(envoy.metric("snp.mappings.rejected"), 0);
+}
+
+#[test]
+fn a_shim_without_results_settles_the_whole_batch_as_before() {
+    let mut envoy = Envoy::new(r#"{"ack_mode": "durable", "retry_jitter": 0}"#);
+    let (id, _) = envoy.call(DUBBO, body("default", "a", &["x.A", "x.B"]));
+    envoy.advance(250);
+    envoy.tick();
+    let (token, _) = envoy.batch(0);
+    // An older shim: OK with an empty response message.
+    envoy.complete_with(token, 0, results(&[]));
+    assert!(envoy.host.state.borrow().streams[&id].resumed);
+    assert_eq!(envoy.metric("snp.mappings.acked"), 2);
+    assert_eq!(envoy.metric("snp.pending_keys"), 0);
+    // ...and its whole-batch error is retried, as before.
+    envoy.call(DUBBO, body("default", "a", &["x.C"]));
+    envoy.advance(250);
+    envoy.tick();
+    let (token, _) = envoy.batch(1);
+    envoy.complete(token, 3);
+    assert_eq!(envoy.metric("snp.pending_keys"), 1);
+    assert_eq!(envoy.metric("snp.mappings.rejected"), 0);
 }

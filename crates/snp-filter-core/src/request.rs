@@ -16,6 +16,8 @@ pub enum Code {
     PermissionDenied,
     /// 8
     ResourceExhausted,
+    /// 9
+    FailedPrecondition,
     /// 12
     Unimplemented,
     /// 14
@@ -29,6 +31,7 @@ impl Code {
             Self::InvalidArgument => 3,
             Self::PermissionDenied => 7,
             Self::ResourceExhausted => 8,
+            Self::FailedPrecondition => 9,
             Self::Unimplemented => 12,
             Self::Unavailable => 14,
         }
@@ -73,11 +76,13 @@ pub enum Reason {
     PendingFull,
     /// Durable mode: the shim did not acknowledge in time.
     NotAcknowledged,
+    /// The shim refused the mapping for good (its store refuses the key, or its limits).
+    StoreRejected,
 }
 
 impl Reason {
     /// Every reason, for metric definitions.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::TruncatedFrame,
         Reason::InvalidFrameFlag,
         Reason::Compressed,
@@ -95,6 +100,7 @@ impl Reason {
         Reason::CallerUnknown,
         Reason::PendingFull,
         Reason::NotAcknowledged,
+        Reason::StoreRejected,
     ];
 
     /// Stable snake_case name, for metrics and logs.
@@ -117,6 +123,7 @@ impl Reason {
             Self::CallerUnknown => "caller_unknown",
             Self::PendingFull => "pending_full",
             Self::NotAcknowledged => "not_acknowledged",
+            Self::StoreRejected => "store_rejected",
         }
     }
 
@@ -129,6 +136,7 @@ impl Reason {
                 | Self::CallerUnknown
                 | Self::PendingFull
                 | Self::NotAcknowledged
+                | Self::StoreRejected
         )
     }
 }

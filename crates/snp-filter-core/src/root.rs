@@ -79,7 +79,7 @@ pub struct Root<H: Host> {
     host: Rc<H>,
     plugin: Option<Rc<Plugin>>,
     worker: Option<Rc<Worker>>,
-    shares: [GaugeShare; 2],
+    shares: [GaugeShare; 3],
     /// Envoy asked this root context to finish (its configuration was replaced or
     /// removed): flush what is pending and report `done` once the shim has it all.
     draining: bool,
@@ -93,7 +93,7 @@ impl<H: Host> Root<H> {
             host,
             plugin: None,
             worker: None,
-            shares: [GaugeShare::default(); 2],
+            shares: [GaugeShare::default(); 3],
             draining: false,
         }
     }
@@ -142,18 +142,40 @@ impl<H: Host> Root<H> {
         false
     }
 
-    /// A batch callout finished with gRPC `status` (0: the shim has it).
-    pub fn on_grpc_call_response(&mut self, token: u32, status: u32) {
+    /// A batch callout finished with gRPC `status` (0: the shim answered) and a response
+    /// message of `size` bytes (per-mapping results).
+    pub fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
         let (Some(plugin), Some(worker)) = (self.plugin.clone(), self.worker.clone()) else {
             return;
         };
         let host = &*self.host;
         let now = worker.now(host);
+        let body = if status == 0 && size > 0 {
+            host.grpc_response_body(size).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let done = match worker.engine.try_borrow_mut() {
-            Ok(mut e) => e.completed(now, token, status == 0),
+            Ok(mut e) => e.completed(now, token, status == 0, &body),
             Err(_) => None,
         };
         let Some(done) = done else { return };
+        for r in &done.rejected {
+            plugin.metrics.inc(host, Counter::MappingsRejected);
+            // Once per key: a parked key probed and refused again is only a debug line.
+            let level = if r.first {
+                LogLevel::Warn
+            } else {
+                LogLevel::Debug
+            };
+            host.log(
+                level,
+                &format!(
+                    "the shim rejected mapping {} ({}): {}; dropped, not resent",
+                    r.key, r.reason, r.message
+                ),
+            );
+        }
         if done.ok {
             plugin.metrics.inc(host, Counter::BatchesAcked);
             plugin
@@ -179,6 +201,12 @@ impl<H: Host> Root<H> {
                 mark_for_ack(host, &plugin.cfg);
                 host.resume_request();
                 plugin.metrics.inc(host, Counter::RegistrationsOk);
+            }
+        }
+        for (ctx, r) in &done.failed {
+            if host.set_effective_context(*ctx) {
+                switched = true;
+                reply_rejection(host, &plugin, r);
             }
         }
         if switched {
@@ -343,7 +371,6 @@ impl<H: Host> Root<H> {
             };
             match host.dispatch_grpc_call(&call) {
                 Ok(token) => {
-                    e.sent(token, batch.id);
                     plugin.metrics.inc(host, Counter::BatchesSent);
                     host.log(
                         LogLevel::Debug,
@@ -352,6 +379,7 @@ impl<H: Host> Root<H> {
                             batch.label, batch.keys, batch.entries
                         ),
                     );
+                    e.sent(token, batch);
                 }
                 Err(s) => {
                     e.send_failed(now, batch.id);
@@ -372,7 +400,11 @@ impl<H: Host> Root<H> {
         let Ok(e) = worker.engine.try_borrow() else {
             return;
         };
-        let values = [e.pending_keys() as u64, e.held() as u64];
+        let values = [
+            e.pending_keys() as u64,
+            e.held() as u64,
+            e.parked_keys() as u64,
+        ];
         drop(e);
         for (i, g) in Gauge::ALL.iter().enumerate() {
             if let (Some(share), Some(v)) = (self.shares.get_mut(i), values.get(i)) {
