@@ -6,7 +6,7 @@
 //! clock.
 
 use core::time::Duration;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use prost::Message;
 use snp_core::debounce::{BatchId, KeyResult, Parked};
@@ -91,26 +91,117 @@ pub struct Engine {
     in_flight: BTreeMap<u32, (BatchId, Vec<MappingKey>)>,
     /// Held stream (context id) -> what it waits for.
     waiters: BTreeMap<u32, Waiter>,
+    /// Largest request sent (the shim refuses larger ones): batches are split below it.
+    max_push_bytes: usize,
+    /// Parts of a split batch not yet handed out.
+    queue: VecDeque<Outgoing>,
+    /// Batches handed out in parts, until every part is back.
+    gathering: BTreeMap<BatchId, Gather>,
 }
 
-/// Encodes a batch as a `PushMappingsRequest`.
-pub fn encode_push(label: &str, source: &str, mappings: &Mappings) -> Vec<u8> {
+/// The shim's default `--max-message-bytes`: no request may be larger.
+pub const SHIM_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Room kept in a request for its `batch_id` and `source` (each at most a few hundred
+/// bytes) and their framing.
+const REQUEST_SLACK: usize = 2048;
+
+/// Encodes mappings as a `PushMappingsRequest`.
+fn encode_request(label: &str, source: &str, mappings: Vec<Mapping>) -> Vec<u8> {
     PushMappingsRequest {
         batch_id: label.to_owned(),
         source: source.to_owned(),
-        mappings: mappings
-            .iter()
-            .map(|(k, apps)| Mapping {
-                namespace: k.namespace.clone(),
-                interface_name: k.interface.clone(),
-                application_names: apps.as_slice().to_vec(),
-            })
-            .collect(),
+        mappings,
         // Per-mapping results: a shim that knows them answers STORED, PENDING or REJECTED
         // for each, so one bad mapping never fails its batch.
         want_results: true,
     }
     .encode_to_vec()
+}
+
+/// Encodes a batch as one `PushMappingsRequest` (whatever its size).
+pub fn encode_push(label: &str, source: &str, mappings: &Mappings) -> Vec<u8> {
+    let list = mappings
+        .iter()
+        .map(|(k, apps)| Mapping {
+            namespace: k.namespace.clone(),
+            interface_name: k.interface.clone(),
+            application_names: apps.as_slice().to_vec(),
+        })
+        .collect();
+    encode_request(label, source, list)
+}
+
+/// A mapping's size inside the request: the message, its tag and its length.
+fn framed_len(len: usize) -> usize {
+    len + 1 + prost::encoding::encoded_len_varint(len as u64)
+}
+
+/// Splits a batch into requests of at most `budget` bytes of mappings each. A key whose
+/// applications alone exceed it is sent as several mappings of the same key (the shim
+/// merges by union, so the parts add up to the whole).
+fn split(mappings: &Mappings, budget: usize) -> Vec<Vec<Mapping>> {
+    let mut parts: Vec<Vec<Mapping>> = Vec::new();
+    let mut part: Vec<Mapping> = Vec::new();
+    let mut size = 0usize;
+    let mut push = |m: Mapping, parts: &mut Vec<Vec<Mapping>>, part: &mut Vec<Mapping>| {
+        let len = framed_len(m.encoded_len());
+        if !part.is_empty() && size + len > budget {
+            parts.push(core::mem::take(part));
+            size = 0;
+        }
+        size += len;
+        part.push(m);
+    };
+    for (k, apps) in mappings.iter() {
+        let empty = Mapping {
+            namespace: k.namespace.clone(),
+            interface_name: k.interface.clone(),
+            application_names: Vec::new(),
+        };
+        let mut m = empty.clone();
+        let mut len = empty.encoded_len();
+        for app in apps.as_slice() {
+            let add = framed_len(app.len());
+            if !m.application_names.is_empty() && framed_len(len + add) > budget {
+                push(
+                    core::mem::replace(&mut m, empty.clone()),
+                    &mut parts,
+                    &mut part,
+                );
+                len = empty.encoded_len();
+            }
+            len += add;
+            m.application_names.push(app.clone());
+        }
+        push(m, &mut parts, &mut part);
+    }
+    if !part.is_empty() {
+        parts.push(part);
+    }
+    parts
+}
+
+/// Keeps the worst outcome of a key sent in several parts.
+fn merge_result(out: &mut BTreeMap<MappingKey, KeyResult>, key: &MappingKey, this: KeyResult) {
+    let rank = |r: &KeyResult| match r {
+        KeyResult::Stored => 0,
+        KeyResult::Transient => 1,
+        KeyResult::Permanent { .. } => 2,
+    };
+    match out.get(key) {
+        Some(prev) if rank(prev) >= rank(&this) => {}
+        _ => {
+            out.insert(key.clone(), this);
+        }
+    }
+}
+
+/// The parts of a batch still out, and the results of those back.
+#[derive(Debug, Default)]
+struct Gather {
+    left: usize,
+    results: BTreeMap<MappingKey, KeyResult>,
 }
 
 fn offer_rejection(e: &OfferError) -> Rejection {
@@ -179,17 +270,7 @@ fn key_results(order: &[MappingKey], ok: bool, body: &[u8]) -> BTreeMap<MappingK
             _ => KeyResult::Transient,
         };
         // A key sent in several parts takes its worst outcome.
-        let rank = |r: &KeyResult| match r {
-            KeyResult::Stored => 0,
-            KeyResult::Transient => 1,
-            KeyResult::Permanent { .. } => 2,
-        };
-        match out.get(k) {
-            Some(prev) if rank(prev) >= rank(&this) => {}
-            _ => {
-                out.insert(k.clone(), this);
-            }
-        }
+        merge_result(&mut out, k, this);
     }
     out
 }
@@ -210,7 +291,16 @@ impl Engine {
             seq: 0,
             in_flight: BTreeMap::new(),
             waiters: BTreeMap::new(),
+            max_push_bytes: SHIM_MAX_MESSAGE_BYTES,
+            queue: VecDeque::new(),
+            gathering: BTreeMap::new(),
         }
+    }
+
+    /// Caps each request at `bytes` (at most the shim's 4 MiB default; larger batches go
+    /// in several requests).
+    pub fn set_max_push_bytes(&mut self, bytes: usize) {
+        self.max_push_bytes = bytes.clamp(REQUEST_SLACK * 2, SHIM_MAX_MESSAGE_BYTES);
     }
 
     /// Queues a validated registration from stream `ctx`. All of its interfaces are
@@ -263,28 +353,54 @@ impl Engine {
 
     /// The next batch due at `now`, if any. Report it with [`Engine::sent`] or
     /// [`Engine::send_failed`].
+    /// A batch too large for one request comes as several parts, each its own call.
     pub fn next_batch(&mut self, now: Instant) -> Option<Outgoing> {
+        if let Some(part) = self.queue.pop_front() {
+            return Some(part);
+        }
         let batch = self.debouncer.poll(now)?;
-        self.seq += 1;
-        let label = format!("{}/{}", self.source, self.seq);
-        Some(Outgoing {
-            id: batch.id,
-            payload: encode_push(&label, &self.source, &batch.mappings),
-            label,
-            keys: batch.mappings.len(),
-            entries: batch.mappings.entries(),
-            order: batch.mappings.iter().map(|(k, _)| k.clone()).collect(),
-        })
+        let parts = split(
+            &batch.mappings,
+            self.max_push_bytes.saturating_sub(REQUEST_SLACK),
+        );
+        self.gathering.insert(
+            batch.id,
+            Gather {
+                left: parts.len(),
+                results: BTreeMap::new(),
+            },
+        );
+        for list in parts {
+            self.seq += 1;
+            let label = format!("{}/{}", self.source, self.seq);
+            let order: Vec<MappingKey> = list
+                .iter()
+                .map(|m| MappingKey::new(m.namespace.as_str(), m.interface_name.as_str()))
+                .collect();
+            let keys = order.len();
+            let entries = list.iter().map(|m| m.application_names.len()).sum();
+            self.queue.push_back(Outgoing {
+                id: batch.id,
+                payload: encode_request(&label, &self.source, list),
+                label,
+                keys,
+                entries,
+                order,
+            });
+        }
+        self.queue.pop_front()
     }
 
-    /// The batch went out as callout `token`.
+    /// The batch (or part) went out as callout `token`.
     pub fn sent(&mut self, token: u32, batch: Outgoing) {
         self.in_flight.insert(token, (batch.id, batch.order));
     }
 
-    /// The batch could not even be sent: merged back and retried after the backoff.
-    pub fn send_failed(&mut self, now: Instant, id: BatchId) {
-        self.debouncer.complete(now, id, false);
+    /// The batch (or part) could not even be sent: merged back and retried after the
+    /// backoff.
+    pub fn send_failed(&mut self, now: Instant, batch: Outgoing) {
+        let results = key_results(&batch.order, false, &[]);
+        self.settle(now, batch.id, results);
     }
 
     /// Callout `token` finished (`ok`: gRPC status 0) with response message `body`.
@@ -300,10 +416,38 @@ impl Engine {
     ) -> Option<Completed> {
         let (id, order) = self.in_flight.remove(&token)?;
         let results = key_results(&order, ok, body);
+        let mut done = self.settle(now, id, results);
+        done.ok = ok;
+        Some(done)
+    }
+
+    /// One part of batch `id` is back with `results`; once every part is, the debouncer
+    /// takes each key's outcome and held streams are released or failed.
+    fn settle(
+        &mut self,
+        now: Instant,
+        id: BatchId,
+        part: BTreeMap<MappingKey, KeyResult>,
+    ) -> Completed {
+        let Some(g) = self.gathering.get_mut(&id) else {
+            return Completed::default();
+        };
+        for (k, r) in part {
+            merge_result(&mut g.results, &k, r);
+        }
+        g.left = g.left.saturating_sub(1);
+        if g.left > 0 {
+            return Completed::default();
+        }
+        let results = self
+            .gathering
+            .remove(&id)
+            .map(|g| g.results)
+            .unwrap_or_default();
         let Some(done) = self.debouncer.complete_with(now, id, |k| {
             results.get(k).cloned().unwrap_or(KeyResult::Transient)
         }) else {
-            return Some(Completed::default());
+            return Completed::default();
         };
         let mut rejected = Vec::new();
         for key in &done.parked {
@@ -334,13 +478,13 @@ impl Engine {
                 true
             }
         });
-        Some(Completed {
-            ok,
+        Completed {
+            ok: true,
             acked_entries: done.stored.entries(),
             released,
             failed,
             rejected,
-        })
+        }
     }
 
     /// Held streams whose timeout has passed: answer them UNAVAILABLE. Their mappings
@@ -396,7 +540,7 @@ impl Engine {
 
     /// Whether nothing is pending, in flight or held.
     pub fn is_idle(&self) -> bool {
-        self.debouncer.is_idle() && self.waiters.is_empty()
+        self.debouncer.is_idle() && self.waiters.is_empty() && self.queue.is_empty()
     }
 }
 
@@ -515,7 +659,7 @@ mod tests {
         assert_eq!(req.mappings.len(), 1);
         assert_eq!(req.mappings[0].application_names, vec!["a", "b"]);
         // A send that fails at once backs off too.
-        e.send_failed(ms(1300), b.id);
+        e.send_failed(ms(1300), b.clone());
         assert!(e.next_batch(ms(1400)).is_none());
         let b = e.next_batch(ms(4000)).expect("second retry");
         e.sent(9, b.clone());

@@ -515,7 +515,7 @@ fn durable_calls_are_held_until_the_shim_acknowledges_them() {
 #[test]
 fn durable_timeout_answers_unavailable_and_the_mapping_is_still_delivered() {
     let mut envoy = Envoy::new(
-        r#"{"ack_mode": "durable", "durable_timeout_ms": 400, "retry_jitter": 0, "retry_base_ms": 500}"#,
+        r#"{"ack_mode": "durable", "durable_timeout_ms": 400, "push_timeout_ms": 400, "retry_jitter": 0, "retry_base_ms": 500}"#,
     );
     let (id, _) = envoy.call(DUBBO, body("default", "a", &["x.A"]));
     envoy.advance(250);
@@ -739,7 +739,7 @@ mod random_sequences {
 
     const CONFIGS: [&str; 3] = [
         r#"{"retry_jitter": 0}"#,
-        r#"{"ack_mode": "durable", "durable_timeout_ms": 700, "retry_jitter": 0}"#,
+        r#"{"ack_mode": "durable", "durable_timeout_ms": 700, "push_timeout_ms": 700, "retry_jitter": 0}"#,
         r#"{"namespace_policy": "peer", "on_mismatch": "rewrite", "max_batch_keys": 1}"#,
     ];
 
@@ -1006,4 +1006,65 @@ fn a_shim_without_results_settles_the_whole_batch_as_before() {
     envoy.complete(token, 3);
     assert_eq!(envoy.metric("snp.pending_keys"), 1);
     assert_eq!(envoy.metric("snp.mappings.rejected"), 0);
+}
+
+#[test]
+fn batches_larger_than_max_push_bytes_go_in_parts_and_settle_together() {
+    let mut envoy = Envoy::new(
+        r#"{"ack_mode": "durable", "max_push_bytes": 16384, "retry_jitter": 0, "retry_base_ms": 500}"#,
+    );
+    // 40 interfaces of ~1000 bytes (~40 KB) and one interface with 100 apps of ~200
+    // bytes (~20 KB, more than one request alone).
+    let long: Vec<String> = (0..40)
+        .map(|i| format!("x.I{i:02}{}", "a".repeat(990)))
+        .collect();
+    let refs: Vec<&str> = long.iter().map(String::as_str).collect();
+    let (first, _) = envoy.call(DUBBO, body("default", "a", &refs));
+    let mut wide = Vec::new();
+    for i in 0..100 {
+        let app = format!("app-{i:03}-{}", "b".repeat(190));
+        let (id, _) = envoy.call(DUBBO, body("default", &app, &["x.Wide"]));
+        wide.push(id);
+    }
+    envoy.advance(1100);
+    envoy.tick();
+    let n = envoy.calls();
+    assert!(n >= 5, "split into {n} requests");
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..n {
+        let c = envoy.host.state.borrow().calls[i].message.len();
+        assert!(c <= 16384, "request {i} is {c} bytes");
+        let (_, req) = envoy.batch(i);
+        for m in &req.mappings {
+            *seen.entry(m.interface_name.clone()).or_default() += m.application_names.len();
+        }
+    }
+    assert_eq!(seen.len(), 41);
+    assert_eq!(
+        seen["x.Wide"], 100,
+        "every application of the wide key, across parts"
+    );
+    // Every part but the last is back: nothing is released yet.
+    for i in 0..n - 1 {
+        let (token, req) = envoy.batch(i);
+        envoy.complete_with(
+            token,
+            0,
+            results(&vec![(STORED, "", ""); req.mappings.len()]),
+        );
+    }
+    assert!(!envoy.host.state.borrow().streams[&first].resumed);
+    assert_eq!(envoy.metric("snp.held_replies"), 101);
+    let (token, req) = envoy.batch(n - 1);
+    envoy.complete_with(
+        token,
+        0,
+        results(&vec![(STORED, "", ""); req.mappings.len()]),
+    );
+    assert!(envoy.host.state.borrow().streams[&first].resumed);
+    assert!(wide
+        .iter()
+        .all(|id| envoy.host.state.borrow().streams[id].resumed));
+    assert_eq!(envoy.metric("snp.pending_keys"), 0);
+    assert_eq!(envoy.metric("snp.held_replies"), 0);
 }

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use snp_core::Instant;
 
 use crate::clock::MonoClock;
-use crate::config::{Config, NamespacePolicy};
+use crate::config::{Config, NamespacePolicy, SHIM_ACK_TIMEOUT_MS};
 use crate::engine::Engine;
 use crate::host::{GrpcCall, Host, LogLevel};
 use crate::metrics::{Counter, Gauge, GaugeShare, Metrics};
@@ -269,12 +269,22 @@ impl<H: Host> Root<H> {
         // configured at.
         let nanos = host.wall_clock_nanos();
         let source = format!("{source}/{nanos:x}-{}", self.id);
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             cfg.debounce.clone(),
             cfg.ack_mode,
             cfg.durable_timeout,
             source,
         );
+        engine.set_max_push_bytes(cfg.max_push_bytes);
+        if cfg.push_timeout <= core::time::Duration::from_millis(SHIM_ACK_TIMEOUT_MS) {
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "push_timeout_ms {} is not above the shim's default --ack-timeout (4 s): the filter may give up before the shim answers, unless the shim's --ack-timeout is lower",
+                    cfg.push_timeout.as_millis()
+                ),
+            );
+        }
         host.set_tick_period(cfg.tick)
             .map_err(|s| format!("cannot set the tick period: {s}"))?;
         host.log(
@@ -382,7 +392,6 @@ impl<H: Host> Root<H> {
                     e.sent(token, batch);
                 }
                 Err(s) => {
-                    e.send_failed(now, batch.id);
                     plugin.metrics.inc(host, Counter::BatchesFailed);
                     host.log(
                         LogLevel::Warn,
@@ -391,6 +400,7 @@ impl<H: Host> Root<H> {
                             batch.label, cfg.shim_cluster
                         ),
                     );
+                    e.send_failed(now, batch);
                 }
             }
         }
