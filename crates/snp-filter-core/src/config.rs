@@ -111,6 +111,7 @@ struct Raw {
     max_apps_per_key: u64,
     max_batch_keys: u64,
     suppress_acked_ms: u64,
+    max_acked_entries: u64,
     retry_base_ms: u64,
     retry_max_ms: u64,
     retry_jitter: f64,
@@ -167,6 +168,7 @@ impl Default for Raw {
             max_apps_per_key: n(d.max_apps_per_key),
             max_batch_keys: n(d.max_batch_keys),
             suppress_acked_ms: ms(d.suppress_acked_for),
+            max_acked_entries: n(d.max_acked_entries),
             retry_base_ms: ms(d.retry.base),
             retry_max_ms: ms(d.retry.cap),
             retry_jitter: d.retry.jitter,
@@ -427,6 +429,7 @@ impl Config {
             )?,
             max_batch_keys: count("max_batch_keys", raw.max_batch_keys, 1)?,
             suppress_acked_for: millis("suppress_acked_ms", raw.suppress_acked_ms, 0)?,
+            max_acked_entries: count("max_acked_entries", raw.max_acked_entries, 1)?,
             retry: Backoff {
                 base: retry_base,
                 cap: retry_cap,
@@ -537,7 +540,7 @@ mod tests {
             "max_apps_per_key": 3, "max_batch_keys": 4, "suppress_acked_ms": 0,
             "retry_base_ms": 100, "retry_max_ms": 1000, "retry_jitter": 0,
             "max_application_len": 50, "max_interface_len": 60, "max_interfaces": 7,
-            "max_push_bytes": 65536
+            "max_push_bytes": 65536, "max_acked_entries": 9
         }"#,
         )
         .unwrap();
@@ -578,6 +581,7 @@ mod tests {
         assert_eq!(c.limits.max_interface_len, 60);
         assert_eq!(c.limits.max_interfaces, 7);
         assert_eq!(c.max_push_bytes, 65536);
+        assert_eq!(c.debounce.max_acked_entries, 9);
     }
 
     #[test]
