@@ -508,6 +508,12 @@ impl Engine {
         self.debouncer.flush();
     }
 
+    /// Forgets retry delays and failure counts, so what backs off goes at the next poll:
+    /// for a context that is stopping.
+    pub fn reset_backoff(&mut self) {
+        self.debouncer.reset_backoff();
+    }
+
     /// Stream `ctx` is gone (client cancelled): stop holding a reply for it.
     pub fn forget(&mut self, ctx: u32) {
         self.waiters.remove(&ctx);

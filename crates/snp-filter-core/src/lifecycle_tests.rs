@@ -1068,3 +1068,30 @@ fn batches_larger_than_max_push_bytes_go_in_parts_and_settle_together() {
     assert_eq!(envoy.metric("snp.pending_keys"), 0);
     assert_eq!(envoy.metric("snp.held_replies"), 0);
 }
+
+#[test]
+fn stopping_retries_at_once_and_gives_up_after_one_push_timeout() {
+    let mut envoy = Envoy::new(
+        r#"{"push_timeout_ms": 1000, "durable_timeout_ms": 1000, "retry_jitter": 0, "retry_base_ms": 10000, "retry_max_ms": 60000}"#,
+    );
+    envoy.call(DUBBO, body("default", "a", &["x.A"]));
+    envoy.advance(250);
+    envoy.tick();
+    let (token, _) = envoy.batch(0);
+    envoy.complete(token, 14);
+    // Backing off for 20 s; stopping sends it again at once.
+    envoy.host.state.borrow_mut().effective = ROOT;
+    assert!(!envoy.root.on_done());
+    assert_eq!(envoy.calls(), 2);
+    let (token, _) = envoy.batch(1);
+    envoy.complete(token, 14);
+    envoy.advance(500);
+    envoy.tick();
+    assert_eq!(envoy.host.state.borrow().done, 0, "within the deadline");
+    envoy.advance(600);
+    envoy.tick();
+    assert_eq!(envoy.host.state.borrow().done, 1, "done at the deadline");
+    assert!(envoy
+        .host
+        .logged(LogLevel::Warn, "1 keys not acknowledged by the shim"));
+}

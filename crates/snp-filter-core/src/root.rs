@@ -81,8 +81,15 @@ pub struct Root<H: Host> {
     worker: Option<Rc<Worker>>,
     shares: [GaugeShare; 3],
     /// Envoy asked this root context to finish (its configuration was replaced or
-    /// removed): flush what is pending and report `done` once the shim has it all.
-    draining: bool,
+    /// removed, or Envoy is stopping): flush what is pending and report `done` once the
+    /// shim has it all, or at this deadline.
+    draining: Option<Instant>,
+}
+
+/// How long a stopping root context waits for its last batches: one push timeout, so a
+/// batch sent at once can still be answered, then Envoy may go.
+fn drain_deadline(cfg: Option<&Config>) -> core::time::Duration {
+    cfg.map_or(core::time::Duration::from_secs(5), |c| c.push_timeout)
 }
 
 impl<H: Host> Root<H> {
@@ -94,7 +101,7 @@ impl<H: Host> Root<H> {
             plugin: None,
             worker: None,
             shares: [GaugeShare::default(); 3],
-            draining: false,
+            draining: None,
         }
     }
 
@@ -126,8 +133,9 @@ impl<H: Host> Root<H> {
         self.drain_step();
     }
 
-    /// Envoy stops this root context. `true`: done now; `false`: draining, [`Host::done`]
-    /// follows once nothing is pending or in flight.
+    /// Envoy stops this root context (Envoy drains or stops, or the configuration is
+    /// replaced). `true`: done now; `false`: draining, [`Host::done`] follows once nothing
+    /// is pending or in flight, or after one push timeout.
     pub fn on_done(&mut self) -> bool {
         if self.is_idle() {
             return true;
@@ -136,7 +144,13 @@ impl<H: Host> Root<H> {
             LogLevel::Info,
             "stopping: flushing pending mappings to the shim first",
         );
-        self.draining = true;
+        let now = self.worker.as_ref().map(|w| w.now(&*self.host));
+        let deadline = drain_deadline(self.plugin.as_ref().map(|p| &p.cfg));
+        self.draining = Some(now.unwrap_or(Instant::ZERO) + deadline);
+        // One last attempt matters more than the backoff.
+        if let Some(Ok(mut e)) = self.worker.as_ref().map(|w| w.engine.try_borrow_mut()) {
+            e.reset_backoff();
+        }
         self.drain_step();
         self.drive();
         false
@@ -220,17 +234,32 @@ impl<H: Host> Root<H> {
         self.worker.as_ref().is_none_or(|w| w.is_idle())
     }
 
-    /// While draining: everything pending is due at once (retries still back off), and
-    /// the context reports `done` once nothing is pending or in flight.
+    /// While draining: everything pending is due at once, and the context reports `done`
+    /// once nothing is pending or in flight, or at the deadline (what is left is logged).
     fn drain_step(&mut self) {
-        if !self.draining {
+        let Some(deadline) = self.draining else {
             return;
-        }
+        };
         if let Some(Ok(mut e)) = self.worker.as_ref().map(|w| w.engine.try_borrow_mut()) {
             e.flush();
         }
-        if self.is_idle() {
-            self.draining = false;
+        let now = self.worker.as_ref().map(|w| w.now(&*self.host));
+        let late = now.is_some_and(|n| n >= deadline);
+        if late {
+            let left = self
+                .worker
+                .as_ref()
+                .and_then(|w| w.engine.try_borrow().ok().map(|e| e.pending_keys()))
+                .unwrap_or(0);
+            self.host.log(
+                LogLevel::Warn,
+                &format!(
+                    "stopping: {left} keys not acknowledged by the shim before the drain deadline"
+                ),
+            );
+        }
+        if late || self.is_idle() {
+            self.draining = None;
             self.host.done();
         }
     }
