@@ -59,6 +59,7 @@ class Envoy:
         app_http_port: int | None = None,
         extra_listeners: dict | None = None,
         name: str = "envoy",
+        extra_args: list[str] | None = None,
     ):
         """`extra_listeners`: name -> {"filter_config": {...}, "tls": {"cert", "key", "ca"}}."""
         self.logs = logs
@@ -116,6 +117,7 @@ class Envoy:
                     },
                 }
             listeners.append(extra)
+        self.extra_args = list(extra_args or [])
         self.config_path = logs / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.proc: Proc | None = None
@@ -133,6 +135,7 @@ class Envoy:
             "info",
             "--component-log-level",
             "wasm:debug",
+            *self.extra_args,
         ]
         self.proc = Proc(self.name, args, self.logs).start()
         wait_for_port(self.admin_port, self.proc.proc, timeout)
