@@ -112,6 +112,8 @@ struct Raw {
     max_batch_keys: u64,
     suppress_acked_ms: u64,
     max_acked_entries: u64,
+    park_probe_ms: u64,
+    max_parked_keys: u64,
     retry_base_ms: u64,
     retry_max_ms: u64,
     retry_jitter: f64,
@@ -169,6 +171,8 @@ impl Default for Raw {
             max_batch_keys: n(d.max_batch_keys),
             suppress_acked_ms: ms(d.suppress_acked_for),
             max_acked_entries: n(d.max_acked_entries),
+            park_probe_ms: ms(d.park_probe),
+            max_parked_keys: n(d.max_parked_keys),
             retry_base_ms: ms(d.retry.base),
             retry_max_ms: ms(d.retry.cap),
             retry_jitter: d.retry.jitter,
@@ -436,8 +440,8 @@ impl Config {
                 max_failures,
                 jitter,
             },
-            park_probe: DebounceConfig::default().park_probe,
-            max_parked_keys: DebounceConfig::default().max_parked_keys,
+            park_probe: millis("park_probe_ms", raw.park_probe_ms, 1000)?,
+            max_parked_keys: count("max_parked_keys", raw.max_parked_keys, 1)?,
             seed: DebounceConfig::default().seed,
         };
         let limits = Limits {
@@ -540,7 +544,8 @@ mod tests {
             "max_apps_per_key": 3, "max_batch_keys": 4, "suppress_acked_ms": 0,
             "retry_base_ms": 100, "retry_max_ms": 1000, "retry_jitter": 0,
             "max_application_len": 50, "max_interface_len": 60, "max_interfaces": 7,
-            "max_push_bytes": 65536, "max_acked_entries": 9
+            "max_push_bytes": 65536, "max_acked_entries": 9, "park_probe_ms": 60000,
+            "max_parked_keys": 11
         }"#,
         )
         .unwrap();
@@ -582,6 +587,8 @@ mod tests {
         assert_eq!(c.limits.max_interfaces, 7);
         assert_eq!(c.max_push_bytes, 65536);
         assert_eq!(c.debounce.max_acked_entries, 9);
+        assert_eq!(c.debounce.park_probe, Duration::from_secs(60));
+        assert_eq!(c.debounce.max_parked_keys, 11);
     }
 
     #[test]

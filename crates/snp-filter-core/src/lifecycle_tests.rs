@@ -1095,3 +1095,35 @@ fn stopping_retries_at_once_and_gives_up_after_one_push_timeout() {
         .host
         .logged(LogLevel::Warn, "1 keys not acknowledged by the shim"));
 }
+
+#[test]
+fn a_rejected_key_is_probed_on_the_slow_schedule_and_recovers_once_the_shim_stores_it() {
+    let mut envoy = Envoy::new(r#"{"park_probe_ms": 2000, "retry_jitter": 0}"#);
+    envoy.call(DUBBO, body("late", "a", &["x.Late"]));
+    envoy.advance(250);
+    envoy.tick();
+    let (token, _) = envoy.batch(0);
+    let msg = "late/x.Late cannot be stored: namespace late not found";
+    envoy.complete_with(token, 0, results(&[(REJECTED, "namespace_not_found", msg)]));
+    assert_eq!(envoy.metric("snp.parked_keys"), 1);
+    // A caller in the meantime is told, and joins the probe.
+    let (id, _) = envoy.call(DUBBO, body("late", "b", &["x.Late"]));
+    assert!(grpc(9)(&envoy.reply(id)));
+    envoy.advance(1500);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 1, "not before the probe");
+    envoy.advance(600);
+    envoy.tick();
+    let (token, req) = envoy.batch(1);
+    assert_eq!(
+        mappings(&req),
+        vec![("late".into(), "x.Late".into(), vec!["a".into(), "b".into()])]
+    );
+    // The namespace exists now: stored, unparked, and calls are answered OK again.
+    envoy.complete_with(token, 0, results(&[(STORED, "", "")]));
+    assert_eq!(envoy.metric("snp.parked_keys"), 0);
+    assert_eq!(envoy.metric("snp.mappings.rejected"), 1);
+    let (id, action) = envoy.call(DUBBO, body("late", "b", &["x.Late"]));
+    assert_eq!(action, Action::Continue);
+    assert_eq!(envoy.reply(id), None);
+}
