@@ -148,6 +148,12 @@ impl Host for Envoy {
         .map_err(|s| format!("{s:?}"))
     }
 
+    fn grpc_response_body(&self, len: usize) -> Option<Vec<u8>> {
+        hc::get_buffer(BufferType::GrpcReceiveBuffer, 0, len)
+            .ok()
+            .flatten()
+    }
+
     fn set_effective_context(&self, id: u32) -> bool {
         hc::set_effective_context(id).is_ok()
     }
@@ -162,6 +168,7 @@ fn grpc_status(code: Code) -> pw::GrpcStatusCode {
         Code::InvalidArgument => pw::GrpcStatusCode::InvalidArgument,
         Code::PermissionDenied => pw::GrpcStatusCode::PermissionDenied,
         Code::ResourceExhausted => pw::GrpcStatusCode::ResourceExhausted,
+        Code::FailedPrecondition => pw::GrpcStatusCode::FailedPrecondition,
         Code::Unimplemented => pw::GrpcStatusCode::Unimplemented,
         Code::Unavailable => pw::GrpcStatusCode::Unavailable,
     }
@@ -170,8 +177,9 @@ fn grpc_status(code: Code) -> pw::GrpcStatusCode {
 struct RootCtx(Root<Envoy>);
 
 impl Context for RootCtx {
-    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, _response_size: usize) {
-        self.0.on_grpc_call_response(token_id, status_code);
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.0
+            .on_grpc_call_response(token_id, status_code, response_size);
     }
 
     fn on_done(&mut self) -> bool {

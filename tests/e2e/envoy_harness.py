@@ -60,6 +60,7 @@ class Envoy:
         extra_listeners: dict | None = None,
         name: str = "envoy",
         without_filter: bool = False,
+        extra_args: list[str] | None = None,
     ):
         """`extra_listeners`: name -> {"filter_config": {...}, "tls": {"cert", "key", "ca"}}."""
         self.logs = logs
@@ -122,6 +123,7 @@ class Envoy:
                     },
                 }
             listeners.append(extra)
+        self.extra_args = list(extra_args or [])
         self.config_path = logs / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.proc: Proc | None = None
@@ -139,6 +141,7 @@ class Envoy:
             "info",
             "--component-log-level",
             "wasm:debug",
+            *self.extra_args,
         ]
         self.proc = Proc(self.name, args, self.logs).start()
         wait_for_port(self.admin_port, self.proc.proc, timeout)

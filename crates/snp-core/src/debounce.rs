@@ -45,7 +45,7 @@
 //! ```
 
 use core::time::Duration;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use hashbrown::{Equivalent, HashMap};
 
@@ -78,6 +78,11 @@ pub struct DebounceConfig {
     /// turns a rollout's thousands of identical calls into one batch instead of one per
     /// window. The store is union-only, so a repeat could not change it anyway.
     pub suppress_acked_for: Duration,
+    /// `(key, application)` pairs remembered as acknowledged at most (default 65,536);
+    /// beyond it the pair acknowledged longest ago is forgotten first. Each pair expires
+    /// `suppress_acked_for` after its own acknowledgement, so memory stays bounded however
+    /// busy a key is.
+    pub max_acked_entries: usize,
     /// Retry policy of a key that failed transiently (default 500 ms base, so its first
     /// retry comes after 1 s, then 2 s, 4 s ... capped at 30 s, with 20 % jitter).
     pub retry: Backoff,
@@ -102,6 +107,7 @@ impl Default for DebounceConfig {
             max_apps_per_key: 1024,
             max_batch_keys: 2048,
             suppress_acked_for: Duration::from_secs(60),
+            max_acked_entries: 65_536,
             retry: Backoff {
                 base: Duration::from_millis(500),
                 cap: Duration::from_secs(30),
@@ -262,6 +268,73 @@ impl Equivalent<MappingKey> for KeyRef<'_> {
     }
 }
 
+/// Mappings the receiver acknowledged recently, per application: each `(key, app)` pair
+/// expires on its own, so a key that keeps gaining applications does not keep the old
+/// ones alive, and at most `max_acked_entries` pairs are kept, oldest dropped first.
+#[derive(Debug, Default)]
+struct Acked {
+    pairs: HashMap<MappingKey, BTreeMap<String, Instant>>,
+    /// Acknowledgements, oldest first. An entry whose pair was acknowledged again later
+    /// (its time no longer matches) is stale and skipped.
+    order: VecDeque<(Instant, MappingKey, String)>,
+    /// Pairs in `pairs`.
+    live: usize,
+}
+
+impl Acked {
+    fn at(&self, key: &KeyRef<'_>, app: &str) -> Option<Instant> {
+        self.pairs.get(key).and_then(|apps| apps.get(app)).copied()
+    }
+
+    fn remember(&mut self, now: Instant, mappings: &Mappings, max: usize) {
+        for (key, apps) in mappings.iter() {
+            let known = self.pairs.entry(key.clone()).or_default();
+            for app in apps.iter() {
+                if known.insert(app.to_owned(), now).is_none() {
+                    self.live += 1;
+                }
+                self.order.push_back((now, key.clone(), app.to_owned()));
+            }
+        }
+        while self.live > max {
+            if !self.pop_oldest() {
+                break;
+            }
+        }
+        // Stale entries (pairs acknowledged again) are dropped when they outnumber the live.
+        if self.order.len() > 2 * self.live + 64 {
+            let pairs = &self.pairs;
+            self.order.retain(|(at, key, app)| {
+                pairs.get(key).and_then(|a| a.get(app.as_str())) == Some(at)
+            });
+        }
+    }
+
+    /// Forgets pairs acknowledged `ttl` or longer before `now`.
+    fn expire(&mut self, now: Instant, ttl: Duration) {
+        while self.order.front().is_some_and(|(at, ..)| *at + ttl <= now) {
+            self.pop_oldest();
+        }
+    }
+
+    /// Drops the oldest entry, and its pair if the entry is its latest acknowledgement.
+    fn pop_oldest(&mut self) -> bool {
+        let Some((at, key, app)) = self.order.pop_front() else {
+            return false;
+        };
+        if let Some(apps) = self.pairs.get_mut(&key) {
+            if apps.get(app.as_str()) == Some(&at) {
+                apps.remove(app.as_str());
+                self.live = self.live.saturating_sub(1);
+                if apps.is_empty() {
+                    self.pairs.remove(&key);
+                }
+            }
+        }
+        true
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Burst {
     start: Instant,
@@ -291,7 +364,7 @@ pub struct Debouncer {
     failure_counts: BTreeMap<u32, usize>,
     /// Union of the in-flight batches, for allocation-free "already carried" lookups.
     flying: HashMap<MappingKey, AppSet>,
-    acked: HashMap<MappingKey, (AppSet, Instant)>,
+    acked: Acked,
     next_id: u64,
     rng: SplitMix64,
 }
@@ -312,7 +385,7 @@ impl Debouncer {
             in_flight: BTreeMap::new(),
             failure_counts: BTreeMap::new(),
             flying: HashMap::new(),
-            acked: HashMap::new(),
+            acked: Acked::default(),
             next_id: 1,
             rng,
         }
@@ -331,6 +404,7 @@ impl Debouncer {
         interface: &str,
         app: &str,
     ) -> Result<Offered, OfferError> {
+        self.acked.expire(now, self.cfg.suppress_acked_for);
         let key = KeyRef {
             namespace,
             interface,
@@ -354,6 +428,7 @@ impl Debouncer {
         app: &str,
         interfaces: &[S],
     ) -> Result<OfferSummary, OfferError> {
+        self.acked.expire(now, self.cfg.suppress_acked_for);
         let mut new_keys = 0usize;
         for interface in interfaces {
             let key = KeyRef {
@@ -398,9 +473,10 @@ impl Debouncer {
 
     fn is_acked(&self, now: Instant, key: &KeyRef<'_>, app: &str) -> bool {
         !self.cfg.suppress_acked_for.is_zero()
-            && self.acked.get(key).is_some_and(|(apps, at)| {
-                apps.contains(app) && now < *at + self.cfg.suppress_acked_for
-            })
+            && self
+                .acked
+                .at(key, app)
+                .is_some_and(|at| now < at + self.cfg.suppress_acked_for)
     }
 
     fn is_flying(&self, key: &KeyRef<'_>, app: &str) -> bool {
@@ -735,21 +811,9 @@ impl Debouncer {
         if self.cfg.suppress_acked_for.is_zero() {
             return;
         }
-        let ttl = self.cfg.suppress_acked_for;
-        for (key, apps) in mappings.iter() {
-            if let Some((known, at)) = self.acked.get_mut(key) {
-                known.union(apps);
-                *at = now;
-                continue;
-            }
-            if self.acked.len() >= self.cfg.max_pending_keys {
-                self.acked.retain(|_, (_, at)| now < *at + ttl);
-                if self.acked.len() >= self.cfg.max_pending_keys {
-                    continue;
-                }
-            }
-            self.acked.insert(key.clone(), (apps.clone(), now));
-        }
+        self.acked.expire(now, self.cfg.suppress_acked_for);
+        self.acked
+            .remember(now, mappings, self.cfg.max_acked_entries);
     }
 
     /// Makes everything pending due at once, ignoring the debounce windows (not a retry
@@ -856,7 +920,13 @@ impl Debouncer {
 
     /// Keys remembered as recently acknowledged.
     pub fn acked_keys(&self) -> usize {
-        self.acked.len()
+        self.acked.pairs.len()
+    }
+
+    /// `(key, application)` pairs remembered as recently acknowledged (expired ones are
+    /// dropped at the next offer or acknowledgement).
+    pub fn acked_entries(&self) -> usize {
+        self.acked.live
     }
 
     /// The highest failure count of a key backing off or being retried (0 when no key

@@ -16,6 +16,8 @@ pub enum Code {
     PermissionDenied,
     /// 8
     ResourceExhausted,
+    /// 9
+    FailedPrecondition,
     /// 12
     Unimplemented,
     /// 14
@@ -29,6 +31,7 @@ impl Code {
             Self::InvalidArgument => 3,
             Self::PermissionDenied => 7,
             Self::ResourceExhausted => 8,
+            Self::FailedPrecondition => 9,
             Self::Unimplemented => 12,
             Self::Unavailable => 14,
         }
@@ -77,11 +80,13 @@ pub enum Reason {
     NotAcknowledged,
     /// A spelling of a registration path other than the exact one (`snp_proto::path`).
     NonCanonicalPath,
+    /// The shim refused the mapping for good (its store refuses the key, or its limits).
+    StoreRejected,
 }
 
 impl Reason {
     /// Every reason, for metric definitions.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::TruncatedFrame,
         Reason::InvalidFrameFlag,
         Reason::Compressed,
@@ -101,6 +106,7 @@ impl Reason {
         Reason::PendingFull,
         Reason::NotAcknowledged,
         Reason::NonCanonicalPath,
+        Reason::StoreRejected,
     ];
 
     /// Stable snake_case name, for metrics and logs.
@@ -125,6 +131,7 @@ impl Reason {
             Self::PendingFull => "pending_full",
             Self::NotAcknowledged => "not_acknowledged",
             Self::NonCanonicalPath => "non_canonical_path",
+            Self::StoreRejected => "store_rejected",
         }
     }
 
@@ -137,6 +144,7 @@ impl Reason {
                 | Self::CallerUnknown
                 | Self::PendingFull
                 | Self::NotAcknowledged
+                | Self::StoreRejected
         )
     }
 }

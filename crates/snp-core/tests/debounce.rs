@@ -667,3 +667,109 @@ fn a_healthy_key_offered_after_eight_failures_of_another_goes_after_its_own_wind
     assert!(b.mappings.contains(&good, "a"));
     assert!(b.mappings.get(&bad).is_none());
 }
+
+/// Offers `(key, app)` at `now`, and acknowledges whatever becomes due by `now`.
+fn offer_and_ack(d: &mut Debouncer, now: u64, k: usize, app: &str) -> Offered {
+    let o = d
+        .offer(t(now), "default", &key(k).interface, app)
+        .expect("room");
+    if let Some(b) = d.poll(t(now + 1000)) {
+        d.complete(t(now + 1000), b.id, true);
+    }
+    o
+}
+
+#[test]
+fn acked_pairs_expire_per_application_even_on_a_busy_key() {
+    let mut d = Debouncer::new(DebounceConfig {
+        suppress_acked_for: Duration::from_secs(10),
+        ..no_jitter()
+    });
+    // app-0 is acknowledged at 1,000 ms.
+    assert_eq!(offer_and_ack(&mut d, 0, 1, "app-0"), Offered::Pending);
+    assert_eq!(
+        offer_and_ack(&mut d, 2000, 1, "app-0"),
+        Offered::Acknowledged
+    );
+    // The key stays busy: a new application is acknowledged every 2 s.
+    for i in 1..10u64 {
+        offer_and_ack(&mut d, i * 2000, 1, &format!("app-{i}"));
+    }
+    // 10 s after its own acknowledgement, app-0 is no longer suppressed, however recently
+    // its key was acknowledged for others.
+    assert_eq!(
+        d.offer(t(11_000), "default", &key(1).interface, "app-0"),
+        Ok(Offered::Pending)
+    );
+    assert_eq!(
+        d.offer(t(11_000), "default", &key(1).interface, "app-9"),
+        Ok(Offered::Acknowledged)
+    );
+}
+
+#[test]
+fn the_acked_set_forgets_the_oldest_pairs_first_when_full() {
+    let mut d = Debouncer::new(DebounceConfig {
+        suppress_acked_for: Duration::from_secs(3600),
+        max_acked_entries: 3,
+        ..no_jitter()
+    });
+    for (i, app) in ["a", "b", "c", "d"].iter().enumerate() {
+        offer_and_ack(&mut d, i as u64 * 2000, i, app);
+    }
+    assert_eq!(d.acked_entries(), 3);
+    // "a" (the oldest) is forgotten; "b" .. "d" are still absorbed.
+    assert_eq!(
+        d.offer(t(9000), "default", &key(0).interface, "a"),
+        Ok(Offered::Pending)
+    );
+    assert_eq!(
+        d.offer(t(9000), "default", &key(3).interface, "d"),
+        Ok(Offered::Acknowledged)
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A steady stream of registrations over many keys and applications, every batch
+    /// acknowledged: the acked set never holds more than its bound, nor a pair older than
+    /// the suppression window after an offer.
+    #[test]
+    fn the_acked_set_stays_bounded_under_a_steady_stream(
+        max in 1usize..200,
+        ttl_ms in 100u64..5000,
+        stream in proptest::collection::vec((0usize..50, 0usize..40, 1u64..300), 1..600),
+    ) {
+        let mut d = Debouncer::new(DebounceConfig {
+            suppress_acked_for: Duration::from_millis(ttl_ms),
+            max_acked_entries: max,
+            ..no_jitter()
+        });
+        let mut now = 0u64;
+        let mut acked_at: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+        for (k, app, gap) in stream {
+            now += gap;
+            let o = d.offer(t(now), "default", &key(k).interface, &format!("app-{app}")).expect("room");
+            if o == Offered::Acknowledged {
+                // Only within the window of the pair's own last acknowledgement.
+                let at = acked_at.get(&(k, app)).copied();
+                prop_assert!(at.is_some_and(|a| now < a + ttl_ms), "{k}/{app} at {now}: acked at {at:?}");
+            }
+            prop_assert!(d.acked_entries() <= max);
+            // Nothing left in the set is older than the window.
+            prop_assert!(d.acked_entries() <= acked_at.values().filter(|a| now < **a + ttl_ms).count());
+            if let Some(b) = d.poll(t(now)) {
+                for (key, apps) in b.mappings.iter() {
+                    let k: usize = key.interface.trim_start_matches("com.example.Service").parse().expect("n");
+                    for a in apps.iter() {
+                        let a: usize = a.trim_start_matches("app-").parse().expect("n");
+                        acked_at.insert((k, a), now);
+                    }
+                }
+                d.complete(t(now), b.id, true);
+                prop_assert!(d.acked_entries() <= max);
+            }
+        }
+    }
+}

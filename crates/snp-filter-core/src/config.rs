@@ -114,12 +114,16 @@ struct Raw {
     max_apps_per_key: u64,
     max_batch_keys: u64,
     suppress_acked_ms: u64,
+    max_acked_entries: u64,
+    park_probe_ms: u64,
+    max_parked_keys: u64,
     retry_base_ms: u64,
     retry_max_ms: u64,
     retry_jitter: f64,
     max_application_len: u64,
     max_interface_len: u64,
     max_interfaces: u64,
+    max_push_bytes: u64,
 }
 
 /// An optional key that, when present, must hold a value (not `null`).
@@ -169,12 +173,16 @@ impl Default for Raw {
             max_apps_per_key: n(d.max_apps_per_key),
             max_batch_keys: n(d.max_batch_keys),
             suppress_acked_ms: ms(d.suppress_acked_for),
+            max_acked_entries: n(d.max_acked_entries),
+            park_probe_ms: ms(d.park_probe),
+            max_parked_keys: n(d.max_parked_keys),
             retry_base_ms: ms(d.retry.base),
             retry_max_ms: ms(d.retry.cap),
             retry_jitter: d.retry.jitter,
             max_application_len: n(l.max_application_len),
             max_interface_len: n(l.max_interface_len),
             max_interfaces: n(l.max_interfaces),
+            max_push_bytes: n(c.max_push_bytes),
         }
     }
 }
@@ -216,7 +224,22 @@ pub struct Config {
     pub debounce: DebounceConfig,
     /// Validation limits.
     pub limits: Limits,
+    /// Largest `PushMappings` request; bigger batches go in several (default and most:
+    /// the shim's default `--max-message-bytes`, 4 MiB).
+    pub max_push_bytes: usize,
 }
+
+/// The shim's defaults that bound what the filter may send: a default shim rejects a
+/// longer interface or application name, or more applications per interface, so the
+/// filter cannot be configured above them.
+pub const SHIM_MAX_INTERFACE_LEN: u64 = 1024;
+/// See [`SHIM_MAX_INTERFACE_LEN`].
+pub const SHIM_MAX_APPLICATION_LEN: u64 = 253;
+/// See [`SHIM_MAX_INTERFACE_LEN`].
+pub const SHIM_MAX_APPS_PER_KEY: u64 = 1024;
+/// The shim's default `--ack-timeout`, in ms: a `PushMappings` call waits at most this
+/// long there, so the filter's `push_timeout_ms` should be above it.
+pub const SHIM_ACK_TIMEOUT_MS: u64 = 4000;
 
 /// Why a configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +282,7 @@ impl Default for Config {
             tick: Duration::from_millis(50),
             debounce: DebounceConfig::default(),
             limits: Limits::default(),
+            max_push_bytes: crate::engine::SHIM_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -269,6 +293,16 @@ fn millis(key: &str, ms: u64, min: u64) -> Result<Duration, ConfigError> {
         return err(format!("{key} must be between {min} and {} ms", u32::MAX));
     }
     Ok(Duration::from_millis(ms))
+}
+
+/// A count no larger than what a default shim accepts.
+fn capped(key: &str, n: u64, max: u64, flag: &str) -> Result<usize, ConfigError> {
+    if n == 0 || n > max {
+        return err(format!(
+            "{key} must be between 1 and {max}: a shim with the default {flag} ({max}) rejects more"
+        ));
+    }
+    count(key, n, 1)
 }
 
 fn count(key: &str, n: u64, min: u64) -> Result<usize, ConfigError> {
@@ -395,24 +429,53 @@ impl Config {
             first_check: millis("first_check_ms", raw.first_check_ms, 0)?,
             max_in_flight: count("max_in_flight", raw.max_in_flight, 1)?,
             max_pending_keys: count("max_pending_keys", raw.max_pending_keys, 1)?,
-            max_apps_per_key: count("max_apps_per_key", raw.max_apps_per_key, 1)?,
+            max_apps_per_key: capped(
+                "max_apps_per_key",
+                raw.max_apps_per_key,
+                SHIM_MAX_APPS_PER_KEY,
+                "--max-apps-per-key",
+            )?,
             max_batch_keys: count("max_batch_keys", raw.max_batch_keys, 1)?,
             suppress_acked_for: millis("suppress_acked_ms", raw.suppress_acked_ms, 0)?,
+            max_acked_entries: count("max_acked_entries", raw.max_acked_entries, 1)?,
             retry: Backoff {
                 base: retry_base,
                 cap: retry_cap,
                 max_failures,
                 jitter,
             },
-            park_probe: DebounceConfig::default().park_probe,
-            max_parked_keys: DebounceConfig::default().max_parked_keys,
+            park_probe: millis("park_probe_ms", raw.park_probe_ms, 1000)?,
+            max_parked_keys: count("max_parked_keys", raw.max_parked_keys, 1)?,
             seed: DebounceConfig::default().seed,
         };
         let limits = Limits {
-            max_application_len: count("max_application_len", raw.max_application_len, 1)?,
-            max_interface_len: count("max_interface_len", raw.max_interface_len, 1)?,
+            max_application_len: capped(
+                "max_application_len",
+                raw.max_application_len,
+                SHIM_MAX_APPLICATION_LEN,
+                "application name limit",
+            )?,
+            max_interface_len: capped(
+                "max_interface_len",
+                raw.max_interface_len,
+                SHIM_MAX_INTERFACE_LEN,
+                "--max-interface-len",
+            )?,
             max_interfaces: count("max_interfaces", raw.max_interfaces, 1)?,
         };
+        let push_timeout = millis("push_timeout_ms", raw.push_timeout_ms, 1)?;
+        let durable_timeout = millis("durable_timeout_ms", raw.durable_timeout_ms, 1)?;
+        if durable_timeout < push_timeout {
+            return err(
+                "durable_timeout_ms must be at least push_timeout_ms: a held reply must outlast the batch that carries it",
+            );
+        }
+        let max_push_bytes = count("max_push_bytes", raw.max_push_bytes, 16 * 1024)?;
+        if max_push_bytes > crate::engine::SHIM_MAX_MESSAGE_BYTES {
+            return err(
+                "max_push_bytes must be at most 4194304: a shim with the default --max-message-bytes rejects larger requests",
+            );
+        }
         Ok(Self {
             paths,
             max_body_bytes,
@@ -420,9 +483,9 @@ impl Config {
             on_mismatch: raw.on_mismatch,
             node_namespace_key,
             ack_mode: raw.ack_mode,
-            durable_timeout: millis("durable_timeout_ms", raw.durable_timeout_ms, 1)?,
+            durable_timeout,
             shim_cluster,
-            push_timeout: millis("push_timeout_ms", raw.push_timeout_ms, 1)?,
+            push_timeout,
             auth_token: raw.auth_token,
             source: raw.source,
             ack_header,
@@ -430,6 +493,7 @@ impl Config {
             tick: millis("tick_ms", raw.tick_ms, 1)?,
             debounce,
             limits,
+            max_push_bytes,
         })
     }
 
@@ -490,14 +554,16 @@ mod tests {
             br#"{
             "paths": [{"path": "/x.Svc/register", "flavour": "admin"}],
             "max_body_bytes": 1024, "namespace_policy": "peer", "on_mismatch": "rewrite",
-            "node_namespace_key": "NS", "ack_mode": "durable", "durable_timeout_ms": 700,
-            "shim_cluster": "shim", "push_timeout_ms": 900, "auth_token": "s3cret",
+            "node_namespace_key": "NS", "ack_mode": "durable", "durable_timeout_ms": 900,
+            "shim_cluster": "shim", "push_timeout_ms": 700, "auth_token": "s3cret",
             "source": "node-1", "ack_header": "x-a", "ack_response_header": "x-b",
             "tick_ms": 20, "debounce": false, "debounce_after_ms": 10, "debounce_max_ms": 20,
             "first_check_ms": 5, "max_in_flight": 2, "max_pending_keys": 10,
             "max_apps_per_key": 3, "max_batch_keys": 4, "suppress_acked_ms": 0,
             "retry_base_ms": 100, "retry_max_ms": 1000, "retry_jitter": 0,
-            "max_application_len": 50, "max_interface_len": 60, "max_interfaces": 7
+            "max_application_len": 50, "max_interface_len": 60, "max_interfaces": 7,
+            "max_push_bytes": 65536, "max_acked_entries": 9, "park_probe_ms": 60000,
+            "max_parked_keys": 11
         }"#,
         )
         .unwrap();
@@ -510,9 +576,9 @@ mod tests {
         assert_eq!(c.on_mismatch, OnMismatch::Rewrite);
         assert_eq!(c.node_namespace_key, "NS");
         assert_eq!(c.ack_mode, AckMode::Durable);
-        assert_eq!(c.durable_timeout, Duration::from_millis(700));
+        assert_eq!(c.durable_timeout, Duration::from_millis(900));
         assert_eq!(c.shim_cluster, "shim");
-        assert_eq!(c.push_timeout, Duration::from_millis(900));
+        assert_eq!(c.push_timeout, Duration::from_millis(700));
         assert_eq!(c.auth_token.as_deref(), Some("s3cret"));
         assert_eq!(c.source.as_deref(), Some("node-1"));
         assert_eq!(
@@ -537,6 +603,52 @@ mod tests {
         assert_eq!(c.limits.max_application_len, 50);
         assert_eq!(c.limits.max_interface_len, 60);
         assert_eq!(c.limits.max_interfaces, 7);
+        assert_eq!(c.max_push_bytes, 65536);
+        assert_eq!(c.debounce.max_acked_entries, 9);
+        assert_eq!(c.debounce.park_probe, Duration::from_secs(60));
+        assert_eq!(c.debounce.max_parked_keys, 11);
+    }
+
+    #[test]
+    fn nothing_a_default_shim_refuses_can_be_configured() {
+        for (json, needle) in [
+            (
+                r#"{"max_interface_len": 1025}"#,
+                "max_interface_len must be between 1 and 1024",
+            ),
+            (
+                r#"{"max_apps_per_key": 1025}"#,
+                "max_apps_per_key must be between 1 and 1024",
+            ),
+            (
+                r#"{"max_application_len": 254}"#,
+                "max_application_len must be between 1 and 253",
+            ),
+            (r#"{"max_interface_len": 0}"#, "max_interface_len"),
+            (
+                r#"{"max_push_bytes": 4194305}"#,
+                "max_push_bytes must be at most 4194304",
+            ),
+            (r#"{"max_push_bytes": 100}"#, "max_push_bytes"),
+            (
+                r#"{"durable_timeout_ms": 4000, "push_timeout_ms": 5000}"#,
+                "durable_timeout_ms must be at least push_timeout_ms",
+            ),
+        ] {
+            let e = Config::parse(json.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains(needle), "{json}: {e}");
+        }
+        let edge = Config::parse(
+            br#"{"max_interface_len": 1024, "max_apps_per_key": 1024, "max_application_len": 253}"#,
+        )
+        .unwrap();
+        assert_eq!(edge.limits.max_interface_len, 1024);
+        // The defaults: a batch fits the shim, and the shim answers before the filter
+        // gives up.
+        let c = Config::default();
+        assert_eq!(c.max_push_bytes, 4 * 1024 * 1024);
+        assert!(c.push_timeout > Duration::from_millis(SHIM_ACK_TIMEOUT_MS));
+        assert!(c.durable_timeout >= c.push_timeout);
     }
 
     #[test]

@@ -6,14 +6,15 @@
 //! clock.
 
 use core::time::Duration;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use prost::Message;
-use snp_core::debounce::BatchId;
+use snp_core::debounce::{BatchId, KeyResult, Parked};
 use snp_core::{
     DebounceConfig, Debouncer, Instant, MappingKey, Mappings, OfferError, Registration,
 };
-use snp_proto::api::{Mapping, PushMappingsRequest};
+use snp_proto::api::mapping_result::Status as ResultStatus;
+use snp_proto::api::{Mapping, PushMappingsRequest, PushMappingsResponse};
 
 use crate::config::AckMode;
 use crate::request::{Code, Reason, Rejection};
@@ -40,6 +41,21 @@ pub struct Outgoing {
     pub keys: usize,
     /// `(key, app)` pairs in the batch.
     pub entries: usize,
+    /// The key of each mapping of the request, in request order (results come back in it).
+    pub order: Vec<MappingKey>,
+}
+
+/// A mapping the shim rejected for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedKey {
+    /// Which key.
+    pub key: MappingKey,
+    /// The shim's reason code.
+    pub reason: String,
+    /// The shim's message.
+    pub message: String,
+    /// First time this key was rejected since it was parked (log it once).
+    pub first: bool,
 }
 
 /// The outcome of a completed batch.
@@ -51,6 +67,10 @@ pub struct Completed {
     pub acked_entries: usize,
     /// Held streams whose every mapping is now acknowledged: answer them OK.
     pub released: Vec<u32>,
+    /// Held streams with a mapping the shim rejected for good: answer them this.
+    pub failed: Vec<(u32, Rejection)>,
+    /// Mappings the shim rejected (dropped from the pending set, parked).
+    pub rejected: Vec<RejectedKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,32 +87,192 @@ pub struct Engine {
     durable_timeout: Duration,
     source: String,
     seq: u64,
-    /// Callout token -> batch.
-    in_flight: BTreeMap<u32, BatchId>,
+    /// Callout token -> batch, and its keys in request order.
+    in_flight: BTreeMap<u32, (BatchId, Vec<MappingKey>)>,
     /// Held stream (context id) -> what it waits for.
     waiters: BTreeMap<u32, Waiter>,
+    /// Largest request sent (the shim refuses larger ones): batches are split below it.
+    max_push_bytes: usize,
+    /// Parts of a split batch not yet handed out.
+    queue: VecDeque<Outgoing>,
+    /// Batches handed out in parts, until every part is back.
+    gathering: BTreeMap<BatchId, Gather>,
 }
 
-/// Encodes a batch as a `PushMappingsRequest`.
-pub fn encode_push(label: &str, source: &str, mappings: &Mappings) -> Vec<u8> {
+/// The shim's default `--max-message-bytes`: no request may be larger.
+pub const SHIM_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Room kept in a request for its `batch_id` and `source` (each at most a few hundred
+/// bytes) and their framing.
+const REQUEST_SLACK: usize = 2048;
+
+/// Encodes mappings as a `PushMappingsRequest`.
+fn encode_request(label: &str, source: &str, mappings: Vec<Mapping>) -> Vec<u8> {
     PushMappingsRequest {
         batch_id: label.to_owned(),
         source: source.to_owned(),
-        mappings: mappings
-            .iter()
-            .map(|(k, apps)| Mapping {
-                namespace: k.namespace.clone(),
-                interface_name: k.interface.clone(),
-                application_names: apps.as_slice().to_vec(),
-            })
-            .collect(),
-        want_results: false,
+        mappings,
+        // Per-mapping results: a shim that knows them answers STORED, PENDING or REJECTED
+        // for each, so one bad mapping never fails its batch.
+        want_results: true,
     }
     .encode_to_vec()
 }
 
+/// Encodes a batch as one `PushMappingsRequest` (whatever its size).
+pub fn encode_push(label: &str, source: &str, mappings: &Mappings) -> Vec<u8> {
+    let list = mappings
+        .iter()
+        .map(|(k, apps)| Mapping {
+            namespace: k.namespace.clone(),
+            interface_name: k.interface.clone(),
+            application_names: apps.as_slice().to_vec(),
+        })
+        .collect();
+    encode_request(label, source, list)
+}
+
+/// A mapping's size inside the request: the message, its tag and its length.
+fn framed_len(len: usize) -> usize {
+    len + 1 + prost::encoding::encoded_len_varint(len as u64)
+}
+
+/// Splits a batch into requests of at most `budget` bytes of mappings each. A key whose
+/// applications alone exceed it is sent as several mappings of the same key (the shim
+/// merges by union, so the parts add up to the whole).
+fn split(mappings: &Mappings, budget: usize) -> Vec<Vec<Mapping>> {
+    let mut parts: Vec<Vec<Mapping>> = Vec::new();
+    let mut part: Vec<Mapping> = Vec::new();
+    let mut size = 0usize;
+    let mut push = |m: Mapping, parts: &mut Vec<Vec<Mapping>>, part: &mut Vec<Mapping>| {
+        let len = framed_len(m.encoded_len());
+        if !part.is_empty() && size + len > budget {
+            parts.push(core::mem::take(part));
+            size = 0;
+        }
+        size += len;
+        part.push(m);
+    };
+    for (k, apps) in mappings.iter() {
+        let empty = Mapping {
+            namespace: k.namespace.clone(),
+            interface_name: k.interface.clone(),
+            application_names: Vec::new(),
+        };
+        let mut m = empty.clone();
+        let mut len = empty.encoded_len();
+        for app in apps.as_slice() {
+            let add = framed_len(app.len());
+            if !m.application_names.is_empty() && framed_len(len + add) > budget {
+                push(
+                    core::mem::replace(&mut m, empty.clone()),
+                    &mut parts,
+                    &mut part,
+                );
+                len = empty.encoded_len();
+            }
+            len += add;
+            m.application_names.push(app.clone());
+        }
+        push(m, &mut parts, &mut part);
+    }
+    if !part.is_empty() {
+        parts.push(part);
+    }
+    parts
+}
+
+/// Keeps the worst outcome of a key sent in several parts.
+fn merge_result(out: &mut BTreeMap<MappingKey, KeyResult>, key: &MappingKey, this: KeyResult) {
+    let rank = |r: &KeyResult| match r {
+        KeyResult::Stored => 0,
+        KeyResult::Transient => 1,
+        KeyResult::Permanent { .. } => 2,
+    };
+    match out.get(key) {
+        Some(prev) if rank(prev) >= rank(&this) => {}
+        _ => {
+            out.insert(key.clone(), this);
+        }
+    }
+}
+
+/// The parts of a batch still out, and the results of those back.
+#[derive(Debug, Default)]
+struct Gather {
+    left: usize,
+    results: BTreeMap<MappingKey, KeyResult>,
+}
+
 fn offer_rejection(e: &OfferError) -> Rejection {
     Rejection::new(Code::ResourceExhausted, Reason::PendingFull, e.to_string())
+}
+
+/// Reasons the shim gives for a mapping it finds invalid (its validation, not its store's
+/// refusal): those are not parked on the shim's side.
+const INVALID_REASONS: [&str; 6] = [
+    "invalid_utf8",
+    "invalid_namespace",
+    "empty_application",
+    "invalid_application",
+    "invalid_interface",
+    "too_many_applications",
+];
+
+/// The answer to a caller whose mapping the shim rejected: FAILED_PRECONDITION, worded as
+/// the shim words its own answer, so both doors say the same.
+pub fn rejected_status(reason: &str, message: &str) -> Rejection {
+    let message = if INVALID_REASONS.contains(&reason) {
+        format!("{message} (reason {reason})")
+    } else {
+        format!("{message} (reason {reason}; the shim retries it on a slow schedule; see /parked)")
+    };
+    Rejection::new(Code::FailedPrecondition, Reason::StoreRejected, message)
+}
+
+fn parked_rejection(p: &Parked) -> Rejection {
+    rejected_status(&p.reason, &p.message)
+}
+
+/// The per-key results of a completed batch: from the shim's answer, or, from a shim that
+/// sends none (older ones), the whole batch's status for every key.
+fn key_results(order: &[MappingKey], ok: bool, body: &[u8]) -> BTreeMap<MappingKey, KeyResult> {
+    let whole = if ok {
+        KeyResult::Stored
+    } else {
+        KeyResult::Transient
+    };
+    let results = if ok {
+        PushMappingsResponse::decode(body)
+            .map(|r| r.results)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut out: BTreeMap<MappingKey, KeyResult> = BTreeMap::new();
+    if results.len() != order.len() {
+        for k in order {
+            out.insert(k.clone(), whole.clone());
+        }
+        return out;
+    }
+    for (k, r) in order.iter().zip(results) {
+        let this = match ResultStatus::try_from(r.status) {
+            Ok(ResultStatus::Stored) => KeyResult::Stored,
+            Ok(ResultStatus::Rejected) => KeyResult::Permanent {
+                reason: if r.reason.is_empty() {
+                    "rejected".to_owned()
+                } else {
+                    r.reason
+                },
+                message: r.message,
+            },
+            _ => KeyResult::Transient,
+        };
+        // A key sent in several parts takes its worst outcome.
+        merge_result(&mut out, k, this);
+    }
+    out
 }
 
 impl Engine {
@@ -111,7 +291,16 @@ impl Engine {
             seq: 0,
             in_flight: BTreeMap::new(),
             waiters: BTreeMap::new(),
+            max_push_bytes: SHIM_MAX_MESSAGE_BYTES,
+            queue: VecDeque::new(),
+            gathering: BTreeMap::new(),
         }
+    }
+
+    /// Caps each request at `bytes` (at most the shim's 4 MiB default; larger batches go
+    /// in several requests).
+    pub fn set_max_push_bytes(&mut self, bytes: usize) {
+        self.max_push_bytes = bytes.clamp(REQUEST_SLACK * 2, SHIM_MAX_MESSAGE_BYTES);
     }
 
     /// Queues a validated registration from stream `ctx`. All of its interfaces are
@@ -124,9 +313,21 @@ impl Engine {
     ) -> Result<Accepted, Rejection> {
         // Mappings already acknowledged, or carried by a batch in flight, queue nothing
         // (the debouncer tells them apart); the rest join the pending set.
-        self.debouncer
+        let summary = self
+            .debouncer
             .offer_all(now, &reg.namespace, &reg.application, &reg.interfaces)
             .map_err(|e| offer_rejection(&e))?;
+        if summary.parked > 0 {
+            // The shim refused one of these keys for good: say so at once, in either
+            // mode, as the shim does (the application joins the parked key's probe).
+            let parked = reg.interfaces.iter().find_map(|i| {
+                self.debouncer
+                    .parked(&MappingKey::new(reg.namespace.as_str(), i.as_str()))
+            });
+            if let Some(p) = parked {
+                return Err(parked_rejection(p));
+            }
+        }
         if self.ack_mode == AckMode::Immediate {
             return Ok(Accepted::Reply);
         }
@@ -152,50 +353,138 @@ impl Engine {
 
     /// The next batch due at `now`, if any. Report it with [`Engine::sent`] or
     /// [`Engine::send_failed`].
+    /// A batch too large for one request comes as several parts, each its own call.
     pub fn next_batch(&mut self, now: Instant) -> Option<Outgoing> {
+        if let Some(part) = self.queue.pop_front() {
+            return Some(part);
+        }
         let batch = self.debouncer.poll(now)?;
-        self.seq += 1;
-        let label = format!("{}/{}", self.source, self.seq);
-        Some(Outgoing {
-            id: batch.id,
-            payload: encode_push(&label, &self.source, &batch.mappings),
-            label,
-            keys: batch.mappings.len(),
-            entries: batch.mappings.entries(),
-        })
+        let parts = split(
+            &batch.mappings,
+            self.max_push_bytes.saturating_sub(REQUEST_SLACK),
+        );
+        self.gathering.insert(
+            batch.id,
+            Gather {
+                left: parts.len(),
+                results: BTreeMap::new(),
+            },
+        );
+        for list in parts {
+            self.seq += 1;
+            let label = format!("{}/{}", self.source, self.seq);
+            let order: Vec<MappingKey> = list
+                .iter()
+                .map(|m| MappingKey::new(m.namespace.as_str(), m.interface_name.as_str()))
+                .collect();
+            let keys = order.len();
+            let entries = list.iter().map(|m| m.application_names.len()).sum();
+            self.queue.push_back(Outgoing {
+                id: batch.id,
+                payload: encode_request(&label, &self.source, list),
+                label,
+                keys,
+                entries,
+                order,
+            });
+        }
+        self.queue.pop_front()
     }
 
-    /// The batch went out as callout `token`.
-    pub fn sent(&mut self, token: u32, id: BatchId) {
-        self.in_flight.insert(token, id);
+    /// The batch (or part) went out as callout `token`.
+    pub fn sent(&mut self, token: u32, batch: Outgoing) {
+        self.in_flight.insert(token, (batch.id, batch.order));
     }
 
-    /// The batch could not even be sent: merged back and retried after the backoff.
-    pub fn send_failed(&mut self, now: Instant, id: BatchId) {
-        self.debouncer.complete(now, id, false);
+    /// The batch (or part) could not even be sent: merged back and retried after the
+    /// backoff.
+    pub fn send_failed(&mut self, now: Instant, batch: Outgoing) {
+        let results = key_results(&batch.order, false, &[]);
+        self.settle(now, batch.id, results);
     }
 
-    /// Callout `token` finished (`ok`: gRPC status 0). `None` for an unknown token.
-    pub fn completed(&mut self, now: Instant, token: u32, ok: bool) -> Option<Completed> {
-        let id = self.in_flight.remove(&token)?;
-        let Some(mappings) = self.debouncer.complete(now, id, ok) else {
-            return Some(Completed::default());
+    /// Callout `token` finished (`ok`: gRPC status 0) with response message `body`.
+    /// Each key takes the shim's result for it (stored, pending: retried with its own
+    /// backoff, rejected: parked and never resent but on the slow probe); a shim that sends
+    /// no results settles the whole batch by `ok`. `None` for an unknown token.
+    pub fn completed(
+        &mut self,
+        now: Instant,
+        token: u32,
+        ok: bool,
+        body: &[u8],
+    ) -> Option<Completed> {
+        let (id, order) = self.in_flight.remove(&token)?;
+        let results = key_results(&order, ok, body);
+        let mut done = self.settle(now, id, results);
+        done.ok = ok;
+        Some(done)
+    }
+
+    /// One part of batch `id` is back with `results`; once every part is, the debouncer
+    /// takes each key's outcome and held streams are released or failed.
+    fn settle(
+        &mut self,
+        now: Instant,
+        id: BatchId,
+        part: BTreeMap<MappingKey, KeyResult>,
+    ) -> Completed {
+        let Some(g) = self.gathering.get_mut(&id) else {
+            return Completed::default();
         };
+        for (k, r) in part {
+            merge_result(&mut g.results, &k, r);
+        }
+        g.left = g.left.saturating_sub(1);
+        if g.left > 0 {
+            return Completed::default();
+        }
+        let results = self
+            .gathering
+            .remove(&id)
+            .map(|g| g.results)
+            .unwrap_or_default();
+        let Some(done) = self.debouncer.complete_with(now, id, |k| {
+            results.get(k).cloned().unwrap_or(KeyResult::Transient)
+        }) else {
+            return Completed::default();
+        };
+        let mut rejected = Vec::new();
+        for key in &done.parked {
+            if let Some(KeyResult::Permanent { reason, message }) = results.get(key) {
+                let first = self.debouncer.parked(key).is_none_or(|p| p.tries <= 1);
+                rejected.push(RejectedKey {
+                    key: key.clone(),
+                    reason: reason.clone(),
+                    message: message.clone(),
+                    first,
+                });
+            }
+        }
         let mut released = Vec::new();
+        let mut failed = Vec::new();
         self.waiters.retain(|ctx, w| {
-            w.pairs.retain(|(k, app)| !mappings.contains(k, app));
-            if w.pairs.is_empty() {
+            w.pairs.retain(|(k, app)| !done.stored.contains(k, app));
+            let bad = rejected
+                .iter()
+                .find(|r| w.pairs.iter().any(|(k, _)| *k == r.key));
+            if let Some(r) = bad {
+                failed.push((*ctx, rejected_status(&r.reason, &r.message)));
+                false
+            } else if w.pairs.is_empty() {
                 released.push(*ctx);
                 false
             } else {
                 true
             }
         });
-        Some(Completed {
+        Completed {
             ok: true,
-            acked_entries: mappings.entries(),
+            acked_entries: done.stored.entries(),
             released,
-        })
+            failed,
+            rejected,
+        }
     }
 
     /// Held streams whose timeout has passed: answer them UNAVAILABLE. Their mappings
@@ -219,6 +508,12 @@ impl Engine {
         self.debouncer.flush();
     }
 
+    /// Forgets retry delays and failure counts, so what backs off goes at the next poll:
+    /// for a context that is stopping.
+    pub fn reset_backoff(&mut self) {
+        self.debouncer.reset_backoff();
+    }
+
     /// Stream `ctx` is gone (client cancelled): stop holding a reply for it.
     pub fn forget(&mut self, ctx: u32) {
         self.waiters.remove(&ctx);
@@ -234,6 +529,11 @@ impl Engine {
         self.debouncer.pending_keys()
     }
 
+    /// Keys the shim rejected for good, parked.
+    pub fn parked_keys(&self) -> usize {
+        self.debouncer.parked_keys()
+    }
+
     /// Replies held (durable mode).
     pub fn held(&self) -> usize {
         self.waiters.len()
@@ -246,7 +546,7 @@ impl Engine {
 
     /// Whether nothing is pending, in flight or held.
     pub fn is_idle(&self) -> bool {
-        self.debouncer.is_idle() && self.waiters.is_empty()
+        self.debouncer.is_idle() && self.waiters.is_empty() && self.queue.is_empty()
     }
 }
 
@@ -305,16 +605,20 @@ mod tests {
             assert_eq!(m.namespace, "default");
             assert_eq!(m.application_names, vec!["app-0", "app-1", "app-2"]);
         }
-        e.sent(7, b.id);
+        e.sent(7, b.clone());
         assert!(e.next_batch(ms(210)).is_none(), "one batch in flight");
-        let done = e.completed(ms(230), 7, true).unwrap();
+        let done = e.completed(ms(230), 7, true, &[]).unwrap();
         assert_eq!((done.ok, done.acked_entries), (true, 30));
         assert!(e.is_idle());
         // Repeats of acknowledged mappings are absorbed.
         e.offer(ms(300), 1, &reg("default", "app-0", &["org.S1"]))
             .unwrap();
         assert!(e.next_batch(ms(2000)).is_none());
-        assert_eq!(e.completed(ms(2000), 7, true), None, "tokens complete once");
+        assert_eq!(
+            e.completed(ms(2000), 7, true, &[]),
+            None,
+            "tokens complete once"
+        );
     }
 
     #[test]
@@ -322,7 +626,7 @@ mod tests {
         let mut e = engine(AckMode::Immediate);
         e.offer(ms(0), 1, &reg("default", "a", &["x.A"])).unwrap();
         let b = e.next_batch(ms(200)).unwrap();
-        e.sent(1, b.id);
+        e.sent(1, b.clone());
         // A repeat while the batch is in flight starts no burst...
         e.offer(ms(210), 2, &reg("default", "a", &["x.A"])).unwrap();
         assert_eq!(e.pending_keys(), 0);
@@ -330,7 +634,7 @@ mod tests {
         e.offer(ms(220), 3, &reg("default", "b", &["x.A"])).unwrap();
         assert_eq!(e.pending_keys(), 1);
         // If the batch fails, the repeat's mapping is merged back all the same.
-        e.completed(ms(230), 1, false).unwrap();
+        e.completed(ms(230), 1, false, &[]).unwrap();
         let b = e.next_batch(ms(2000)).unwrap();
         let req = decode(&b);
         assert_eq!(req.mappings[0].application_names, vec!["a", "b"]);
@@ -341,10 +645,10 @@ mod tests {
         let mut e = engine(AckMode::Immediate);
         e.offer(ms(0), 1, &reg("default", "a", &["x.A"])).unwrap();
         let b = e.next_batch(ms(200)).unwrap();
-        e.sent(1, b.id);
+        e.sent(1, b.clone());
         e.offer(ms(210), 2, &reg("default", "b", &["x.A", "x.B"]))
             .unwrap();
-        let done = e.completed(ms(220), 1, false).unwrap();
+        let done = e.completed(ms(220), 1, false, &[]).unwrap();
         assert!(!done.ok && done.released.is_empty());
         assert_eq!(e.pending_keys(), 2);
         // Backoff is per key: x.B, new, goes after its own window, not after x.A's retry.
@@ -352,8 +656,8 @@ mod tests {
         let req = decode(&b);
         assert_eq!(req.mappings.len(), 1);
         assert_eq!(req.mappings[0].interface_name, "x.B");
-        e.sent(2, b.id);
-        assert!(e.completed(ms(905), 2, true).unwrap().ok);
+        e.sent(2, b.clone());
+        assert!(e.completed(ms(905), 2, true, &[]).unwrap().ok);
         // x.A: 500 ms << 1 = 1 s after its failure, minus up to 20 % jitter.
         assert!(e.next_batch(ms(950)).is_none());
         let b = e.next_batch(ms(1300)).expect("retry due");
@@ -361,11 +665,11 @@ mod tests {
         assert_eq!(req.mappings.len(), 1);
         assert_eq!(req.mappings[0].application_names, vec!["a", "b"]);
         // A send that fails at once backs off too.
-        e.send_failed(ms(1300), b.id);
+        e.send_failed(ms(1300), b.clone());
         assert!(e.next_batch(ms(1400)).is_none());
         let b = e.next_batch(ms(4000)).expect("second retry");
-        e.sent(9, b.id);
-        assert!(e.completed(ms(4010), 9, true).unwrap().ok);
+        e.sent(9, b.clone());
+        assert!(e.completed(ms(4010), 9, true, &[]).unwrap().ok);
         assert!(e.is_idle());
     }
 
@@ -381,13 +685,13 @@ mod tests {
             Ok(Accepted::Hold)
         );
         let b = e.next_batch(ms(200)).unwrap();
-        e.sent(1, b.id);
+        e.sent(1, b.clone());
         // Arrives while the batch is in flight: it is pending again and waits.
         assert_eq!(
             e.offer(ms(205), 3, &reg("default", "c", &["x.C"])),
             Ok(Accepted::Hold)
         );
-        let done = e.completed(ms(250), 1, true).unwrap();
+        let done = e.completed(ms(250), 1, true, &[]).unwrap();
         assert_eq!(done.released, vec![1, 2]);
         assert!(e.is_held(3) && !e.is_held(1));
         // Already acknowledged: answered at once.
@@ -396,8 +700,11 @@ mod tests {
             Ok(Accepted::Reply)
         );
         let b = e.next_batch(ms(600)).unwrap();
-        e.sent(2, b.id);
-        assert_eq!(e.completed(ms(610), 2, true).unwrap().released, vec![3]);
+        e.sent(2, b.clone());
+        assert_eq!(
+            e.completed(ms(610), 2, true, &[]).unwrap().released,
+            vec![3]
+        );
         assert_eq!(e.held(), 0);
     }
 
@@ -409,15 +716,19 @@ mod tests {
             Ok(Accepted::Hold)
         );
         let b = e.next_batch(ms(200)).unwrap();
-        e.sent(1, b.id);
-        assert!(e.completed(ms(300), 1, false).unwrap().released.is_empty());
+        e.sent(1, b.clone());
+        assert!(e
+            .completed(ms(300), 1, false, &[])
+            .unwrap()
+            .released
+            .is_empty());
         assert!(e.expired(ms(1999)).is_empty());
         assert_eq!(e.expired(ms(2000)), vec![1]);
         assert_eq!(e.held(), 0);
         assert_eq!(e.pending_keys(), 1, "still pending after the timeout");
         let b = e.next_batch(ms(5000)).expect("retried");
-        e.sent(2, b.id);
-        let done = e.completed(ms(5010), 2, true).unwrap();
+        e.sent(2, b.clone());
+        let done = e.completed(ms(5010), 2, true, &[]).unwrap();
         assert!(done.ok && done.released.is_empty());
         assert!(e.is_idle());
     }
@@ -428,8 +739,12 @@ mod tests {
         e.offer(ms(0), 1, &reg("default", "a", &["x.A"])).unwrap();
         e.forget(1);
         let b = e.next_batch(ms(200)).unwrap();
-        e.sent(1, b.id);
-        assert!(e.completed(ms(210), 1, true).unwrap().released.is_empty());
+        e.sent(1, b.clone());
+        assert!(e
+            .completed(ms(210), 1, true, &[])
+            .unwrap()
+            .released
+            .is_empty());
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub trait Host {
     /// Dispatches a gRPC call from the root context; its token, or why it failed at once.
     fn dispatch_grpc_call(&self, call: &GrpcCall<'_>) -> Result<u32, String>;
 
+    /// The first `len` bytes of the response message of the gRPC call being completed
+    /// (only inside `on_grpc_call_response`).
+    fn grpc_response_body(&self, len: usize) -> Option<Vec<u8>>;
+
     /// Makes context `id` the effective one; `false` if it is gone.
     fn set_effective_context(&self, id: u32) -> bool;
 

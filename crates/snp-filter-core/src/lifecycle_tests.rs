@@ -159,8 +159,18 @@ impl Envoy {
     }
 
     fn complete(&mut self, token: u32, status: u32) {
-        self.host.state.borrow_mut().effective = ROOT;
-        self.root.on_grpc_call_response(token, status);
+        self.complete_with(token, status, Vec::new());
+    }
+
+    /// A callout finishes with `status` and response message `response`.
+    fn complete_with(&mut self, token: u32, status: u32, response: Vec<u8>) {
+        let size = response.len();
+        {
+            let mut st = self.host.state.borrow_mut();
+            st.effective = ROOT;
+            st.grpc_response = response;
+        }
+        self.root.on_grpc_call_response(token, status, size);
         assert_eq!(
             self.host.state.borrow().effective,
             ROOT,
@@ -207,6 +217,12 @@ impl Envoy {
 
     fn metric(&self, name: &str) -> i64 {
         self.host.metric(name)
+    }
+
+    /// Nothing pending, in flight or held: `on_done` completes at once.
+    fn root_is_idle(&mut self) -> bool {
+        self.host.state.borrow_mut().effective = ROOT;
+        self.root.on_done()
     }
 }
 
@@ -508,7 +524,7 @@ fn durable_calls_are_held_until_the_shim_acknowledges_them() {
 #[test]
 fn durable_timeout_answers_unavailable_and_the_mapping_is_still_delivered() {
     let mut envoy = Envoy::new(
-        r#"{"ack_mode": "durable", "durable_timeout_ms": 400, "retry_jitter": 0, "retry_base_ms": 500}"#,
+        r#"{"ack_mode": "durable", "durable_timeout_ms": 400, "push_timeout_ms": 400, "retry_jitter": 0, "retry_base_ms": 500}"#,
     );
     let (id, _) = envoy.call(DUBBO, body("default", "a", &["x.A"]));
     envoy.advance(250);
@@ -732,7 +748,7 @@ mod random_sequences {
 
     const CONFIGS: [&str; 3] = [
         r#"{"retry_jitter": 0}"#,
-        r#"{"ack_mode": "durable", "durable_timeout_ms": 700, "retry_jitter": 0}"#,
+        r#"{"ack_mode": "durable", "durable_timeout_ms": 700, "push_timeout_ms": 700, "retry_jitter": 0}"#,
         r#"{"namespace_policy": "peer", "on_mismatch": "rewrite", "max_batch_keys": 1}"#,
     ];
 
@@ -922,4 +938,260 @@ fn path_variants_are_registrations_or_refused_and_the_ack_header_is_inert() {
     assert_eq!(envoy.request_body(id, true), Action::Continue);
     assert!(envoy.ack_routed(id));
     assert_eq!(envoy.request_header(id, "x-snp-ack"), None);
+}
+
+/// The shim's per-mapping answer: `(status, reason, message)` per mapping, in order.
+fn results(rs: &[(i32, &str, &str)]) -> Vec<u8> {
+    use snp_proto::api::{MappingResult, PushMappingsResponse};
+    PushMappingsResponse {
+        batch_id: String::new(),
+        unchanged: 0,
+        written: 0,
+        results: rs
+            .iter()
+            .map(|(status, reason, message)| MappingResult {
+                status: *status,
+                reason: (*reason).into(),
+                message: (*message).into(),
+            })
+            .collect(),
+    }
+    .encode_to_vec()
+}
+
+const STORED: i32 = 1;
+const PENDING: i32 = 2;
+const REJECTED: i32 = 3;
+
+fn position(req: &PushMappingsRequest, iface: &str) -> usize {
+    req.mappings
+        .iter()
+        .position(|m| m.interface_name == iface)
+        .expect("in the batch")
+}
+
+#[test]
+fn a_rejected_mapping_is_dropped_counted_and_its_callers_told_while_the_rest_is_stored() {
+    let mut envoy = Envoy::new(r#"{"ack_mode": "durable", "retry_jitter": 0}"#);
+    let (good, _) = envoy.call(DUBBO, body("default", "a", &["x.Good"]));
+    let (bad, _) = envoy.call(DUBBO, body("missing", "a", &["x.Bad"]));
+    envoy.advance(250);
+    envoy.tick();
+    let (token, req) = envoy.batch(0);
+    assert!(req.want_results, "the filter asks for per-mapping results");
+    assert_eq!(req.mappings.len(), 2);
+    let msg = "missing/x.Bad cannot be stored: namespace missing not found";
+    let mut rs = vec![(STORED, "", ""); 2];
+    rs[position(&req, "x.Bad")] = (REJECTED, "namespace_not_found", msg);
+    envoy.complete_with(token, 0, results(&rs));
+    // The good one is released; the bad one is answered as the shim answers it.
+    assert!(envoy.host.state.borrow().streams[&good].resumed);
+    match envoy.reply(bad) {
+        Some(Reply::Grpc { status: 9, message }) => assert_eq!(
+            message,
+            format!("{msg} (reason namespace_not_found; the shim retries it on a slow schedule; see /parked)")
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(envoy.metric("snp.mappings.rejected"), 1);
+    assert_eq!(envoy.metric("snp.registrations.rejected"), 1);
+    assert_eq!(envoy.metric("snp.rejected.store_rejected"), 1);
+    assert_eq!(envoy.metric("snp.pending_keys"), 0);
+    assert_eq!(envoy.metric("snp.parked_keys"), 1);
+    assert_eq!(envoy.metric("snp.held_replies"), 0);
+    assert_eq!(envoy.metric("snp.mappings.acked"), 1);
+    let warned = |e: &Envoy| {
+        e.host
+            .state
+            .borrow()
+            .logs
+            .iter()
+            .filter(|(l, m)| *l == LogLevel::Warn && m.contains("rejected mapping missing/x.Bad"))
+            .count()
+    };
+    assert_eq!(warned(&envoy), 1);
+    // A storm of repeats for the rejected key is answered at once, in either mode, and
+    // sends nothing: it is never retried in a loop.
+    for app in ["a", "b", "c"] {
+        let (id, _) = envoy.call(DUBBO, body("missing", app, &["x.Bad"]));
+        assert!(grpc(9)(&envoy.reply(id)), "{:?}", envoy.reply(id));
+    }
+    for _ in 0..100 {
+        envoy.advance(1000);
+        envoy.tick();
+    }
+    assert_eq!(envoy.calls(), 1, "nothing resent within the probe interval");
+    assert_eq!(envoy.metric("snp.registrations.rejected"), 4);
+    assert_eq!(warned(&envoy), 1, "logged once per key");
+    assert!(envoy.root_is_idle());
+}
+
+#[test]
+fn pending_mappings_are_retried_alone_and_stored_ones_are_not_resent() {
+    let mut envoy = Envoy::new(r#"{"retry_jitter": 0, "retry_base_ms": 500}"#);
+    envoy.call(DUBBO, body("default", "a", &["x.A", "x.B"]));
+    envoy.advance(250);
+    envoy.tick();
+    let (token, req) = envoy.batch(0);
+    let mut rs = vec![(STORED, "", ""); 2];
+    rs[position(&req, "x.B")] = (PENDING, "", "");
+    envoy.complete_with(token, 0, results(&rs));
+    assert_eq!(envoy.metric("snp.pending_keys"), 1);
+    assert_eq!(envoy.metric("snp.mappings.acked"), 1);
+    // Its own backoff: 500 ms << 1.
+    envoy.advance(900);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 1);
+    envoy.advance(200);
+    envoy.tick();
+    let (token, req) = envoy.batch(1);
+    assert_eq!(
+        mappings(&req),
+        vec![("default".into(), "x.B".into(), vec!["a".into()])]
+    );
+    envoy.complete_with(token, 0, results(&[(STORED, "", "")]));
+    assert_eq!(envoy.metric("snp.pending_keys"), 0);
+    assert_eq!(envoy.metric("snp.mappings.rejected"), 0);
+}
+
+#[test]
+fn a_shim_without_results_settles_the_whole_batch_as_before() {
+    let mut envoy = Envoy::new(r#"{"ack_mode": "durable", "retry_jitter": 0}"#);
+    let (id, _) = envoy.call(DUBBO, body("default", "a", &["x.A", "x.B"]));
+    envoy.advance(250);
+    envoy.tick();
+    let (token, _) = envoy.batch(0);
+    // An older shim: OK with an empty response message.
+    envoy.complete_with(token, 0, results(&[]));
+    assert!(envoy.host.state.borrow().streams[&id].resumed);
+    assert_eq!(envoy.metric("snp.mappings.acked"), 2);
+    assert_eq!(envoy.metric("snp.pending_keys"), 0);
+    // ...and its whole-batch error is retried, as before.
+    envoy.call(DUBBO, body("default", "a", &["x.C"]));
+    envoy.advance(250);
+    envoy.tick();
+    let (token, _) = envoy.batch(1);
+    envoy.complete(token, 3);
+    assert_eq!(envoy.metric("snp.pending_keys"), 1);
+    assert_eq!(envoy.metric("snp.mappings.rejected"), 0);
+}
+
+#[test]
+fn batches_larger_than_max_push_bytes_go_in_parts_and_settle_together() {
+    let mut envoy = Envoy::new(
+        r#"{"ack_mode": "durable", "max_push_bytes": 16384, "retry_jitter": 0, "retry_base_ms": 500}"#,
+    );
+    // 40 interfaces of ~1000 bytes (~40 KB) and one interface with 100 apps of ~200
+    // bytes (~20 KB, more than one request alone).
+    let long: Vec<String> = (0..40)
+        .map(|i| format!("x.I{i:02}{}", "a".repeat(990)))
+        .collect();
+    let refs: Vec<&str> = long.iter().map(String::as_str).collect();
+    let (first, _) = envoy.call(DUBBO, body("default", "a", &refs));
+    let mut wide = Vec::new();
+    for i in 0..100 {
+        let app = format!("app-{i:03}-{}", "b".repeat(190));
+        let (id, _) = envoy.call(DUBBO, body("default", &app, &["x.Wide"]));
+        wide.push(id);
+    }
+    envoy.advance(1100);
+    envoy.tick();
+    let n = envoy.calls();
+    assert!(n >= 5, "split into {n} requests");
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..n {
+        let c = envoy.host.state.borrow().calls[i].message.len();
+        assert!(c <= 16384, "request {i} is {c} bytes");
+        let (_, req) = envoy.batch(i);
+        for m in &req.mappings {
+            *seen.entry(m.interface_name.clone()).or_default() += m.application_names.len();
+        }
+    }
+    assert_eq!(seen.len(), 41);
+    assert_eq!(
+        seen["x.Wide"], 100,
+        "every application of the wide key, across parts"
+    );
+    // Every part but the last is back: nothing is released yet.
+    for i in 0..n - 1 {
+        let (token, req) = envoy.batch(i);
+        envoy.complete_with(
+            token,
+            0,
+            results(&vec![(STORED, "", ""); req.mappings.len()]),
+        );
+    }
+    assert!(!envoy.host.state.borrow().streams[&first].resumed);
+    assert_eq!(envoy.metric("snp.held_replies"), 101);
+    let (token, req) = envoy.batch(n - 1);
+    envoy.complete_with(
+        token,
+        0,
+        results(&vec![(STORED, "", ""); req.mappings.len()]),
+    );
+    assert!(envoy.host.state.borrow().streams[&first].resumed);
+    assert!(wide
+        .iter()
+        .all(|id| envoy.host.state.borrow().streams[id].resumed));
+    assert_eq!(envoy.metric("snp.pending_keys"), 0);
+    assert_eq!(envoy.metric("snp.held_replies"), 0);
+}
+
+#[test]
+fn stopping_retries_at_once_and_gives_up_after_one_push_timeout() {
+    let mut envoy = Envoy::new(
+        r#"{"push_timeout_ms": 1000, "durable_timeout_ms": 1000, "retry_jitter": 0, "retry_base_ms": 10000, "retry_max_ms": 60000}"#,
+    );
+    envoy.call(DUBBO, body("default", "a", &["x.A"]));
+    envoy.advance(250);
+    envoy.tick();
+    let (token, _) = envoy.batch(0);
+    envoy.complete(token, 14);
+    // Backing off for 20 s; stopping sends it again at once.
+    envoy.host.state.borrow_mut().effective = ROOT;
+    assert!(!envoy.root.on_done());
+    assert_eq!(envoy.calls(), 2);
+    let (token, _) = envoy.batch(1);
+    envoy.complete(token, 14);
+    envoy.advance(500);
+    envoy.tick();
+    assert_eq!(envoy.host.state.borrow().done, 0, "within the deadline");
+    envoy.advance(600);
+    envoy.tick();
+    assert_eq!(envoy.host.state.borrow().done, 1, "done at the deadline");
+    assert!(envoy
+        .host
+        .logged(LogLevel::Warn, "1 keys not acknowledged by the shim"));
+}
+
+#[test]
+fn a_rejected_key_is_probed_on_the_slow_schedule_and_recovers_once_the_shim_stores_it() {
+    let mut envoy = Envoy::new(r#"{"park_probe_ms": 2000, "retry_jitter": 0}"#);
+    envoy.call(DUBBO, body("late", "a", &["x.Late"]));
+    envoy.advance(250);
+    envoy.tick();
+    let (token, _) = envoy.batch(0);
+    let msg = "late/x.Late cannot be stored: namespace late not found";
+    envoy.complete_with(token, 0, results(&[(REJECTED, "namespace_not_found", msg)]));
+    assert_eq!(envoy.metric("snp.parked_keys"), 1);
+    // A caller in the meantime is told, and joins the probe.
+    let (id, _) = envoy.call(DUBBO, body("late", "b", &["x.Late"]));
+    assert!(grpc(9)(&envoy.reply(id)));
+    envoy.advance(1500);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 1, "not before the probe");
+    envoy.advance(600);
+    envoy.tick();
+    let (token, req) = envoy.batch(1);
+    assert_eq!(
+        mappings(&req),
+        vec![("late".into(), "x.Late".into(), vec!["a".into(), "b".into()])]
+    );
+    // The namespace exists now: stored, unparked, and calls are answered OK again.
+    envoy.complete_with(token, 0, results(&[(STORED, "", "")]));
+    assert_eq!(envoy.metric("snp.parked_keys"), 0);
+    assert_eq!(envoy.metric("snp.mappings.rejected"), 1);
+    let (id, action) = envoy.call(DUBBO, body("late", "b", &["x.Late"]));
+    assert_eq!(action, Action::Continue);
+    assert_eq!(envoy.reply(id), None);
 }

@@ -32,11 +32,15 @@ pub enum Counter {
     BatchesFailed,
     /// `(key, app)` pairs the shim acknowledged.
     MappingsAcked,
+    /// Mappings the shim answered REJECTED: dropped from the batch, parked, not resent.
+    MappingsRejected,
+    /// Calls answered FAILED_PRECONDITION (the shim refuses a mapping of theirs for good).
+    RegistrationsRejected,
 }
 
 impl Counter {
     /// Every counter, in definition order.
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 14] = [
         Counter::RegistrationsOk,
         Counter::RegistrationsInvalid,
         Counter::RegistrationsUnimplemented,
@@ -49,6 +53,8 @@ impl Counter {
         Counter::BatchesAcked,
         Counter::BatchesFailed,
         Counter::MappingsAcked,
+        Counter::MappingsRejected,
+        Counter::RegistrationsRejected,
     ];
 
     /// The metric name.
@@ -66,6 +72,8 @@ impl Counter {
             Self::BatchesAcked => "snp.batches.acked",
             Self::BatchesFailed => "snp.batches.failed",
             Self::MappingsAcked => "snp.mappings.acked",
+            Self::MappingsRejected => "snp.mappings.rejected",
+            Self::RegistrationsRejected => "snp.registrations.rejected",
         }
     }
 
@@ -76,6 +84,7 @@ impl Counter {
             Code::Unimplemented => Self::RegistrationsUnimplemented,
             Code::PermissionDenied => Self::RegistrationsDenied,
             Code::ResourceExhausted => Self::RegistrationsExhausted,
+            Code::FailedPrecondition => Self::RegistrationsRejected,
             Code::Unavailable => Self::RegistrationsUnavailable,
         }
     }
@@ -88,17 +97,20 @@ pub enum Gauge {
     PendingKeys,
     /// Replies held in durable mode.
     HeldReplies,
+    /// Keys the shim rejected for good, parked (not resent until their slow probe).
+    ParkedKeys,
 }
 
 impl Gauge {
     /// Every gauge.
-    pub const ALL: [Gauge; 2] = [Gauge::PendingKeys, Gauge::HeldReplies];
+    pub const ALL: [Gauge; 3] = [Gauge::PendingKeys, Gauge::HeldReplies, Gauge::ParkedKeys];
 
     /// The metric name.
     pub fn name(self) -> &'static str {
         match self {
             Self::PendingKeys => "snp.pending_keys",
             Self::HeldReplies => "snp.held_replies",
+            Self::ParkedKeys => "snp.parked_keys",
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct State {
     pub calls: Vec<Call>,
     /// When set, dispatching fails with this message.
     pub dispatch_error: Option<String>,
+    /// The response message of the call being completed.
+    pub grpc_response: Vec<u8>,
     pub done: u32,
 }
 
@@ -295,6 +297,13 @@ impl Host for MockHost {
             timeout: call.timeout,
         });
         Ok(token)
+    }
+
+    fn grpc_response_body(&self, len: usize) -> Option<Vec<u8>> {
+        let s = self.state.borrow();
+        s.grpc_response
+            .get(..len.min(s.grpc_response.len()))
+            .map(<[u8]>::to_vec)
     }
 
     fn set_effective_context(&self, id: u32) -> bool {

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use snp_core::Instant;
 
 use crate::clock::MonoClock;
-use crate::config::{Config, NamespacePolicy};
+use crate::config::{Config, NamespacePolicy, SHIM_ACK_TIMEOUT_MS};
 use crate::engine::Engine;
 use crate::host::{GrpcCall, Host, LogLevel};
 use crate::metrics::{Counter, Gauge, GaugeShare, Metrics};
@@ -79,10 +79,17 @@ pub struct Root<H: Host> {
     host: Rc<H>,
     plugin: Option<Rc<Plugin>>,
     worker: Option<Rc<Worker>>,
-    shares: [GaugeShare; 2],
+    shares: [GaugeShare; 3],
     /// Envoy asked this root context to finish (its configuration was replaced or
-    /// removed): flush what is pending and report `done` once the shim has it all.
-    draining: bool,
+    /// removed, or Envoy is stopping): flush what is pending and report `done` once the
+    /// shim has it all, or at this deadline.
+    draining: Option<Instant>,
+}
+
+/// How long a stopping root context waits for its last batches: one push timeout, so a
+/// batch sent at once can still be answered, then Envoy may go.
+fn drain_deadline(cfg: Option<&Config>) -> core::time::Duration {
+    cfg.map_or(core::time::Duration::from_secs(5), |c| c.push_timeout)
 }
 
 impl<H: Host> Root<H> {
@@ -93,8 +100,8 @@ impl<H: Host> Root<H> {
             host,
             plugin: None,
             worker: None,
-            shares: [GaugeShare::default(); 2],
-            draining: false,
+            shares: [GaugeShare::default(); 3],
+            draining: None,
         }
     }
 
@@ -126,8 +133,9 @@ impl<H: Host> Root<H> {
         self.drain_step();
     }
 
-    /// Envoy stops this root context. `true`: done now; `false`: draining, [`Host::done`]
-    /// follows once nothing is pending or in flight.
+    /// Envoy stops this root context (Envoy drains or stops, or the configuration is
+    /// replaced). `true`: done now; `false`: draining, [`Host::done`] follows once nothing
+    /// is pending or in flight, or after one push timeout.
     pub fn on_done(&mut self) -> bool {
         if self.is_idle() {
             return true;
@@ -136,24 +144,52 @@ impl<H: Host> Root<H> {
             LogLevel::Info,
             "stopping: flushing pending mappings to the shim first",
         );
-        self.draining = true;
+        let now = self.worker.as_ref().map(|w| w.now(&*self.host));
+        let deadline = drain_deadline(self.plugin.as_ref().map(|p| &p.cfg));
+        self.draining = Some(now.unwrap_or(Instant::ZERO) + deadline);
+        // One last attempt matters more than the backoff.
+        if let Some(Ok(mut e)) = self.worker.as_ref().map(|w| w.engine.try_borrow_mut()) {
+            e.reset_backoff();
+        }
         self.drain_step();
         self.drive();
         false
     }
 
-    /// A batch callout finished with gRPC `status` (0: the shim has it).
-    pub fn on_grpc_call_response(&mut self, token: u32, status: u32) {
+    /// A batch callout finished with gRPC `status` (0: the shim answered) and a response
+    /// message of `size` bytes (per-mapping results).
+    pub fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
         let (Some(plugin), Some(worker)) = (self.plugin.clone(), self.worker.clone()) else {
             return;
         };
         let host = &*self.host;
         let now = worker.now(host);
+        let body = if status == 0 && size > 0 {
+            host.grpc_response_body(size).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let done = match worker.engine.try_borrow_mut() {
-            Ok(mut e) => e.completed(now, token, status == 0),
+            Ok(mut e) => e.completed(now, token, status == 0, &body),
             Err(_) => None,
         };
         let Some(done) = done else { return };
+        for r in &done.rejected {
+            plugin.metrics.inc(host, Counter::MappingsRejected);
+            // Once per key: a parked key probed and refused again is only a debug line.
+            let level = if r.first {
+                LogLevel::Warn
+            } else {
+                LogLevel::Debug
+            };
+            host.log(
+                level,
+                &format!(
+                    "the shim rejected mapping {} ({}): {}; dropped, not resent",
+                    r.key, r.reason, r.message
+                ),
+            );
+        }
         if done.ok {
             plugin.metrics.inc(host, Counter::BatchesAcked);
             plugin
@@ -181,6 +217,12 @@ impl<H: Host> Root<H> {
                 plugin.metrics.inc(host, Counter::RegistrationsOk);
             }
         }
+        for (ctx, r) in &done.failed {
+            if host.set_effective_context(*ctx) {
+                switched = true;
+                reply_rejection(host, &plugin, r);
+            }
+        }
         if switched {
             host.set_effective_context(self.id);
         }
@@ -192,17 +234,32 @@ impl<H: Host> Root<H> {
         self.worker.as_ref().is_none_or(|w| w.is_idle())
     }
 
-    /// While draining: everything pending is due at once (retries still back off), and
-    /// the context reports `done` once nothing is pending or in flight.
+    /// While draining: everything pending is due at once, and the context reports `done`
+    /// once nothing is pending or in flight, or at the deadline (what is left is logged).
     fn drain_step(&mut self) {
-        if !self.draining {
+        let Some(deadline) = self.draining else {
             return;
-        }
+        };
         if let Some(Ok(mut e)) = self.worker.as_ref().map(|w| w.engine.try_borrow_mut()) {
             e.flush();
         }
-        if self.is_idle() {
-            self.draining = false;
+        let now = self.worker.as_ref().map(|w| w.now(&*self.host));
+        let late = now.is_some_and(|n| n >= deadline);
+        if late {
+            let left = self
+                .worker
+                .as_ref()
+                .and_then(|w| w.engine.try_borrow().ok().map(|e| e.pending_keys()))
+                .unwrap_or(0);
+            self.host.log(
+                LogLevel::Warn,
+                &format!(
+                    "stopping: {left} keys not acknowledged by the shim before the drain deadline"
+                ),
+            );
+        }
+        if late || self.is_idle() {
+            self.draining = None;
             self.host.done();
         }
     }
@@ -241,12 +298,22 @@ impl<H: Host> Root<H> {
         // configured at.
         let nanos = host.wall_clock_nanos();
         let source = format!("{source}/{nanos:x}-{}", self.id);
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             cfg.debounce.clone(),
             cfg.ack_mode,
             cfg.durable_timeout,
             source,
         );
+        engine.set_max_push_bytes(cfg.max_push_bytes);
+        if cfg.push_timeout <= core::time::Duration::from_millis(SHIM_ACK_TIMEOUT_MS) {
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "push_timeout_ms {} is not above the shim's default --ack-timeout (4 s): the filter may give up before the shim answers, unless the shim's --ack-timeout is lower",
+                    cfg.push_timeout.as_millis()
+                ),
+            );
+        }
         host.set_tick_period(cfg.tick)
             .map_err(|s| format!("cannot set the tick period: {s}"))?;
         host.log(
@@ -343,7 +410,6 @@ impl<H: Host> Root<H> {
             };
             match host.dispatch_grpc_call(&call) {
                 Ok(token) => {
-                    e.sent(token, batch.id);
                     plugin.metrics.inc(host, Counter::BatchesSent);
                     host.log(
                         LogLevel::Debug,
@@ -352,9 +418,9 @@ impl<H: Host> Root<H> {
                             batch.label, batch.keys, batch.entries
                         ),
                     );
+                    e.sent(token, batch);
                 }
                 Err(s) => {
-                    e.send_failed(now, batch.id);
                     plugin.metrics.inc(host, Counter::BatchesFailed);
                     host.log(
                         LogLevel::Warn,
@@ -363,6 +429,7 @@ impl<H: Host> Root<H> {
                             batch.label, cfg.shim_cluster
                         ),
                     );
+                    e.send_failed(now, batch);
                 }
             }
         }
@@ -372,7 +439,11 @@ impl<H: Host> Root<H> {
         let Ok(e) = worker.engine.try_borrow() else {
             return;
         };
-        let values = [e.pending_keys() as u64, e.held() as u64];
+        let values = [
+            e.pending_keys() as u64,
+            e.held() as u64,
+            e.parked_keys() as u64,
+        ];
         drop(e);
         for (i, g) in Gauge::ALL.iter().enumerate() {
             if let (Some(share), Some(v)) = (self.shares.get_mut(i), values.get(i)) {

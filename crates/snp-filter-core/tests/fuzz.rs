@@ -187,9 +187,9 @@ proptest! {
         let pump = |e: &mut Engine, now: u64, in_flight: &mut Vec<u32>, token: &mut u32, payloads: &mut std::collections::BTreeMap<u32, PushMappingsRequest>| {
             while let Some(b) = e.next_batch(Instant::from_millis(now)) {
                 *token += 1;
-                e.sent(*token, b.id);
                 in_flight.push(*token);
                 payloads.insert(*token, PushMappingsRequest::decode(b.payload.as_slice()).map_err(|_| ()).unwrap_or_default());
+                e.sent(*token, b);
             }
         };
 
@@ -220,7 +220,7 @@ proptest! {
                 Op::Complete { ok } => {
                     if let Some(t) = in_flight.first().copied() {
                         in_flight.remove(0);
-                        let done = e.completed(Instant::from_millis(now), t, ok);
+                        let done = e.completed(Instant::from_millis(now), t, ok, &[]);
                         prop_assert!(done.is_some());
                         let done = done.unwrap_or_default();
                         if ok {
@@ -248,7 +248,7 @@ proptest! {
         for _ in 0..10_000 {
             if let Some(t) = in_flight.first().copied() {
                 in_flight.remove(0);
-                if let Some(done) = e.completed(Instant::from_millis(now), t, true) {
+                if let Some(done) = e.completed(Instant::from_millis(now), t, true, &[]) {
                     for ctx in done.released { held.remove(&ctx); }
                 }
                 if let Some(p) = payloads.get(&t) {
