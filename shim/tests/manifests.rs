@@ -2060,6 +2060,70 @@ fn helm_chart_values_reach_the_objects() {
         .find(|m| m.name == "data")
         .unwrap();
     assert_eq!(mount.mount_path, "/var/lib/snp");
+    // Identity and Nacos values reach the env, the ports and the NetworkPolicy.
+    let custom = helm_template(
+        "snp-system",
+        &[
+            "--set=identity.namespacePolicy=trust",
+            "--set=identity.onMismatch=rewrite",
+            "--set=nacos.identity=pod",
+            "--set=nacos.defaultNamespace=dubbo",
+            "--set=nacos.addr=0.0.0.0:9850",
+            "--set=nacos.port=9850",
+            "--set=networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=obs",
+        ],
+    );
+    for (doc, m) in &custom {
+        match m {
+            Manifest::DaemonSet(ds) => {
+                let env: BTreeMap<String, String> = shim_container(ds)
+                    .env
+                    .iter()
+                    .flatten()
+                    .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+                    .collect();
+                assert_eq!(env["SNP_NAMESPACE_POLICY"], "trust");
+                assert_eq!(env["SNP_ON_MISMATCH"], "rewrite");
+                assert_eq!(env["SNP_NACOS"], "true");
+                assert_eq!(env["SNP_NACOS_IDENTITY"], "pod");
+                assert_eq!(env["SNP_NACOS_DEFAULT_NAMESPACE"], "dubbo");
+                assert_eq!(env["SNP_NACOS_ADDR"], "0.0.0.0:9850");
+                let port = shim_container(ds)
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some("grpc-nacos"))
+                    .unwrap();
+                assert_eq!(port.container_port, 9850);
+            }
+            Manifest::Service(svc) => {
+                let ports = svc.spec.as_ref().unwrap().ports.as_ref().unwrap();
+                let nacos = ports
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some("grpc-nacos"))
+                    .unwrap();
+                assert_eq!(nacos.port, 9850);
+            }
+            Manifest::NetworkPolicy(_) => {
+                let text = serde_json::to_string(doc).unwrap();
+                assert!(text.contains(r#""team":"obs""#), "{text}");
+                assert!(!text.contains("monitoring"), "{text}");
+            }
+            _ => {}
+        }
+    }
+    // Nacos off: no env, no container or Service port, no NetworkPolicy port.
+    let off = helm_template("snp-system", &["--set=nacos.enabled=false"]);
+    for (doc, m) in &off {
+        if matches!(
+            m,
+            Manifest::DaemonSet(_) | Manifest::Service(_) | Manifest::NetworkPolicy(_)
+        ) {
+            let text = serde_json::to_string(doc).unwrap();
+            assert!(!text.contains("grpc-nacos"), "{text}");
+            assert!(!text.contains("SNP_NACOS_"), "{text}");
+        }
+    }
     // A token without a value is refused, not rendered empty.
     let out = std::process::Command::new(helm())
         .args(["template", "snp"])
