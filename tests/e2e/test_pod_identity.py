@@ -48,6 +48,13 @@ def make_pod(api, ns: str, name: str, ip: str, node: str = NODE) -> None:
     assert status == 200, (status, updated)
 
 
+def stored(api, ns: str) -> set[str]:
+    """The interface names stored in namespace `ns`."""
+    status, listing = api.get(f"/apis/extensions.istio.io/v1alpha1/namespaces/{ns}/servicenamemappings")
+    assert status == 200, listing
+    return {i["spec"]["interfaceName"] for i in listing["items"]}
+
+
 def test_a_pod_may_register_in_its_own_namespace_only(apiserver, shims):
     status, resources = apiserver.get("/api/v1")
     served = {r["name"] for r in resources.get("resources", [])} if isinstance(resources, dict) else set()
@@ -71,16 +78,11 @@ def test_a_pod_may_register_in_its_own_namespace_only(apiserver, shims):
         code, msg = call(src, "shop", "org.forged.Other")
         assert code == "7", (src, code, msg)
 
-    def stored(ns: str) -> set[str]:
-        status, listing = apiserver.get(f"/apis/extensions.istio.io/v1alpha1/namespaces/{ns}/servicenamemappings")
-        assert status == 200, listing
-        return {i["spec"]["interfaceName"] for i in listing["items"]}
-
     # The accepted call is written after the debounce window; the refused ones never are
     # (they were answered before it, so they would have been in the same batch).
-    assert wait_until(lambda: stored("shop") == {"org.shop.Cart"}, timeout=30), stored("shop")
-    assert stored("kube-system") == set()
-    assert stored("shop") == {"org.shop.Cart"}
+    assert wait_until(lambda: stored(apiserver, "shop") == {"org.shop.Cart"}, timeout=30), stored(apiserver, "shop")
+    assert stored(apiserver, "kube-system") == set()
+    assert stored(apiserver, "shop") == {"org.shop.Cart"}
 
 
 def pb_message(field: int, value: bytes) -> bytes:
@@ -147,11 +149,6 @@ def test_a_nacos_publish_lands_in_the_callers_namespace_only(apiserver, shims):
     stranger = nacos_publish(target, "127.0.0.1", "", "org.forged.NacosHost", "cart")
     assert stranger.get("errorCode") == 400 and "no pod on this node" in stranger.get("message", ""), stranger
 
-    def stored(ns: str) -> set[str]:
-        status, listing = apiserver.get(f"/apis/extensions.istio.io/v1alpha1/namespaces/{ns}/servicenamemappings")
-        assert status == 200, listing
-        return {i["spec"]["interfaceName"] for i in listing["items"]}
-
-    assert wait_until(lambda: "org.shelf.NacosBooks" in stored("shelf"), timeout=30), stored("shelf")
-    assert stored("kube-system") == set()
-    assert "org.forged.NacosHost" not in stored("default")
+    assert wait_until(lambda: "org.shelf.NacosBooks" in stored(apiserver, "shelf"), timeout=30), stored(apiserver, "shelf")
+    assert stored(apiserver, "kube-system") == set()
+    assert "org.forged.NacosHost" not in stored(apiserver, "default")
