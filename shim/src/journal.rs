@@ -22,7 +22,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use snp_core::{MappingKey, Mappings, Registration};
+use snp_core::{AppSet, MappingKey, Mappings, Registration};
 use snp_journal::{Appended, Entry, Journal, JournalConfig, JournalError, Orphan};
 use tokio::sync::watch;
 use tonic::Status;
@@ -39,6 +39,9 @@ pub const SWEEP: Duration = Duration::from_secs(30);
 
 /// Keys per offer when recovered entries are handed to the pipeline.
 const REPLAY_CHUNK: usize = 1000;
+/// Applications of one key offered at a time on replay (`--max-apps-per-key` is at least
+/// this with the journal on).
+pub const REPLAY_APPS: usize = 64;
 
 /// The journal directory `args` select.
 pub fn dir(args: &ServeArgs) -> PathBuf {
@@ -232,17 +235,38 @@ fn mappings<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Mappings {
 /// Hands recovered entries to the pipeline as pending, in chunks; waits and retries while
 /// the pending set is full. They stay in the journal until the store holds them.
 pub async fn offer_recovered(pipeline: &Pipeline, entries: &[Entry]) {
-    let all = mappings(entries);
-    let mut chunk = Mappings::new();
-    let mut iter = all.into_iter().peekable();
-    while iter.peek().is_some() {
+    // Pieces of at most REPLAY_APPS applications of one key, at most one piece of a key per
+    // offer: a key that gathered more applications than the pipeline holds pending for one
+    // key (--max-apps-per-key) is replayed over several batches instead of being refused
+    // whole, again and again.
+    let mut pieces = Vec::new();
+    for (k, apps) in mappings(entries) {
+        let mut piece = AppSet::default();
+        for a in apps.iter() {
+            piece.insert(a);
+            if piece.len() == REPLAY_APPS {
+                pieces.push((k.clone(), std::mem::take(&mut piece)));
+            }
+        }
+        if !piece.is_empty() {
+            pieces.push((k, piece));
+        }
+    }
+    let mut pieces = pieces.into_iter().peekable();
+    while pieces.peek().is_some() {
+        let mut chunk = Mappings::new();
         while chunk.len() < REPLAY_CHUNK {
-            let Some((k, apps)) = iter.next() else { break };
+            match pieces.peek() {
+                Some((k, _)) if chunk.get(k).is_none() => {}
+                _ => break,
+            }
+            let Some((k, apps)) = pieces.next() else {
+                break;
+            };
             chunk.insert_set(k, &apps);
         }
-        let batch = std::mem::take(&mut chunk);
         loop {
-            match pipeline.offer(Payload::Batch(batch.clone()), false).await {
+            match pipeline.offer(Payload::Batch(chunk.clone()), false).await {
                 Ok(_) => break,
                 Err(PipelineError::Closed) => return,
                 Err(PipelineError::Full(e)) => {
