@@ -4,6 +4,10 @@
 //! connection. All succeed on the first try, the API server's object holds exactly the 100
 //! under the decoded `spec.interfaceName`, and the API server counts few writes.
 //!
+//! Also an unmodified Dubbo 3.3.5 provider and consumer whose mappings land on the API
+//! server: the consumer resolves the provider through the shim and calls it, and a second
+//! provider reaches the listening consumer by push.
+//!
 //! The API server is the test harness's (`support/apiserver.rs`); the other Nacos tests
 //! (`nacos_dubbo.rs`) use the embedded store.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -48,14 +52,9 @@ async fn objects(client: &kube::Client, ns: &str) -> Vec<(String, AppSet)> {
         .collect()
 }
 
-#[tokio::test]
-async fn storm_of_100_new_apps_lands_on_the_api_server() {
-    const N: usize = 100;
-    common::init_logs();
-    let server = apiserver::server();
-    let client = apiserver::client().await;
-    // The default tenant writes into this namespace.
-    let ns = apiserver::namespace("nacos-storm");
+/// An in-process shim with the Kubernetes store (as the shim's service account) and the
+/// Nacos endpoint, its default tenant writing into `ns`; returns once it is ready.
+async fn start_shim(server: &apiserver::ApiServer, ns: &str) -> snp_shim::app::ShimHandle {
     let args = Cli::parse_from([
         "snp-shim".to_owned(),
         "--grpc-addr=127.0.0.1:0".into(),
@@ -77,6 +76,18 @@ async fn storm_of_100_new_apps_lands_on_the_api_server() {
         .await,
         "the shim never became ready"
     );
+    shim
+}
+
+#[tokio::test]
+async fn storm_of_100_new_apps_lands_on_the_api_server() {
+    const N: usize = 100;
+    common::init_logs();
+    let server = apiserver::server();
+    let client = apiserver::client().await;
+    // The default tenant writes into this namespace.
+    let ns = apiserver::namespace("nacos-storm");
+    let shim = start_shim(server, &ns).await;
     let before = apiserver::request_counts(&client, GROUP).await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -120,6 +131,108 @@ async fn storm_of_100_new_apps_lands_on_the_api_server() {
         (1..=10).contains(&writes.writes()),
         "{} API writes for {N} publishes: {writes:?}",
         writes.writes()
+    );
+    shim.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn dubbo_provider_and_consumer_through_the_shim_on_the_api_server() {
+    common::init_logs();
+    let server = apiserver::server();
+    let client = apiserver::client().await;
+    // The apps use the default tenant, which writes into this namespace.
+    let ns = apiserver::namespace("nacos-dubbo");
+    let shim = start_shim(server, &ns).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nacos = client_addr(shim.nacos_addr.unwrap());
+    let zk = Java::start(dir.path(), "zk", "snp.it.Zk", &[]);
+    zk.wait_for("ZK ", Duration::from_secs(60)).await;
+    let zk_port = zk.lines()[0].split_once(' ').unwrap().1.to_owned();
+
+    // Provider A, unmodified: the default nacos.check=true startup probe must pass.
+    let a = Java::start(
+        dir.path(),
+        "provider-a",
+        "snp.it.Provider",
+        &[zk_port.clone(), nacos.clone(), "app-a".into()],
+    );
+    a.wait_for("STARTED app-a", Duration::from_secs(120)).await;
+    let stored = |want: Vec<(String, AppSet)>| {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            for _ in 0..300 {
+                let mut seen = objects(&client, &ns).await;
+                seen.sort();
+                if seen == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!(
+                "the API server holds {:?}, not {want:?}",
+                objects(&client, &ns).await
+            );
+        }
+    };
+    let only = |apps: &[&str]| apps.iter().copied().collect::<AppSet>();
+    stored(vec![
+        ("snp.it.Greeting".into(), only(&["app-a"])),
+        ("snp.it.Outer$Inner".into(), only(&["app-a"])),
+    ])
+    .await;
+
+    // The consumer finds app-a only through the mapping, and calls it.
+    let c = Java::start(
+        dir.path(),
+        "consumer",
+        "snp.it.Consumer",
+        &[zk_port.clone(), nacos.clone()],
+    );
+    c.wait_for("CALL app-a: hello snp", Duration::from_secs(120))
+        .await;
+
+    // A second application on the same interface reaches the listening consumer by push.
+    let pushes_before = common::metric(shim.http_addr, "snp_nacos_pushes_total", &[]).await;
+    let b = Java::start(
+        dir.path(),
+        "provider-b",
+        "snp.it.Provider",
+        &[zk_port, nacos, "app-b".into()],
+    );
+    b.wait_for("STARTED app-b", Duration::from_secs(120)).await;
+    c.wait_for("CALL app-b: hello snp", Duration::from_secs(90))
+        .await;
+    stored(vec![
+        ("snp.it.Greeting".into(), only(&["app-a", "app-b"])),
+        ("snp.it.Outer$Inner".into(), only(&["app-a", "app-b"])),
+    ])
+    .await;
+    let http = shim.http_addr;
+    assert!(common::metric(http, "snp_nacos_pushes_total", &[]).await > pushes_before);
+    assert!(common::metric(http, "snp_nacos_push_acks_total", &[]).await >= 1.0);
+    // Service definitions went to group dubbo and were discarded, not refused.
+    assert!(
+        common::metric(
+            http,
+            "snp_nacos_calls_total",
+            &[r#"request="ConfigPublishRequest""#, r#"result="discarded""#]
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(
+        common::metric(http, "snp_nacos_calls_total", &[r#"result="refused""#]).await,
+        0.0
+    );
+    // The apps keep running.
+    let alive = (a.count("ALIVE"), b.count("ALIVE"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(a.count("ALIVE") > alive.0 && b.count("ALIVE") > alive.1);
+    assert!(
+        c.lines().iter().filter(|l| l.starts_with("FAIL")).count() == 0,
+        "{}",
+        c.log()
     );
     shim.stop().await.unwrap();
 }

@@ -83,6 +83,20 @@ impl Java {
         self.lines().iter().any(|l| l.starts_with(prefix))
     }
 
+    /// Waits until the program printed a line starting with `prefix`; panics with its log
+    /// after `timeout`.
+    pub async fn wait_for(&self, prefix: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.has(prefix) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {prefix:?} line within {timeout:?}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn count(&self, prefix: &str) -> usize {
         self.lines()
             .iter()
