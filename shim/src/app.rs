@@ -487,7 +487,8 @@ impl Context {
         );
         let journal = match journal {
             Some(j) => {
-                crate::journal::offer_recovered(&pipeline, &j.recovered).await;
+                crate::journal::offer_recovered(&pipeline, &j.recovered, j.journal.replay_apps())
+                    .await;
                 tokio::spawn(j.journal.clone().sweep(
                     store.clone(),
                     pipeline.clone(),

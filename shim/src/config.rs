@@ -432,15 +432,6 @@ impl ServeArgs {
                     .to_owned(),
             )?;
         }
-        if self.journal && self.max_apps_per_key < crate::journal::REPLAY_APPS as u64 {
-            refuse(
-                "--max-apps-per-key",
-                format!(
-                    "must be at least {} with the journal on (a replay offers that many applications of a key at a time)",
-                    crate::journal::REPLAY_APPS
-                ),
-            )?;
-        }
         if self.max_in_flight == 0 {
             refuse("--max-in-flight", "must be at least 1".to_owned())?;
         }

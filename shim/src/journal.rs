@@ -39,9 +39,9 @@ pub const SWEEP: Duration = Duration::from_secs(30);
 
 /// Keys per offer when recovered entries are handed to the pipeline.
 const REPLAY_CHUNK: usize = 1000;
-/// Applications of one key offered at a time on replay (`--max-apps-per-key` is at least
-/// this with the journal on).
-pub const REPLAY_APPS: usize = 64;
+/// Applications of one key offered at a time on replay (fewer if `--max-apps-per-key` is
+/// lower).
+const REPLAY_APPS: usize = 64;
 
 /// The journal directory `args` select.
 pub fn dir(args: &ServeArgs) -> PathBuf {
@@ -53,6 +53,8 @@ pub fn dir(args: &ServeArgs) -> PathBuf {
 pub struct ShimJournal {
     journal: Journal,
     root: PathBuf,
+    /// Applications of one key offered at a time on replay: at most `--max-apps-per-key`.
+    replay_apps: usize,
 }
 
 /// An opened journal and what it recovered.
@@ -75,7 +77,13 @@ pub async fn open(args: &ServeArgs) -> Result<Option<Opened>, JournalError> {
         .await
         .map_err(|_| JournalError::Closed)??;
     let (journal, replay) = opened;
-    let journal = ShimJournal { journal, root };
+    let journal = ShimJournal {
+        journal,
+        root,
+        replay_apps: usize::try_from(args.max_apps_per_key)
+            .unwrap_or(usize::MAX)
+            .clamp(1, REPLAY_APPS),
+    };
     let mut recovered = replay.entries;
     recovered.extend(journal.adopt_orphans().await);
     if !recovered.is_empty() {
@@ -88,6 +96,11 @@ pub async fn open(args: &ServeArgs) -> Result<Option<Opened>, JournalError> {
 }
 
 impl ShimJournal {
+    /// Applications of one key a replay offers at a time.
+    pub fn replay_apps(&self) -> usize {
+        self.replay_apps
+    }
+
     /// The journal.
     pub fn journal(&self) -> &Journal {
         &self.journal
@@ -193,7 +206,7 @@ impl ShimJournal {
             }
             let adopted = self.adopt_orphans().await;
             if !adopted.is_empty() {
-                offer_recovered(&pipeline, &adopted).await;
+                offer_recovered(&pipeline, &adopted, self.replay_apps).await;
             }
         }
     }
@@ -234,8 +247,8 @@ fn mappings<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Mappings {
 
 /// Hands recovered entries to the pipeline as pending, in chunks; waits and retries while
 /// the pending set is full. They stay in the journal until the store holds them.
-pub async fn offer_recovered(pipeline: &Pipeline, entries: &[Entry]) {
-    // Pieces of at most REPLAY_APPS applications of one key, at most one piece of a key per
+pub async fn offer_recovered(pipeline: &Pipeline, entries: &[Entry], replay_apps: usize) {
+    // Pieces of at most `replay_apps` applications of one key, at most one piece of a key per
     // offer: a key that gathered more applications than the pipeline holds pending for one
     // key (--max-apps-per-key) is replayed over several batches instead of being refused
     // whole, again and again.
@@ -244,7 +257,7 @@ pub async fn offer_recovered(pipeline: &Pipeline, entries: &[Entry]) {
         let mut piece = AppSet::default();
         for a in apps.iter() {
             piece.insert(a);
-            if piece.len() == REPLAY_APPS {
+            if piece.len() >= replay_apps {
                 pieces.push((k.clone(), std::mem::take(&mut piece)));
             }
         }
