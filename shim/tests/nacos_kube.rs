@@ -53,8 +53,13 @@ async fn objects(client: &kube::Client, ns: &str) -> Vec<(String, AppSet)> {
 }
 
 /// An in-process shim with the Kubernetes store (as the shim's service account) and the
-/// Nacos endpoint, its default tenant writing into `ns`; returns once it is ready.
-async fn start_shim(server: &apiserver::ApiServer, ns: &str) -> snp_shim::app::ShimHandle {
+/// Nacos endpoint, its default tenant writing into `ns`, its journal under `data`; returns
+/// once it is ready.
+async fn start_shim(
+    server: &apiserver::ApiServer,
+    ns: &str,
+    data: &std::path::Path,
+) -> snp_shim::app::ShimHandle {
     let args = Cli::parse_from([
         "snp-shim".to_owned(),
         "--grpc-addr=127.0.0.1:0".into(),
@@ -65,6 +70,8 @@ async fn start_shim(server: &apiserver::ApiServer, ns: &str) -> snp_shim::app::S
         "--nacos".into(),
         "--nacos-addr=127.0.0.1:0".into(),
         format!("--nacos-default-namespace={ns}"),
+        // Its own journal: the tests of this file run at once.
+        format!("--data-dir={}", data.display()),
     ])
     .serve;
     let shim = snp_shim::app::start(args).await.unwrap();
@@ -87,7 +94,8 @@ async fn storm_of_100_new_apps_lands_on_the_api_server() {
     let client = apiserver::client().await;
     // The default tenant writes into this namespace.
     let ns = apiserver::namespace("nacos-storm");
-    let shim = start_shim(server, &ns).await;
+    let data = tempfile::tempdir().unwrap();
+    let shim = start_shim(server, &ns, data.path()).await;
     let before = apiserver::request_counts(&client, GROUP).await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -142,7 +150,8 @@ async fn dubbo_provider_and_consumer_through_the_shim_on_the_api_server() {
     let client = apiserver::client().await;
     // The apps use the default tenant, which writes into this namespace.
     let ns = apiserver::namespace("nacos-dubbo");
-    let shim = start_shim(server, &ns).await;
+    let data = tempfile::tempdir().unwrap();
+    let shim = start_shim(server, &ns, data.path()).await;
     let dir = tempfile::tempdir().unwrap();
     let nacos = client_addr(shim.nacos_addr.unwrap());
     let zk = Java::start(dir.path(), "zk", "snp.it.Zk", &[]);
