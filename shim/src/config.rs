@@ -173,8 +173,9 @@ pub struct ServeArgs {
     #[arg(long, env = "SNP_MAX_INTERFACE_LEN", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub max_interface_len: u64,
     /// Most applications one interface may have pending at once; a PushMappings mapping
-    /// with more is rejected. The filter must not be configured above it.
-    #[arg(long, env = "SNP_MAX_APPS_PER_KEY", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    /// with more is rejected. Well above the filter's own cap (1024), because a filter
+    /// whose batches failed merges its retries, and a refused mapping would be lost.
+    #[arg(long, env = "SNP_MAX_APPS_PER_KEY", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_apps_per_key: u64,
     /// Largest gRPC request message decoded, in bytes (larger ones get OUT_OF_RANGE).
     #[arg(long, env = "SNP_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(256 * 1024 * 1024)))]
@@ -330,7 +331,7 @@ mod tests {
         assert_eq!(s.park_probe, Duration::from_secs(300));
         assert_eq!(
             (s.max_interface_len, s.max_apps_per_key, s.max_message_bytes),
-            (1024, 1024, 4 * 1024 * 1024)
+            (1024, 65_536, 4 * 1024 * 1024)
         );
         for (flag, want) in [
             ("--park-probe=0s", "must be above zero"),
