@@ -21,6 +21,8 @@ step() { printf '\n\033[1;32m==> %s\033[0m\n' "$*"; }
 step "setup"
 scripts/setup.sh
 export PATH="$root/.venv/bin:$root/target/tools:$PATH"
+# One build per checkout: incremental state only costs time and disk here.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
