@@ -341,8 +341,14 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         Arc::new(move || !stopping.load(Ordering::Relaxed) && synced_once.load(Ordering::Relaxed))
     };
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let status = StatusHub::new(metrics.clone(), &args, ready.clone());
     let parked = ParkedView::default();
+    let status = StatusHub::new(
+        metrics.clone(),
+        &args,
+        ready.clone(),
+        parked.clone(),
+        journal.as_ref().map(|j| j.journal.journal().clone()),
+    );
     let http_task = tokio::spawn(http::serve(
         http_listener,
         Arc::clone(&registry),

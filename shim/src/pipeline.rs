@@ -190,6 +190,17 @@ impl ParkedView {
             .collect()
     }
 
+    /// The first `n` parked keys, sorted (without copying the rest).
+    pub fn first(&self, n: usize) -> Vec<ParkedEntry> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .take(n)
+            .cloned()
+            .collect()
+    }
+
     /// Number of parked keys.
     pub fn len(&self) -> usize {
         self.0.read().unwrap_or_else(PoisonError::into_inner).len()

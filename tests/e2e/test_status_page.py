@@ -13,6 +13,12 @@ opens `GET /` of a running `snp-shim` (embedded store) while a storm of registra
   the native `snp-sim` binary reports for the same input: same batches, same times, byte
   for byte;
 * a screenshot is kept in target/test-artifacts/status-page.png.
+
+A second test runs the shim on the real kube-apiserver (as its service account) with its
+journal, registers into a namespace that does not exist and into one that does, and checks
+that the page lists the parked key with the store's reason exactly as `GET /parked` does,
+that its count equals `snp_parked_keys`, and that the journal's size on the page equals the
+`snp_journal_*` metrics (the parked registration stays journaled: acknowledged, not stored).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 import grpc
 import pytest
 
+from apiserver_harness import apiserver  # noqa: F401  (fixture)
 from conftest import TARGET, require_file
 from shim_harness import shim, shims, wait_until  # noqa: F401
 
@@ -218,4 +225,70 @@ def test_status_page_live_counts_and_simulator(shim, protos, browser):
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     assert not problems, "\n".join(problems)
+    page.close()
+
+
+def test_status_page_shows_parked_keys_and_the_journal(apiserver, shims, protos, browser, tmp_path):
+    apiserver.create_namespace("shelf")
+    shim = shims(kubeconfig=apiserver.kubeconfig, data_dir=tmp_path / "journal").wait_ready()
+    with grpc.insecure_channel(shim.target) as ch:
+        stub = protos.dubbo_grpc.ServiceNameMappingServiceStub(ch)
+        for ns, iface in [("no-such-namespace", "org.gone.Ghost"), ("shelf", "org.shelf.Books")]:
+            req = protos.dubbo.ServiceMappingRequest(namespace=ns, applicationName="books", interfaceNames=[iface])
+            stub.registerServiceAppMapping(req, timeout=10)
+
+    def parked() -> list[dict]:
+        status, body = shim.http("/parked")
+        assert status == 200, body
+        return json.loads(body)["parked"]
+
+    assert wait_until(lambda: len(parked()) == 1, 30), parked()
+    assert wait_until(lambda: shim.metric("snp_pending_keys") == 0, 30)
+    [entry] = parked()
+    assert (entry["namespace"], entry["interface"], entry["applications"]) == ("no-such-namespace", "org.gone.Ghost", ["books"])
+    assert "not found" in entry["message"], entry
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.goto(f"http://127.0.0.1:{shim.http_port}/")
+    page.wait_for_selector("#live.on", timeout=15000)
+    assert field(page, "store.kind") == "kubernetes"
+
+    # Parked keys: the page's table is /parked's list, its count snp_parked_keys.
+    page.wait_for_selector("#parked:not([hidden])", timeout=10000)
+    assert int(page.locator("#parked-total").inner_text()) == shim.metric("snp_parked_keys") == 1
+    rows = [r.locator("td").all_inner_texts() for r in page.locator("#parked tbody tr").all()]
+    assert rows == [[
+        entry["namespace"], entry["interface"], "1", entry["reason"], entry["message"], str(entry["tries"]), entry["next_probe"],
+    ]] or (
+        # A probe may have happened between the two reads: then the page has the newer record.
+        len(rows) == 1 and rows[0][:5] == [entry["namespace"], entry["interface"], "1", entry["reason"], entry["message"]]
+    ), rows
+
+    # The journal: the page's numbers are the metrics'.
+    assert page.locator("#journal").is_visible()
+    journal = {
+        "journal.live_entries": "snp_journal_live_entries",
+        "journal.segment_bytes": "snp_journal_segment_bytes",
+        "journal.records": "snp_journal_records_total",
+        "journal.syncs": "snp_journal_syncs_total",
+        "journal.rotations": "snp_journal_rotations_total",
+    }
+
+    def shown() -> dict[str, float]:
+        return {k: float(field(page, k)) for k in journal}
+
+    def metrics() -> dict[str, float]:
+        return {k: shim.metric(m) for k, m in journal.items()}
+
+    assert wait_until(lambda: shown() == metrics(), 10, 0.2), f"page shows {shown()}, /metrics says {metrics()}"
+    # The stored registration left the journal; the parked one is acknowledged and kept.
+    assert shown()["journal.live_entries"] == 1
+    assert shown()["journal.records"] >= 1 and shown()["journal.segment_bytes"] > 0
+    assert field(page, "journal.dir").startswith(str(tmp_path / "journal")), field(page, "journal.dir")
+    assert not problems, "\n".join(problems)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "status-page-parked.png"), full_page=True)
     page.close()

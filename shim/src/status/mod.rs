@@ -16,9 +16,9 @@
 //!   channel, the one `WatchMappings` reads), and `resync` when this client fell behind
 //!   and must re-read the mappings. The page never reads `/metrics`.
 //!
-//! Adding a section: add one field to [`StatusDoc`] (e.g. `parked: Vec<..>` for parked keys
-//! with their reasons, `journal: {bytes, records}` for the journal's size); the page renders
-//! `parked` and `journal` when the document carries them and hides them otherwise.
+//! The document also carries the parked keys with their reasons (the same records `GET
+//! /parked` lists, the first [`PARKED_SHOWN`] of them) and the journal's size; the page hides
+//! the journal's section when the shim runs without one (`--journal=false`).
 
 mod assets;
 
@@ -41,6 +41,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::config::ServeArgs;
 use crate::http::Readiness;
 use crate::metrics::{BatchEvent, Metrics, Outcome, ResultLabels, Verb, WriteLabels};
+use crate::pipeline::{ParkedEntry, ParkedView};
 use crate::store::{Change, Entry, Store};
 
 /// Batches the page's timeline starts with.
@@ -49,6 +50,8 @@ const RECENT_BATCHES: usize = 200;
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Events buffered per page before the feed waits for it.
 const FEED_BUFFER: usize = 256;
+/// Parked keys the document lists (the page is for people; `/parked` lists them all).
+pub const PARKED_SHOWN: usize = 100;
 
 /// Which store the shim runs on, for the page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -151,6 +154,32 @@ pub struct DebounceStatus {
     pub retry_max_ms: u64,
 }
 
+/// The parked keys: how many, and the first [`PARKED_SHOWN`] in key order.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParkedStatus {
+    /// Parked keys (`snp_parked_keys`).
+    pub total: usize,
+    /// The first of them, each with the store's reason and when it is probed next.
+    pub keys: Vec<ParkedEntry>,
+}
+
+/// The journal's size (what `snp_journal_*` shows).
+#[derive(Debug, Clone, Serialize)]
+pub struct JournalStatus {
+    /// Its directory.
+    pub dir: String,
+    /// Acknowledged mappings the store does not hold yet (`snp_journal_live_entries`).
+    pub live_entries: u64,
+    /// Bytes of the current segment (`snp_journal_segment_bytes`).
+    pub segment_bytes: u64,
+    /// Records appended since start (`snp_journal_records`).
+    pub records: u64,
+    /// Group commits since start, one `fdatasync` each (`snp_journal_syncs`).
+    pub syncs: u64,
+    /// Compactions since start (`snp_journal_rotations`).
+    pub rotations: u64,
+}
+
 /// What `/status/api/status` and the `status` event carry.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusDoc {
@@ -174,6 +203,11 @@ pub struct StatusDoc {
     pub durable_waiters: i64,
     /// `snp_watchers`.
     pub watchers: i64,
+    /// Parked keys with their reasons.
+    pub parked: ParkedStatus,
+    /// The journal, when the shim runs with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalStatus>,
     /// Counters.
     pub counters: Counters,
     /// Debounce settings.
@@ -218,6 +252,8 @@ struct Hub {
     synced: Readiness,
     store: watch::Sender<Option<Arc<dyn StoreView>>>,
     recent: Mutex<VecDeque<BatchEvent>>,
+    parked: ParkedView,
+    journal: Option<snp_journal::Journal>,
     /// `true` once the shim shuts down: every feed ends, so the HTTP server can stop.
     stop: watch::Sender<bool>,
 }
@@ -231,9 +267,16 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl StatusHub {
-    /// A hub for a shim started with `args`; `synced` is its `/readyz` readiness. Starts
-    /// recording the pipeline's batches for the timeline.
-    pub fn new(metrics: Metrics, args: &ServeArgs, synced: Readiness) -> Self {
+    /// A hub for a shim started with `args`; `synced` is its `/readyz` readiness, `parked`
+    /// the pipeline's parked keys and `journal` its journal, if any. Starts recording the
+    /// pipeline's batches for the timeline.
+    pub fn new(
+        metrics: Metrics,
+        args: &ServeArgs,
+        synced: Readiness,
+        parked: ParkedView,
+        journal: Option<snp_journal::Journal>,
+    ) -> Self {
         let hub = Arc::new(Hub {
             node: args.node_name.clone(),
             debounce: DebounceStatus {
@@ -248,6 +291,8 @@ impl StatusHub {
             synced,
             store: watch::channel(None).0,
             recent: Mutex::new(VecDeque::with_capacity(RECENT_BATCHES)),
+            parked,
+            journal,
             stop: watch::channel(false).0,
             metrics,
         });
@@ -333,6 +378,21 @@ impl StatusHub {
             batches_in_flight: m.batches_in_flight.get(),
             durable_waiters: m.durable_waiters.get(),
             watchers: m.watchers.get(),
+            parked: ParkedStatus {
+                total: hub.parked.len(),
+                keys: hub.parked.first(PARKED_SHOWN),
+            },
+            journal: hub.journal.as_ref().map(|j| {
+                let s = j.stats();
+                JournalStatus {
+                    dir: j.dir().display().to_string(),
+                    live_entries: s.live_entries,
+                    segment_bytes: s.segment_bytes,
+                    records: s.records,
+                    syncs: s.syncs,
+                    rotations: s.rotations,
+                }
+            }),
             counters: Counters {
                 registrations: m.registrations.get(),
                 batches_ok: batches(Outcome::Ok),

@@ -58,23 +58,28 @@ function renderStatus(doc) {
   }
 }
 
-// Sections other parts of the shim add to the status document; hidden while absent.
+// Parked keys: the document lists the first of them and the total.
 function renderParked(parked) {
   const section = $('#parked');
-  const list = Array.isArray(parked) ? parked : parked?.keys;
-  section.hidden = !Array.isArray(list);
+  section.hidden = parked == null || !Array.isArray(parked.keys);
   if (section.hidden) return;
+  $('#parked-total').textContent = parked.total;
+  section.classList.toggle('alert', parked.total > 0);
   const body = $('tbody', section);
-  body.replaceChildren(...list.map((p) => el('tr', {}, el('td', {}, p.namespace ?? ''),
-    el('td', { class: 'mono' }, p.interface ?? p.key ?? ''), el('td', {}, p.reason ?? ''))));
+  const rows = parked.keys.map((p) => el('tr', { class: 'failed' }, el('td', {}, p.namespace),
+    el('td', { class: 'mono' }, p.interface), el('td', { class: 'num' }, p.applications.length),
+    el('td', {}, p.reason), el('td', {}, p.message), el('td', { class: 'num' }, p.tries),
+    el('td', {}, p.next_probe)));
+  if (parked.total > parked.keys.length) {
+    rows.push(el('tr', {}, el('td', { colspan: 7, class: 'hint' },
+      `${parked.total - parked.keys.length} more at /parked`)));
+  }
+  body.replaceChildren(...rows);
 }
 
+// The journal's section is absent when the shim runs without one (--journal=false).
 function renderJournal(journal) {
-  const section = $('#journal');
-  section.hidden = journal == null || typeof journal !== 'object';
-  if (section.hidden) return;
-  $('dl', section).replaceChildren(...Object.entries(journal).flatMap(([k, v]) =>
-    [el('dt', {}, k.replaceAll('_', ' ')), el('dd', { class: 'num' }, v)]));
+  $('#journal').hidden = journal == null || typeof journal !== 'object';
 }
 
 function addBatch(b) {
