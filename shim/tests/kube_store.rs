@@ -536,3 +536,52 @@ async fn requests_are_rate_limited() {
     eprintln!("12 creates at 10 QPS, burst 2: {took:?}");
     assert!(took >= Duration::from_millis(900), "{took:?}");
 }
+
+/// `kubectl get snp` shows the interface, the number of applications and the age (the
+/// CRD's printer columns read the count from an annotation every write of the store keeps
+/// equal to the list); `-o wide` adds the list itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_shows_the_interface_and_the_application_count() {
+    let ns = apiserver::namespace("printer");
+    let (store, _) = connect("printer", GROUP).await;
+    let iface = "org.apache.dubbo.demo.PrinterService";
+    let key = MappingKey::new(ns.as_str(), iface);
+    let table = |wide: bool| {
+        let mut args = vec!["get", "servicenamemappings.extensions.istio.io", "-n", &ns];
+        if wide {
+            args.extend(["-o", "wide"]);
+        }
+        let (ok, out, err) = apiserver::kubectl(&args);
+        assert!(ok, "kubectl get: {err}");
+        let mut lines = out.lines();
+        let header: Vec<String> = lines
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let rows: Vec<Vec<String>> = lines
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .collect();
+        (header, rows)
+    };
+
+    let mut batch = Mappings::new();
+    batch.insert_set(key.clone(), &apps(&["cart", "shelf"]));
+    store.merge(&batch).await.expect("merge");
+    let (header, rows) = table(false);
+    assert_eq!(header, ["NAME", "INTERFACE", "APPS", "AGE"]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0][1], iface);
+    assert_eq!(rows[0][2], "2", "{rows:?}");
+
+    // An update keeps the count with the list, in the same write.
+    let mut batch = Mappings::new();
+    batch.insert_set(key.clone(), &apps(&["cart", "checkout", "ledger"]));
+    store.merge(&batch).await.expect("merge");
+    let (_, rows) = table(false);
+    assert_eq!(rows[0][2], "4", "{rows:?}");
+    let (header, rows) = table(true);
+    assert_eq!(header, ["NAME", "INTERFACE", "APPS", "APPLICATIONS", "AGE"]);
+    assert_eq!(rows[0][3], r#"["cart","checkout","ledger","shelf"]"#);
+}

@@ -320,6 +320,7 @@ impl Inner {
             }
             drop(cache);
             stored.object.spec.application_names = all.as_slice().to_vec();
+            crd::set_app_count(&mut stored.object.metadata, all.len());
             stored.object.metadata.generation =
                 Some(stored.object.metadata.generation.unwrap_or(0) + 1);
             let result = write_object(&stored.object, &stored.path);

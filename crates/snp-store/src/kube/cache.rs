@@ -9,6 +9,7 @@ use ::kube::core::ApiResource;
 use serde_json::Value;
 use snp_core::{AppSet, MappingKey, Mappings};
 
+use crate::crd;
 use crate::index::{Held, MappingIndex};
 use crate::{Change, Entry};
 
@@ -72,6 +73,7 @@ pub(crate) fn union_body(
     });
     body.metadata.resource_version = Some(held.rv.clone());
     body.metadata.managed_fields = None;
+    crd::set_app_count(&mut body.metadata, apps.len());
     let names = Value::Array(apps.into_vec().into_iter().map(Value::String).collect());
     match body.data.get_mut("spec").and_then(Value::as_object_mut) {
         Some(spec) => {
@@ -179,7 +181,6 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd;
     use serde_json::json;
     use snp_core::naming;
 
@@ -318,6 +319,8 @@ mod tests {
             body.data["spec"]["applicationNames"],
             json!(["a", "m", "z"])
         );
+        let annotations = body.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations[crd::ANNOTATION_APP_COUNT], "3");
     }
 
     #[test]
