@@ -44,6 +44,16 @@ def _wasm_filter(listener: dict) -> dict:
     return _find(hcm["http_filters"], "snp")["typed_config"]["config"]
 
 
+
+def parse_stats(body: str) -> dict[str, int]:
+    """Envoy's `/stats` text: counters and gauges by full name (histograms are left out)."""
+    out: dict[str, int] = {}
+    for line in body.splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().lstrip("-").isdigit():
+            out[name] = int(value)
+    return out
+
 class Envoy:
     """One Envoy process. Ports are picked free; `port` is the apps listener."""
 
@@ -182,24 +192,28 @@ class Envoy:
 
     def stats(self) -> dict[str, int]:
         """Counters and gauges from /stats (text format), by full name."""
-        _, body = self.admin("/stats")
-        out: dict[str, int] = {}
-        for line in body.splitlines():
-            name, _, value = line.partition(": ")
-            if value.strip().lstrip("-").isdigit():
-                out[name] = int(value)
-        return out
+        return parse_stats(self.admin("/stats")[1])
 
     def stat(self, name: str) -> int:
-        """A filter metric, e.g. `snp.registrations.ok` (prefix added)."""
-        return self.stats().get(WASM_STAT_PREFIX + name, 0)
+        """A filter metric, e.g. `snp.registrations.ok` (prefix added). The filter defines
+        every metric when its VM starts, so an absent one (renamed, or no filter loaded)
+        fails the test instead of reading as 0."""
+        stats = self.stats()
+        full = WASM_STAT_PREFIX + name
+        assert full in stats, f"Envoy's /stats has no {full} (filter not loaded, or the metric was renamed)"
+        return stats[full]
 
     def wait_stat(self, name: str, pred, timeout: float = 10.0) -> int:
+        """Waits until `pred(stat(name))`; returns the last value (the caller asserts). The
+        stat may appear late (the VM starts with the listener), but must exist by the end."""
         deadline = time.monotonic() + timeout
         while True:
-            v = self.stat(name)
-            if pred(v) or time.monotonic() > deadline:
-                return v
+            full = WASM_STAT_PREFIX + name
+            stats = self.stats()
+            if full in stats and pred(stats[full]):
+                return stats[full]
+            if time.monotonic() > deadline:
+                return self.stat(name)
             time.sleep(0.05)
 
     def wait_delivered(self, timeout: float = 15.0) -> bool:
@@ -208,12 +222,14 @@ class Envoy:
         deadline = time.monotonic() + timeout
         while True:
             s = self.stats()
-            pending = s.get(WASM_STAT_PREFIX + "snp.pending_keys", 0)
-            sent = s.get(WASM_STAT_PREFIX + "snp.batches.sent", 0)
-            acked = s.get(WASM_STAT_PREFIX + "snp.batches.acked", 0)
-            if pending == 0 and sent == acked:
-                return True
+            names = [WASM_STAT_PREFIX + n for n in ("snp.pending_keys", "snp.batches.sent", "snp.batches.acked")]
+            if all(n in s for n in names):
+                pending, sent, acked = (s[n] for n in names)
+                if pending == 0 and sent == acked:
+                    return True
             if time.monotonic() > deadline:
+                for n in ("snp.pending_keys", "snp.batches.sent", "snp.batches.acked"):
+                    self.stat(n)  # an absent metric fails here, not as "not delivered"
                 return False
             time.sleep(0.05)
 
