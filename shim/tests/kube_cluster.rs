@@ -25,11 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{admin, admin_req, api, dubbo, dubbo_req, http_get, mapping, metric_in, Binary};
-use kube::api::{Api, DynamicObject, ListParams};
 use snp_core::{naming, AppSet, MappingKey, Mappings, Rng, SplitMix64};
 use snp_proto::api::mapping_event::Kind;
 use snp_proto::api::{GetMappingsRequest, MappingEvent, PushMappingsRequest, WatchMappingsRequest};
-use snp_shim::crd;
 use tokio::sync::{mpsc, Barrier};
 
 use apiserver::{GROUP, OTHER_GROUP};
@@ -42,16 +40,8 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// in the server's directory.
 fn shim(node: &str, group: &str, extra: &[&str]) -> Binary {
     let server = apiserver::server();
-    let mut args: Vec<String> = vec![
-        "--grpc-addr=127.0.0.1:0".into(),
-        "--http-addr=127.0.0.1:0".into(),
-        "--store=kubernetes".into(),
-        format!("--kubeconfig={}", server.kubeconfig.display()),
-        format!("--node-name={node}"),
-        format!("--crd-group={group}"),
-        // Its own journal directory (one per shim process; they run side by side).
-        format!("--data-dir={}", journal_dir(&server.dir).display()),
-    ];
+    let mut args = apiserver::shim_flags(group, &journal_dir(&server.dir));
+    args.push(format!("--node-name={node}"));
     args.extend(extra.iter().map(|s| s.to_string()));
     Binary::spawn(&server.dir.join(format!("shim-{node}.log")), &args)
 }
@@ -100,46 +90,6 @@ async fn wait_idle(shims: &[&Binary], within: Duration) {
     }
 }
 
-fn objects_api(client: &kube::Client, ns: &str, group: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(
-        client.clone(),
-        ns,
-        &crd::api_resource(group, crd::DEFAULT_VERSION),
-    )
-}
-
-/// Every object of `ns`: (object name, interface, applications).
-async fn objects(client: &kube::Client, ns: &str, group: &str) -> Vec<(String, String, AppSet)> {
-    objects_api(client, ns, group)
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items
-        .into_iter()
-        .map(|o| {
-            let spec = &o.data["spec"];
-            let apps: AppSet = spec["applicationNames"]
-                .as_array()
-                .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
-                .unwrap_or_default();
-            (
-                o.metadata.name.clone().unwrap(),
-                spec["interfaceName"].as_str().unwrap().to_owned(),
-                apps,
-            )
-        })
-        .collect()
-}
-
-/// What the API server holds in `ns`, as mappings.
-async fn stored(client: &kube::Client, ns: &str, group: &str) -> Mappings {
-    let mut m = Mappings::new();
-    for (_, iface, apps) in objects(client, ns, group).await {
-        m.insert_set(MappingKey::new(ns, iface), &apps);
-    }
-    m
-}
-
 /// Polls the API server until `ns` holds exactly `want`; returns how long that took.
 async fn wait_stored(
     client: &kube::Client,
@@ -150,7 +100,7 @@ async fn wait_stored(
 ) -> Duration {
     let start = Instant::now();
     loop {
-        let got = stored(client, ns, group).await;
+        let got = apiserver::stored(client, ns, group).await;
         if &got == want {
             return start.elapsed();
         }
@@ -217,13 +167,7 @@ async fn eight_shim_processes_converge_on_the_exact_union() {
     for s in 0..SHIMS {
         let mut regs = Vec::new();
         for i in 0..IFACES {
-            for app in [
-                "common".to_owned(),
-                format!("node-{s}"),
-                format!("grp-{}", (s + i) % 4),
-                format!("grp-{}", (s + i + 1) % 4),
-                format!("own-{s}-{}", i % 3),
-            ] {
+            for app in apiserver::race_apps(s, i) {
                 expected.insert(MappingKey::new(ns.as_str(), iface(i)), &app);
                 regs.push((iface(i), app));
             }
@@ -299,7 +243,7 @@ async fn eight_shim_processes_converge_on_the_exact_union() {
         .since(&before);
 
     // Exactly one object per interface, under the seed's name, holding the exact union.
-    let objs = objects(&client, &ns, GROUP).await;
+    let objs = apiserver::objects(&client, &ns, GROUP).await;
     assert_eq!(objs.len(), IFACES, "{objs:?}");
     for (name, i, apps) in &objs {
         assert_eq!(name, &naming::seed_name(i));
@@ -800,7 +744,7 @@ async fn re_registering_known_mappings_costs_zero_writes_across_processes() {
     );
     assert_eq!(writes(&fresh_text), 0.0);
     assert_eq!(writes(&first_text), d1.writes() as f64);
-    assert_eq!(stored(&client, &ns, OTHER_GROUP).await, expected);
+    assert_eq!(apiserver::stored(&client, &ns, OTHER_GROUP).await, expected);
 
     // Control: one new app is one PUT, and the count sees it.
     let more = vec![("com.acme.noop.S3".to_owned(), "d".to_owned())];

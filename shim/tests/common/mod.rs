@@ -62,13 +62,17 @@ pub async fn start_paused(dir: &Path, extra: &[&str]) -> ShimHandle {
 
 /// Starts an in-process shim on `dir` with gRPC on `grpc_addr`; returns once it is ready.
 pub async fn start_at(dir: &Path, grpc_addr: &str, extra: &[&str]) -> ShimHandle {
+    start_args(args_at(dir, grpc_addr, extra), Duration::from_secs(10)).await
+}
+
+/// Starts an in-process shim with `args`; returns once `/readyz` answers 200, or panics
+/// after `within`.
+pub async fn start_args(args: snp_shim::config::ServeArgs, within: Duration) -> ShimHandle {
     init_logs();
-    let shim = app::start(args_at(dir, grpc_addr, extra))
-        .await
-        .expect("shim starts");
+    let shim = app::start(args).await.expect("shim starts");
     let http = shim.http_addr;
     assert!(
-        eventually_async(Duration::from_secs(10), || async move {
+        eventually_async(within, || async move {
             http_get(http, "/readyz").await.0 == 200
         })
         .await,
