@@ -6,7 +6,8 @@
 //!   exact union; the 409s they met are read from their `/metrics` and match the 409s the
 //!   API server counted;
 //! * test 3: a storm through a 20 s outage: nothing is lost, and the retry intervals in the
-//!   shim's log follow `--retry-base`/`--retry-max` (within the jitter);
+//!   shim's log grow from `--retry-base` and stop at `--retry-max` (never shorter than the
+//!   backoff less its jitter; the exact window is asserted on the paused clock in `api.rs`);
 //! * test 4: re-registering known mappings, on a warm shim and on a fresh process, costs
 //!   zero write requests by the API server's own `apiserver_request_total`;
 //! * test 6: `WatchMappings` on shim A gets shim B's write within a second.
@@ -613,19 +614,31 @@ async fn a_storm_through_a_20s_outage_backs_off_as_configured_and_loses_nothing(
         total_failures,
         "every failure was retried"
     );
+    // Wall-clock gaps on a loaded machine only ever come late, so each is held to its lower
+    // bound (a retry never comes before its backoff, less the jitter) and, above, to less
+    // than one more doubling past --retry-max (the schedule stops growing at the cap). The
+    // exact window, `expected * (1 - JITTER) ..= expected`, is asserted in virtual time by
+    // `failed_batches_are_retried_on_the_configured_backoff` in `api.rs`.
+    let beyond_cap = 2.0 * CAP * (1.0 - JITTER);
     for (k, expected, measured) in &early {
         assert!(
-            *measured <= expected + 0.35,
-            "retry after failure #{k} (after the restart) came {measured:.3}s later, more \
-             than the backoff {expected:.3}s"
+            *measured < beyond_cap,
+            "retry after failure #{k} (after the restart) came {measured:.3}s later, as if \
+             the backoff {expected:.3}s had doubled again"
         );
     }
     for (k, expected, measured) in &gaps {
         assert!(
-            *measured >= expected * (1.0 - JITTER) - 0.015 && *measured <= expected + 0.35,
-            "retry after failure #{k} came {measured:.3}s later, expected \
+            *measured >= expected * (1.0 - JITTER) - 0.015,
+            "retry after failure #{k} came {measured:.3}s later, before its backoff \
              {:.3}..{expected:.3}s: {}",
             expected * (1.0 - JITTER),
+            shown.join(", ")
+        );
+        assert!(
+            *measured < beyond_cap,
+            "retry after failure #{k} came {measured:.3}s later, as if the backoff \
+             {expected:.3}s had doubled again past --retry-max: {}",
             shown.join(", ")
         );
     }
