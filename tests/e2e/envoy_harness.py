@@ -44,6 +44,13 @@ def _wasm_filter(listener: dict) -> dict:
     return _find(hcm["http_filters"], "snp")["typed_config"]["config"]
 
 
+
+def stat_of(stats: dict[str, int], name: str) -> int:
+    """`name` from an Envoy `/stats` dict; an absent stat fails the test (a renamed stat must
+    not read as 0)."""
+    assert name in stats, f"Envoy has no stat {name} ({len(stats)} stats present)"
+    return stats[name]
+
 class Envoy:
     """One Envoy process. Ports are picked free; `port` is the apps listener."""
 
@@ -191,15 +198,19 @@ class Envoy:
         return out
 
     def stat(self, name: str) -> int:
-        """A filter metric, e.g. `snp.registrations.ok` (prefix added)."""
-        return self.stats().get(WASM_STAT_PREFIX + name, 0)
+        """A filter metric, e.g. `snp.registrations.ok` (prefix added). The filter defines
+        every metric when it starts: an absent one fails the test, it never reads as 0."""
+        return stat_of(self.stats(), WASM_STAT_PREFIX + name)
 
     def wait_stat(self, name: str, pred, timeout: float = 10.0) -> int:
+        """Waits until `pred` holds for the filter metric `name`; returns its last value.
+        The metric may appear during the wait (the filter starting), but must exist by the
+        deadline."""
         deadline = time.monotonic() + timeout
         while True:
-            v = self.stat(name)
-            if pred(v) or time.monotonic() > deadline:
-                return v
+            v = self.stats().get(WASM_STAT_PREFIX + name)
+            if (v is not None and pred(v)) or time.monotonic() > deadline:
+                return self.stat(name) if v is None else v
             time.sleep(0.05)
 
     def wait_delivered(self, timeout: float = 15.0) -> bool:
@@ -208,9 +219,9 @@ class Envoy:
         deadline = time.monotonic() + timeout
         while True:
             s = self.stats()
-            pending = s.get(WASM_STAT_PREFIX + "snp.pending_keys", 0)
-            sent = s.get(WASM_STAT_PREFIX + "snp.batches.sent", 0)
-            acked = s.get(WASM_STAT_PREFIX + "snp.batches.acked", 0)
+            pending = stat_of(s, WASM_STAT_PREFIX + "snp.pending_keys")
+            sent = stat_of(s, WASM_STAT_PREFIX + "snp.batches.sent")
+            acked = stat_of(s, WASM_STAT_PREFIX + "snp.batches.acked")
             if pending == 0 and sent == acked:
                 return True
             if time.monotonic() > deadline:

@@ -146,8 +146,12 @@ class IstioSidecar:
     def wait_stat(self, name: str, pred, timeout: float = 20.0) -> int:
         deadline = time.monotonic() + timeout
         while True:
-            v = self.stats().get(name, 0)
-            if pred(v) or time.monotonic() > deadline:
+            v = self.stats().get(name)
+            if v is not None and pred(v):
+                return v
+            if time.monotonic() > deadline:
+                # Absent by the deadline fails: a renamed stat must not read as 0.
+                assert v is not None, f"Envoy has no stat {name}"
                 return v
             time.sleep(0.05)
 
