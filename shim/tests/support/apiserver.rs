@@ -30,6 +30,7 @@ use kube::{Client, Config};
 use snp_core::{AppSet, MappingKey, Mappings};
 use snp_shim::crd;
 use snp_shim::store::kube::KubeStoreConfig;
+use snp_testkit::apiserver::Script;
 pub use snp_testkit::prom::RequestCounts;
 
 /// The group of the CRD most tests use (the seed's).
@@ -68,8 +69,8 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn script() -> PathBuf {
-    repo_root().join("scripts/k8s-apiserver.sh")
+fn script() -> Script {
+    Script::new(&repo_root())
 }
 
 /// The server of this test binary, started (and its CRDs registered) on first use.
@@ -100,7 +101,7 @@ fn start_server() -> ApiServer {
     let watchdog = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; '{script}' stop '{dir}' >/dev/null 2>&1; {cleanup}",
         pid = std::process::id(),
-        script = script().display(),
+        script = script().path().display(),
         dir = dir.display(),
         cleanup = if keep {
             "true".to_owned()
@@ -145,14 +146,14 @@ fn start_server() -> ApiServer {
 /// Builds (if needed) and starts the server in `dir`; on a restart it reuses the port,
 /// certificates and data of the previous run. Returns the URL.
 pub fn start(dir: &Path) -> String {
-    let dir = dir.to_str().expect("a UTF-8 directory");
-    run_script(&["start", dir])
+    script()
+        .start(dir)
+        .unwrap_or_else(|e| panic!("the test API server did not start: {e:#}"))
 }
 
 /// Stops the server in `dir` (SIGTERM, waits for it to exit).
 pub fn stop(dir: &Path) {
-    let dir = dir.to_str().expect("a UTF-8 directory");
-    run_script(&["stop", dir]);
+    script().stop(dir).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// What `scripts/k8s-apiserver.sh ARGS` prints on stdout, trimmed (a path from the Go
@@ -206,46 +207,15 @@ fn kubectl_with(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
 
 /// Runs the script with `args` (and `stdin`, if any); returns its output.
 fn script_output(args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    use std::io::Write;
-    let mut child = Command::new(script())
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {}: {e}", script().display()));
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(text.as_bytes())
-            .unwrap_or_else(|e| panic!("write to {} {args:?}: {e}", script().display()));
-    }
-    child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("wait for {} {args:?}: {e}", script().display()))
+    script()
+        .output(args, stdin)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Runs the script with `args`; panics with its output if it fails. Returns its stdout,
 /// trimmed.
 fn run_script(args: &[&str]) -> String {
-    let out = script_output(args, None);
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed ({}):\n{stdout}\n{stderr}",
-        script().display(),
-        out.status,
-    );
-    stdout.trim().to_owned()
+    script().run(args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 async fn client_for(kubeconfig: &Path) -> Client {
