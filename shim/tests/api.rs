@@ -604,43 +604,29 @@ async fn failed_batches_are_retried_on_the_configured_backoff() {
     );
     shim.stop().await.unwrap();
 
-    // (failures so far, expected backoff, measured gap) of each retry.
-    let mut gaps: Vec<(u32, f64, f64)> = Vec::new();
-    let (mut failures, mut failed_at) = (0u32, None);
-    for (t, m) in steps.0.lock().unwrap().iter() {
-        if m == failed {
-            failures += 1;
-            failed_at = Some(*t);
-        } else if m == "writing batch" {
-            if let Some(f) = failed_at.take() {
-                let expected = (BASE * f64::from(1u32 << failures.min(16))).min(CAP);
-                gaps.push((failures, expected, (*t - f).as_secs_f64()));
-            }
-        }
-    }
-    let shown: Vec<String> = gaps
-        .iter()
-        .map(|(k, e, m)| {
-            format!(
-                "#{k}: {m:.3}s (expected {:.3}..{e:.3}s)",
-                e * (1.0 - JITTER)
-            )
-        })
-        .collect();
-    assert!(gaps.len() >= 9, "{}", shown.join(", "));
-    for (k, expected, measured) in &gaps {
+    let steps: Vec<(f64, Step)> = {
+        let events = steps.0.lock().unwrap();
+        let t0 = events.first().map(|(t, _)| *t).expect("pipeline events");
+        events
+            .iter()
+            .filter_map(|(t, m)| Some(((*t - t0).as_secs_f64(), Step::of(m)?)))
+            .collect()
+    };
+    let gaps = retries(&steps, BASE, CAP);
+    let shown = show_retries(&gaps, JITTER);
+    assert!(gaps.len() >= 9, "{shown}");
+    for r in &gaps {
         // The debouncer counts whole milliseconds: a deadline may fall up to 1 ms early.
         assert!(
-            *measured >= expected * (1.0 - JITTER) - 0.001 && *measured <= expected + 0.000_001,
-            "retry after failure #{k}: {}",
-            shown.join(", ")
+            r.gap() >= r.expected * (1.0 - JITTER) - 0.001 && r.gap() <= r.expected + 0.000_001,
+            "retry after failure #{}: {shown}",
+            r.failures
         );
     }
     // It grew from 2 x base to the cap, and stayed there.
     assert!(
-        gaps.iter().filter(|(_, e, _)| *e >= CAP).count() >= 3,
-        "{}",
-        shown.join(", ")
+        gaps.iter().filter(|r| r.expected >= CAP).count() >= 3,
+        "{shown}"
     );
 }
 

@@ -25,7 +25,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{admin, admin_req, api, dubbo, dubbo_req, http_get, mapping, metric_in, Binary};
+use common::{
+    admin, admin_req, api, dubbo, dubbo_req, http_get, mapping, metric_in, retries, show_retries,
+    Binary, Retry, Step,
+};
 use snp_core::{naming, AppSet, MappingKey, Mappings, Rng, SplitMix64};
 use snp_proto::api::mapping_event::Kind;
 use snp_proto::api::{GetMappingsRequest, MappingEvent, PushMappingsRequest, WatchMappingsRequest};
@@ -408,25 +411,12 @@ fn now_epoch() -> f64 {
         .as_secs_f64()
 }
 
-/// A pipeline event in the shim's log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    Dispatched,
-    Failed,
-    Written,
-}
-
 /// The pipeline's batch events in the shim's JSON log, with their times.
 fn batch_steps(log: &str) -> Vec<(f64, Step)> {
     log.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| {
-            let step = match v["message"].as_str()? {
-                "writing batch" => Step::Dispatched,
-                "batch failed; it will be retried" => Step::Failed,
-                "batch written" => Step::Written,
-                _ => return None,
-            };
+            let step = Step::of(v["message"].as_str()?)?;
             Some((epoch_seconds(v["timestamp"].as_str()?), step))
         })
         .collect()
@@ -539,38 +529,17 @@ async fn a_storm_through_a_20s_outage_backs_off_as_configured_and_loses_nothing(
     // The retry schedule, from the pipeline's own log.
     let log = s.log_text();
     let steps = batch_steps(&log);
-    let mut failures = 0u32;
-    // (failures, expected, measured); retries dispatched after the restart began are
-    // kept apart: the shim retries as soon as its store is ready again, so those may be
-    // shorter than the backoff.
-    let mut gaps: Vec<(u32, f64, f64)> = Vec::new();
-    let mut early: Vec<(u32, f64, f64)> = Vec::new();
-    let mut failed_at: Option<f64> = None;
     for &(t, step) in &steps {
-        match step {
-            Step::Failed => {
-                failures += 1;
-                failed_at = Some(t);
-            }
-            Step::Dispatched => {
-                if let Some(f) = failed_at.take() {
-                    let expected = (BASE * f64::from(1u32 << failures.min(16))).min(CAP);
-                    if t > up_epoch {
-                        early.push((failures, expected, t - f));
-                    } else {
-                        gaps.push((failures, expected, t - f));
-                    }
-                }
-            }
-            Step::Written => {
-                assert!(
-                    !(down_epoch..up_epoch).contains(&t),
-                    "a batch was written while the server was down ({down_epoch}..{up_epoch}): {t}"
-                );
-                failures = 0;
-            }
-        }
+        assert!(
+            step != Step::Written || !(down_epoch..up_epoch).contains(&t),
+            "a batch was written while the server was down ({down_epoch}..{up_epoch}): {t}"
+        );
     }
+    // Retries dispatched after the restart began are kept apart: the shim retries as soon
+    // as its store is ready again, so those may be shorter than the backoff.
+    let (early, gaps): (Vec<Retry>, Vec<Retry>) = retries(&steps, BASE, CAP)
+        .into_iter()
+        .partition(|r| r.retried_at > up_epoch);
     let total_failures = steps.iter().filter(|(_, s)| *s == Step::Failed).count();
     let first_write_after = steps
         .iter()
@@ -579,15 +548,7 @@ async fn a_storm_through_a_20s_outage_backs_off_as_configured_and_loses_nothing(
     let text = scrape(&s).await;
     let errors = metric_in(&text, "snp_batches_total", &[r#"result="error""#]);
     let retries = metric_in(&text, "snp_batch_retries_total", &[]);
-    let shown: Vec<String> = gaps
-        .iter()
-        .map(|(k, e, m)| {
-            format!(
-                "#{k}: {m:.3}s (expected {:.2}..{e:.2}s)",
-                e * (1.0 - JITTER)
-            )
-        })
-        .collect();
+    let shown = show_retries(&gaps, JITTER);
     eprintln!(
         "test 3 (process): {calls} storm registrations (+10 before) acked, {} keys / {} \
          mappings; {total_failures} failed batches during the {OUTAGE:?} outage; retry \
@@ -597,7 +558,7 @@ async fn a_storm_through_a_20s_outage_backs_off_as_configured_and_loses_nothing(
          began, everything acked stored (checked by polling) {landed:.2?} after",
         acked.len(),
         acked.entries(),
-        shown.join(", "),
+        shown,
         metric_in(&during, "snp_batches_total", &[r#"result="error""#]),
         metric_in(&during, "snp_batch_retries_total", &[]),
         metric_in(&during, "snp_pending_keys", &[]),
@@ -620,33 +581,33 @@ async fn a_storm_through_a_20s_outage_backs_off_as_configured_and_loses_nothing(
     // exact window, `expected * (1 - JITTER) ..= expected`, is asserted in virtual time by
     // `failed_batches_are_retried_on_the_configured_backoff` in `api.rs`.
     let beyond_cap = 2.0 * CAP * (1.0 - JITTER);
-    for (k, expected, measured) in &early {
+    for r in &early {
         assert!(
-            *measured < beyond_cap,
-            "retry after failure #{k} (after the restart) came {measured:.3}s later, as if \
-             the backoff {expected:.3}s had doubled again"
+            r.gap() < beyond_cap,
+            "retry after failure #{} (after the restart) came {:.3}s later, as if the \
+             backoff {:.3}s had doubled again",
+            r.failures,
+            r.gap(),
+            r.expected
         );
     }
-    for (k, expected, measured) in &gaps {
+    for r in &gaps {
         assert!(
-            *measured >= expected * (1.0 - JITTER) - 0.015,
-            "retry after failure #{k} came {measured:.3}s later, before its backoff \
-             {:.3}..{expected:.3}s: {}",
-            expected * (1.0 - JITTER),
-            shown.join(", ")
+            r.gap() >= r.expected * (1.0 - JITTER) - 0.015,
+            "retry after failure #{} came before its backoff: {shown}",
+            r.failures
         );
         assert!(
-            *measured < beyond_cap,
-            "retry after failure #{k} came {measured:.3}s later, as if the backoff \
-             {expected:.3}s had doubled again past --retry-max: {}",
-            shown.join(", ")
+            r.gap() < beyond_cap,
+            "retry after failure #{} came as if the backoff had doubled again past \
+             --retry-max: {shown}",
+            r.failures
         );
     }
     // The schedule grew to the cap and stayed there.
     assert!(
-        gaps.iter().filter(|(_, e, _)| *e >= CAP).count() >= 3,
-        "{}",
-        shown.join(", ")
+        gaps.iter().filter(|r| r.expected >= CAP).count() >= 3,
+        "{shown}"
     );
     assert_eq!(
         errors as usize, total_failures,
