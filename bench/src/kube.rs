@@ -40,9 +40,11 @@ pub async fn metrics_text(client: &Client) -> Result<String> {
     client.request_text(req).await.context("GET /metrics")
 }
 
-/// `apiserver_request_total` for `servicenamemappings.<group>`, by verb and code.
+/// `apiserver_request_total` for `servicenamemappings.<group>`, by verb and code; an error
+/// if the server's `/metrics` has no `apiserver_request_total` at all.
 pub async fn request_counts(client: &Client, group: &str) -> Result<RequestCounts> {
-    Ok(RequestCounts::parse(&metrics_text(client).await?, group))
+    RequestCounts::parse(&metrics_text(client).await?, group)
+        .context("apiserver_request_total in the API server's /metrics")
 }
 
 /// Creates the `ServiceNameMapping` CRD under `group` (if missing) and waits until its

@@ -186,16 +186,16 @@ pub struct EnvoyCounters {
 }
 
 impl EnvoyCounters {
-    /// Parses Envoy's `/stats`.
-    pub fn parse(text: &str) -> Self {
+    /// Parses Envoy's `/stats`; an error if a counter is absent.
+    pub fn parse(text: &str) -> Result<Self> {
         let s = prom::envoy_stats(text);
-        let g = |k: &str| s.get(&format!("wasmcustom.snp.{k}")).copied().unwrap_or(0);
-        Self {
-            registrations_ok: g("registrations.ok"),
-            batches_sent: g("batches.sent"),
-            batches_acked: g("batches.acked"),
-            batches_failed: g("batches.failed"),
-        }
+        let g = |k: &str| prom::envoy_stat(&s, &format!("wasmcustom.snp.{k}"));
+        Ok(Self {
+            registrations_ok: g("registrations.ok")?,
+            batches_sent: g("batches.sent")?,
+            batches_acked: g("batches.acked")?,
+            batches_failed: g("batches.failed")?,
+        })
     }
 
     fn minus(&self, o: &Self) -> Self {
@@ -348,7 +348,7 @@ async fn snapshot(cfg: &LoadConfig, kube: Option<&::kube::Client>) -> Result<Sna
         Some(sum)
     };
     let envoy = match &cfg.envoy_admin {
-        Some(a) => Some(EnvoyCounters::parse(&http::get_ok(a, "/stats").await?)),
+        Some(a) => Some(EnvoyCounters::parse(&http::get_ok(a, "/stats").await?)?),
         None => None,
     };
     let api = match (kube, &cfg.kube) {
@@ -371,7 +371,7 @@ async fn wait_idle(cfg: &LoadConfig, timeout: Duration) -> Result<()> {
         }
         if let Some(a) = &cfg.envoy_admin {
             let s = prom::envoy_stats(&http::get_ok(a, "/stats").await?);
-            busy += s.get("wasmcustom.snp.pending_keys").copied().unwrap_or(0) as f64;
+            busy += prom::envoy_stat(&s, "wasmcustom.snp.pending_keys")? as f64;
         }
         if busy == 0.0 {
             return Ok(());

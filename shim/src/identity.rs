@@ -1,4 +1,4 @@
-//! Who is calling, for callers with no sidecar (issue 13): the shim maps a call's TCP peer
+//! Who is calling, for callers with no sidecar: the shim maps a call's TCP peer
 //! address to the pod that has that address, and so to its namespace and service account.
 //!
 //! The seam is [`CallerResolver`]: the gRPC registration API uses it today, and the Nacos

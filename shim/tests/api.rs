@@ -521,6 +521,115 @@ async fn durable_calls_time_out_with_unavailable_when_the_store_cannot_write() {
     shim.stop().await.unwrap();
 }
 
+/// The pipeline's batch events (target `snp_shim::pipeline`), each with the tokio instant
+/// it was logged at: on the paused clock, exact virtual times.
+#[derive(Clone, Default)]
+struct PipelineSteps(std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PipelineSteps {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(Option<String>);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    self.0 = Some(format!("{v:?}"));
+                }
+            }
+        }
+        if event.metadata().target() != "snp_shim::pipeline" {
+            return;
+        }
+        let mut m = Message(None);
+        event.record(&mut m);
+        if let Some(m) = m.0 {
+            self.0.lock().unwrap().push((Instant::now(), m));
+        }
+    }
+}
+
+impl PipelineSteps {
+    fn count(&self, message: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, m)| m == message)
+            .count()
+    }
+}
+
+// On the paused clock: the retry schedule of `--retry-base`/`--retry-max` in virtual time,
+// exact under load. (`kube_cluster.rs` goes through a real API server outage on the wall
+// clock, where only lower bounds survive a loaded machine.)
+#[tokio::test(start_paused = true)]
+async fn failed_batches_are_retried_on_the_configured_backoff() {
+    use tracing_subscriber::layer::SubscriberExt;
+    const BASE: f64 = 0.2;
+    const CAP: f64 = 3.2;
+    const JITTER: f64 = 0.2;
+    let steps = PipelineSteps::default();
+    // This thread only: the paused clock's runtime runs the shim's tasks here.
+    let _capture =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(steps.clone()));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let shim = start_paused(
+        &data,
+        &[
+            "--debounce-first-check=10ms",
+            "--retry-base=200ms",
+            "--retry-max=3200ms",
+        ],
+    )
+    .await;
+    // The namespace directory cannot be made: every write of the batch fails, transiently.
+    std::fs::write(data.join("blocked"), "not a directory").unwrap();
+    admin(shim.grpc_addr)
+        .await
+        .register_service_app_mapping(admin_req("blocked", "app", &["com.A"]))
+        .await
+        .unwrap();
+    let failed = "batch failed; it will be retried";
+    assert!(
+        eventually(Duration::from_secs(60), || steps.count(failed) >= 9).await,
+        "{} failures in 60 s",
+        steps.count(failed)
+    );
+    std::fs::remove_file(data.join("blocked")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || on_disk(&data)
+            == mappings(&[("blocked", "com.A", &["app"])]))
+        .await,
+        "the retried batch never landed"
+    );
+    shim.stop().await.unwrap();
+
+    let steps: Vec<(f64, Step)> = {
+        let events = steps.0.lock().unwrap();
+        let t0 = events.first().map(|(t, _)| *t).expect("pipeline events");
+        events
+            .iter()
+            .filter_map(|(t, m)| Some(((*t - t0).as_secs_f64(), Step::of(m)?)))
+            .collect()
+    };
+    let gaps = retries(&steps, BASE, CAP);
+    let shown = show_retries(&gaps, JITTER);
+    assert!(gaps.len() >= 9, "{shown}");
+    for r in &gaps {
+        // The debouncer counts whole milliseconds: a deadline may fall up to 1 ms early.
+        assert!(
+            r.gap() >= r.expected * (1.0 - JITTER) - 0.001 && r.gap() <= r.expected + 0.000_001,
+            "retry after failure #{}: {shown}",
+            r.failures
+        );
+    }
+    // It grew from 2 x base to the cap, and stayed there.
+    assert!(
+        gaps.iter().filter(|r| r.expected >= CAP).count() >= 3,
+        "{shown}"
+    );
+}
+
 // On the paused clock: windows and "within" bounds are virtual time, exact under load.
 #[tokio::test(start_paused = true)]
 async fn watch_delivers_a_snapshot_then_changes_within_a_second() {

@@ -23,14 +23,13 @@
 mod apiserver;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
 use serde_json::json;
 use snp_core::{AppSet, MappingKey, Mappings};
 use snp_shim::crd;
@@ -338,15 +337,8 @@ fn can_i_list(extra: &[&str]) -> BTreeSet<Row> {
     parse_can_i(&out)
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
 fn deploy(relative: &str) -> PathBuf {
-    repo_root().join("deploy").join(relative)
+    apiserver::repo_root().join("deploy").join(relative)
 }
 
 /// Every document of a multi-document YAML text.
@@ -465,22 +457,6 @@ fn dry_run(args: &[&str]) -> String {
     out
 }
 
-/// The Istio CRD of `kind` (plural), from Istio's own API module (the one istiod is built
-/// against, `scripts/k8s-apiserver.sh istio-crds`).
-/// What `scripts/k8s-apiserver.sh ARG` prints (a path from the Go module cache).
-fn script_out(arg: &str) -> String {
-    let out = std::process::Command::new(repo_root().join("scripts/k8s-apiserver.sh"))
-        .arg(arg)
-        .output()
-        .unwrap_or_else(|e| panic!("run scripts/k8s-apiserver.sh {arg}: {e}"));
-    assert!(
-        out.status.success(),
-        "{arg}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// The CRD named `name` in the YAML file at `path`.
 fn crd_in(path: &str, name: &str) -> CustomResourceDefinition {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
@@ -494,41 +470,24 @@ fn crd_in(path: &str, name: &str) -> CustomResourceDefinition {
 /// Istio's own CRD of `plural` (istio.io/api).
 fn istio_crd(plural: &str) -> CustomResourceDefinition {
     crd_in(
-        &script_out("istio-crds"),
+        &apiserver::script_out(&["istio-crds"]),
         &format!("{plural}.networking.istio.io"),
     )
 }
 
 /// prometheus-operator's own CRD of `plural` (its release's files).
 fn monitoring_crd(plural: &str) -> CustomResourceDefinition {
-    let dir = script_out("monitoring-crds");
+    let dir = apiserver::script_out(&["monitoring-crds"]);
     crd_in(
         &format!("{dir}/monitoring.coreos.com_{plural}.yaml"),
         &format!("{plural}.monitoring.coreos.com"),
     )
 }
 
-async fn install_crd(client: &kube::Client, crd: &CustomResourceDefinition) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = crd.metadata.name.clone().unwrap();
-    match crds.create(&PostParams::default(), crd).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("create CRD {name}: {e}"),
-    }
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("CRD {name} not Established"))
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_shipped_manifest_passes_a_server_side_dry_run() {
     let admin = apiserver::client().await;
-    let root = repo_root();
+    let root = apiserver::repo_root();
     let deploy_dir = root.join("deploy");
 
     // deploy/ as users install it: kustomize, then the API server's admission and
@@ -573,9 +532,9 @@ async fn every_shipped_manifest_passes_a_server_side_dry_run() {
 
     // Every YAML file under deploy/ on its own, as its comments say they apply.
     let istio_crd = istio_crd("envoyfilters");
-    install_crd(&admin, &istio_crd).await;
+    apiserver::install_crd(&admin, &istio_crd).await;
     for plural in ["prometheusrules", "podmonitors"] {
-        install_crd(&admin, &monitoring_crd(plural)).await;
+        apiserver::install_crd(&admin, &monitoring_crd(plural)).await;
     }
     apiserver::create_namespace(&admin, "istio-system").await;
     let sample_ns = apiserver::namespace("dry-run");
@@ -647,7 +606,7 @@ async fn every_shipped_manifest_passes_a_server_side_dry_run() {
             String::from_utf8_lossy(&out.stderr)
         );
         let rendered = String::from_utf8(out.stdout).unwrap();
-        let (ok, stdout, err) = kubectl_stdin(
+        let (ok, stdout, err) = apiserver::kubectl_stdin(
             &[
                 "apply",
                 "--server-side",
@@ -682,7 +641,7 @@ async fn every_shipped_manifest_passes_a_server_side_dry_run() {
         .unwrap()
         .replacen("applyTo: HTTP_FILTER", "applyTo: HTTP_FILTERS", 1);
     assert!(bad.contains("HTTP_FILTERS"));
-    let (ok, _, err) = kubectl_stdin(
+    let (ok, _, err) = apiserver::kubectl_stdin(
         &["apply", "--server-side", "--dry-run=server", "-f", "-"],
         &bad,
     );
@@ -693,7 +652,7 @@ async fn every_shipped_manifest_passes_a_server_side_dry_run() {
     // still meets `restricted`: in a namespace that warns at that level, the violations
     // named are the hostPath and the init container's, never the shim container's; and a
     // shim container that allows privilege escalation is named.
-    let (ok, _, err) = kubectl_stdin(
+    let (ok, _, err) = apiserver::kubectl_stdin(
         &["apply", "--server-side", "-f", "-"],
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: pss-check\n  labels:\n    pod-security.kubernetes.io/warn: restricted\n",
     );
@@ -701,7 +660,7 @@ async fn every_shipped_manifest_passes_a_server_side_dry_run() {
     let shipped = std::fs::read_to_string(deploy("daemonset.yaml"))
         .unwrap()
         .replace("namespace: snp-system", "namespace: pss-check");
-    let (ok, _, err) = kubectl_stdin(
+    let (ok, _, err) = apiserver::kubectl_stdin(
         &["apply", "--server-side", "--dry-run=server", "-f", "-"],
         &shipped,
     );
@@ -721,7 +680,7 @@ async fn every_shipped_manifest_passes_a_server_side_dry_run() {
         )
     );
     assert_ne!(escalating, shipped);
-    let (ok, _, err) = kubectl_stdin(
+    let (ok, _, err) = apiserver::kubectl_stdin(
         &["apply", "--server-side", "--dry-run=server", "-f", "-"],
         &escalating,
     );
@@ -731,31 +690,6 @@ async fn every_shipped_manifest_passes_a_server_side_dry_run() {
         ),
         "{err}"
     );
-}
-
-fn kubectl_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(repo_root().join("scripts/k8s-apiserver.sh"))
-        .arg("kubectl")
-        .arg(&apiserver::server().dir)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 // ---------------------------------------------------------------------------------------

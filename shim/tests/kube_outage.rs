@@ -4,18 +4,15 @@
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
+mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use common::{dubbo, dubbo_req, http_get, metric, Binary};
+use kube::api::{DynamicObject, PostParams};
 use serde_json::json;
-use snp_core::{AppSet, MappingKey, Mappings};
-use snp_proto::dubbo::service_name_mapping_service_client::ServiceNameMappingServiceClient;
-use snp_proto::dubbo::ServiceMappingRequest;
+use snp_core::{MappingKey, Mappings};
 use snp_shim::crd;
 use snp_shim::metrics::Metrics;
 use snp_shim::store::kube::KubeStore;
@@ -23,144 +20,37 @@ use snp_shim::store::{Change, Store, StoreError};
 
 const OUTAGE: Duration = Duration::from_secs(20);
 
-/// The real `snp-shim` binary on the test API server; killed when dropped.
-struct Shim {
-    child: Child,
-    grpc: SocketAddr,
-    http: SocketAddr,
-    log: std::path::PathBuf,
+/// The real `snp-shim` binary on the test API server (see [`common::Binary`]), its journal
+/// next to its log.
+fn start_shim(log: &Path) -> Binary {
+    let mut args = apiserver::shim_flags(apiserver::GROUP, &log.with_extension("data"));
+    args.extend([
+        "--node-name=outage-node".to_owned(),
+        // The debouncer's own retry schedule is tested elsewhere; keep the retry after
+        // the outage short.
+        "--retry-max=2s".to_owned(),
+    ]);
+    Binary::spawn(log, &args)
 }
 
-impl Drop for Shim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// One registration call, as a Java provider makes it; returns whether it was acked.
+async fn register(shim: &Binary, ns: &str, app: &str, iface: &str) -> bool {
+    dubbo(shim.grpc)
+        .await
+        .register_service_app_mapping(dubbo_req(ns, app, &[iface]))
+        .await
+        .is_ok()
 }
 
-impl Shim {
-    fn start(kubeconfig: &Path, log: &Path) -> Shim {
-        let err = std::fs::File::create(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_snp-shim"))
-            .args([
-                "--grpc-addr=127.0.0.1:0",
-                "--http-addr=127.0.0.1:0",
-                "--store=kubernetes",
-                "--node-name=outage-node",
-                "--log-format=json",
-                // The debouncer's own retry schedule is tested elsewhere; keep the
-                // retry after the outage short.
-                "--retry-max=2s",
-            ])
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            // Its journal, next to its log.
-            .arg(format!(
-                "--data-dir={}",
-                log.with_extension("data").display()
-            ))
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn snp-shim");
-        let mut shim = Shim {
-            child,
-            grpc: "127.0.0.1:0".parse().unwrap(),
-            http: "127.0.0.1:0".parse().unwrap(),
-            log: log.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.contains("snp-shim listening")) {
-                let v: serde_json::Value = serde_json::from_str(line).expect("json log line");
-                shim.grpc = v["grpc_addr"].as_str().unwrap().parse().unwrap();
-                shim.http = v["http_addr"].as_str().unwrap().parse().unwrap();
-                return shim;
-            }
-            if let Ok(Some(status)) = shim.child.try_wait() {
-                panic!("snp-shim exited ({status}):\n{text}");
-            }
-            assert!(Instant::now() < deadline, "snp-shim did not start:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// One registration call, as a Java provider makes it; returns whether it was acked.
-    async fn register(&self, ns: &str, app: &str, iface: &str) -> bool {
-        let Ok(mut client) =
-            ServiceNameMappingServiceClient::connect(format!("http://{}", self.grpc)).await
-        else {
-            return false;
-        };
-        client
-            .register_service_app_mapping(ServiceMappingRequest {
-                namespace: ns.to_owned(),
-                application_name: app.to_owned(),
-                interface_names: vec![iface.to_owned()],
-            })
-            .await
-            .is_ok()
-    }
-
-    /// The HTTP status and body of `GET path` on the operations port.
-    fn http_get(&self, path: &str) -> (u16, String) {
-        let Ok(mut s) = TcpStream::connect(self.http) else {
-            return (0, String::new());
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-        );
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (code, text)
-    }
-
-    /// The HTTP status of `GET /readyz`.
-    fn readyz(&self) -> u16 {
-        self.http_get("/readyz").0
-    }
-
-    /// The `snp_store_ready` gauge: whether the store is reachable right now.
-    fn store_ready(&self) -> Option<bool> {
-        let (_, text) = self.http_get("/metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix("snp_store_ready "))
-            .map(|v| v.trim() == "1")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+/// The `snp_store_ready` gauge: whether the shim's store is reachable right now. Panics
+/// if the gauge is absent.
+async fn store_ready(shim: &Binary) -> bool {
+    metric(shim.http, "snp_store_ready", &[]).await == 1.0
 }
 
 /// What the API server holds in `ns`, read with a fresh client.
 async fn stored(ns: &str) -> Mappings {
-    let client = apiserver::client().await;
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        client,
-        ns,
-        &crd::api_resource(apiserver::GROUP, crd::DEFAULT_VERSION),
-    );
-    let mut stored = Mappings::new();
-    for o in api.list(&ListParams::default()).await.unwrap().items {
-        let iface = o.data["spec"]["interfaceName"].as_str().unwrap().to_owned();
-        let apps: AppSet = o.data["spec"]["applicationNames"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        stored.insert_set(MappingKey::new(ns, iface), &apps);
-    }
-    stored
+    apiserver::stored(&apiserver::client().await, ns, apiserver::GROUP).await
 }
 
 /// Polls the API server until `ns` holds (at least) `want`.
@@ -199,20 +89,12 @@ async fn the_store_recovers_from_an_api_server_outage() {
     let key = |i: usize| MappingKey::new(ns.as_str(), format!("com.acme.outage.S{i}"));
 
     let bin_ns = apiserver::namespace("outage-bin");
-    let shim = Shim::start(&server.kubeconfig, &server.dir.join("snp-shim.log"));
+    let mut shim = start_shim(&server.dir.join("snp-shim.log"));
     let mut acked = Mappings::new();
-    let t = Instant::now();
-    while shim.readyz() != 200 {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "shim not ready:\n{}",
-            shim.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    shim.wait_ready(Duration::from_secs(30)).await;
     for i in 0..5 {
         let iface = format!("com.acme.bin.S{i}");
-        assert!(shim.register(&bin_ns, "before", &iface).await);
+        assert!(register(&shim, &bin_ns, "before", &iface).await);
         acked.insert(MappingKey::new(bin_ns.as_str(), iface), "before");
     }
     wait_stored(&bin_ns, &acked, Duration::from_secs(10)).await;
@@ -255,12 +137,12 @@ async fn the_store_recovers_from_an_api_server_outage() {
         let iface = format!("com.acme.bin.S{}", round % 7);
         let app = format!("during-{round}");
         assert!(
-            shim.register(&bin_ns, &app, &iface).await,
+            register(&shim, &bin_ns, &app, &iface).await,
             "the shim refused a registration during the outage"
         );
         acked.insert(MappingKey::new(bin_ns.as_str(), iface), &app);
-        shim_stayed_ready &= shim.readyz() == 200;
-        shim_saw_outage |= shim.store_ready() == Some(false);
+        shim_stayed_ready &= http_get(shim.http, "/readyz").await.0 == 200;
+        shim_saw_outage |= !store_ready(&shim).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(failures >= 10, "{failures}");
@@ -309,7 +191,7 @@ async fn the_store_recovers_from_an_api_server_outage() {
         "the shim wrote exactly what it acked"
     );
     let t = Instant::now();
-    while shim.store_ready() != Some(true) {
+    while !store_ready(&shim).await {
         assert!(
             t.elapsed() < Duration::from_secs(15),
             "the shim's store not ready again"
@@ -320,24 +202,10 @@ async fn the_store_recovers_from_an_api_server_outage() {
 
     // Everything is in the API server.
     let client = apiserver::client().await;
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        &ns,
-        &crd::api_resource(apiserver::GROUP, crd::DEFAULT_VERSION),
-    );
+    let api = apiserver::mappings_api(&client, &ns, apiserver::GROUP);
     let mut all = first.clone();
     all.union(&pending);
-    let mut stored = Mappings::new();
-    for o in api.list(&ListParams::default()).await.unwrap().items {
-        let iface = o.data["spec"]["interfaceName"].as_str().unwrap().to_owned();
-        let apps: AppSet = o.data["spec"]["applicationNames"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        stored.insert_set(MappingKey::new(ns.as_str(), iface), &apps);
-    }
+    let stored = apiserver::stored(&client, &ns, apiserver::GROUP).await;
     assert_eq!(stored, all);
 
     // Ready again, and the watch is back: another writer's change arrives.

@@ -21,81 +21,44 @@ mod java;
 use std::time::Duration;
 
 use clap::Parser;
-use kube::api::{Api, DynamicObject, ListParams};
 use snp_core::AppSet;
 use snp_shim::config::Cli;
-use snp_shim::crd;
 
 use apiserver::GROUP;
 use java::{client_addr, Java};
 
 /// `(interfaceName, applicationNames)` of every object in `ns`.
 async fn objects(client: &kube::Client, ns: &str) -> Vec<(String, AppSet)> {
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        ns,
-        &crd::api_resource(GROUP, crd::DEFAULT_VERSION),
-    );
-    api.list(&ListParams::default())
+    apiserver::objects(client, ns, GROUP)
         .await
-        .unwrap()
-        .items
         .into_iter()
-        .map(|o| {
-            let spec = &o.data["spec"];
-            let apps: AppSet = spec["applicationNames"]
-                .as_array()
-                .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
-                .unwrap_or_default();
-            (spec["interfaceName"].as_str().unwrap().to_owned(), apps)
-        })
+        .map(|(_, iface, apps)| (iface, apps))
         .collect()
 }
 
 /// An in-process shim with the Kubernetes store (as the shim's service account) and the
 /// Nacos endpoint, its default tenant writing into `ns`, its journal under `data`; returns
 /// once it is ready.
-async fn start_shim(
-    server: &apiserver::ApiServer,
-    ns: &str,
-    data: &std::path::Path,
-) -> snp_shim::app::ShimHandle {
-    let args = Cli::parse_from([
-        "snp-shim".to_owned(),
-        "--grpc-addr=127.0.0.1:0".into(),
-        "--http-addr=127.0.0.1:0".into(),
-        "--store=kubernetes".into(),
-        format!("--kubeconfig={}", server.kubeconfig.display()),
-        format!("--crd-group={GROUP}"),
+async fn start_shim(ns: &str, data: &std::path::Path) -> snp_shim::app::ShimHandle {
+    let mut argv = vec!["snp-shim".to_owned()];
+    argv.extend(apiserver::shim_flags(GROUP, data));
+    argv.extend([
         "--nacos".into(),
         "--nacos-addr=127.0.0.1:0".into(),
         format!("--nacos-default-namespace={ns}"),
-        // Its own journal: the tests of this file run at once.
-        format!("--data-dir={}", data.display()),
-    ])
-    .serve;
-    let shim = snp_shim::app::start(args).await.unwrap();
-    let http = shim.http_addr;
-    assert!(
-        common::eventually_async(Duration::from_secs(30), || async move {
-            common::http_get(http, "/readyz").await.0 == 200
-        })
-        .await,
-        "the shim never became ready"
-    );
-    shim
+    ]);
+    common::start_args(Cli::parse_from(argv).serve, Duration::from_secs(30)).await
 }
 
 #[tokio::test]
 async fn storm_of_100_new_apps_lands_on_the_api_server() {
     const N: usize = 100;
     common::init_logs();
-    let server = apiserver::server();
     let client = apiserver::client().await;
     // The default tenant writes into this namespace.
     let ns = apiserver::namespace("nacos-storm");
     let data = tempfile::tempdir().unwrap();
-    let shim = start_shim(server, &ns, data.path()).await;
+    let shim = start_shim(&ns, data.path()).await;
     let before = apiserver::request_counts(&client, GROUP).await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -146,12 +109,11 @@ async fn storm_of_100_new_apps_lands_on_the_api_server() {
 #[tokio::test]
 async fn dubbo_provider_and_consumer_through_the_shim_on_the_api_server() {
     common::init_logs();
-    let server = apiserver::server();
     let client = apiserver::client().await;
     // The apps use the default tenant, which writes into this namespace.
     let ns = apiserver::namespace("nacos-dubbo");
     let data = tempfile::tempdir().unwrap();
-    let shim = start_shim(server, &ns, data.path()).await;
+    let shim = start_shim(&ns, data.path()).await;
     let dir = tempfile::tempdir().unwrap();
     let nacos = client_addr(shim.nacos_addr.unwrap());
     let zk = Java::start(dir.path(), "zk", "snp.it.Zk", &[]);

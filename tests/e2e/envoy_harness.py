@@ -45,14 +45,11 @@ def _wasm_filter(listener: dict) -> dict:
 
 
 
-def parse_stats(body: str) -> dict[str, int]:
-    """Envoy's `/stats` text: counters and gauges by full name (histograms are left out)."""
-    out: dict[str, int] = {}
-    for line in body.splitlines():
-        name, _, value = line.partition(": ")
-        if value.strip().lstrip("-").isdigit():
-            out[name] = int(value)
-    return out
+def stat_of(stats: dict[str, int], name: str) -> int:
+    """`name` from an Envoy `/stats` dict; an absent stat fails the test (a renamed stat must
+    not read as 0)."""
+    assert name in stats, f"Envoy has no stat {name} ({len(stats)} stats present)"
+    return stats[name]
 
 class Envoy:
     """One Envoy process. Ports are picked free; `port` is the apps listener."""
@@ -192,28 +189,28 @@ class Envoy:
 
     def stats(self) -> dict[str, int]:
         """Counters and gauges from /stats (text format), by full name."""
-        return parse_stats(self.admin("/stats")[1])
+        _, body = self.admin("/stats")
+        out: dict[str, int] = {}
+        for line in body.splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
 
     def stat(self, name: str) -> int:
         """A filter metric, e.g. `snp.registrations.ok` (prefix added). The filter defines
-        every metric when its VM starts, so an absent one (renamed, or no filter loaded)
-        fails the test instead of reading as 0."""
-        stats = self.stats()
-        full = WASM_STAT_PREFIX + name
-        assert full in stats, f"Envoy's /stats has no {full} (filter not loaded, or the metric was renamed)"
-        return stats[full]
+        every metric when it starts: an absent one fails the test, it never reads as 0."""
+        return stat_of(self.stats(), WASM_STAT_PREFIX + name)
 
     def wait_stat(self, name: str, pred, timeout: float = 10.0) -> int:
-        """Waits until `pred(stat(name))`; returns the last value (the caller asserts). The
-        stat may appear late (the VM starts with the listener), but must exist by the end."""
+        """Waits until `pred` holds for the filter metric `name`; returns its last value.
+        The metric may appear during the wait (the filter starting), but must exist by the
+        deadline."""
         deadline = time.monotonic() + timeout
         while True:
-            full = WASM_STAT_PREFIX + name
-            stats = self.stats()
-            if full in stats and pred(stats[full]):
-                return stats[full]
-            if time.monotonic() > deadline:
-                return self.stat(name)
+            v = self.stats().get(WASM_STAT_PREFIX + name)
+            if (v is not None and pred(v)) or time.monotonic() > deadline:
+                return self.stat(name) if v is None else v
             time.sleep(0.05)
 
     def wait_delivered(self, timeout: float = 15.0) -> bool:
@@ -222,14 +219,12 @@ class Envoy:
         deadline = time.monotonic() + timeout
         while True:
             s = self.stats()
-            names = [WASM_STAT_PREFIX + n for n in ("snp.pending_keys", "snp.batches.sent", "snp.batches.acked")]
-            if all(n in s for n in names):
-                pending, sent, acked = (s[n] for n in names)
-                if pending == 0 and sent == acked:
-                    return True
+            pending = stat_of(s, WASM_STAT_PREFIX + "snp.pending_keys")
+            sent = stat_of(s, WASM_STAT_PREFIX + "snp.batches.sent")
+            acked = stat_of(s, WASM_STAT_PREFIX + "snp.batches.acked")
+            if pending == 0 and sent == acked:
+                return True
             if time.monotonic() > deadline:
-                for n in ("snp.pending_keys", "snp.batches.sent", "snp.batches.acked"):
-                    self.stat(n)  # an absent metric fails here, not as "not delivered"
                 return False
             time.sleep(0.05)
 

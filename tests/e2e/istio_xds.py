@@ -28,7 +28,6 @@ import grpc
 import pytest
 
 from conftest import ROOT, Proc, filter_wasm, tool, wait_for_port
-from envoy_harness import parse_stats
 
 SCRIPT = ROOT / "scripts" / "istio-xds.sh"
 SHIM_AUTHORITY = "snp-shim.snp-system.svc.cluster.local:15051"
@@ -137,19 +136,23 @@ class IstioSidecar:
             return e.code, e.read().decode()
 
     def stats(self) -> dict[str, int]:
-        return parse_stats(self.admin("/stats")[1])
+        out: dict[str, int] = {}
+        for line in self.admin("/stats")[1].splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
 
     def wait_stat(self, name: str, pred, timeout: float = 20.0) -> int:
-        """Waits until `pred` holds for the stat; an absent stat fails at the deadline
-        instead of reading as 0."""
         deadline = time.monotonic() + timeout
         while True:
-            stats = self.stats()
-            if name in stats and pred(stats[name]):
-                return stats[name]
+            v = self.stats().get(name)
+            if v is not None and pred(v):
+                return v
             if time.monotonic() > deadline:
-                assert name in stats, f"Envoy's /stats has no {name}"
-                return stats[name]
+                # Absent by the deadline fails: a renamed stat must not read as 0.
+                assert v is not None, f"Envoy has no stat {name}"
+                return v
             time.sleep(0.05)
 
     @property

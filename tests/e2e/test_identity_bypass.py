@@ -11,7 +11,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from envoy_harness import REGISTER_A, REGISTER_B, assert_vm_healthy, envoys, register_request  # noqa: F401
+from envoy_harness import REGISTER_A, REGISTER_B, assert_vm_healthy, envoys, register_request, stat_of  # noqa: F401
 from shim_harness import shim, shims, wait_until  # noqa: F401
 
 NODE_NS = "shop"
@@ -105,7 +105,7 @@ def test_a_forged_ack_header_gets_no_ok_without_the_filter(protos, envoys, shim,
             assert "x-snp-acked" not in r["headers"], (path, ct, r)
             if ct == "application/octet-stream":
                 assert r["headers"].get("grpc-status", "") != "0", (path, ct, r)
-    assert envoy.stat("cluster.snp_ack.upstream_rq_total") == 0
+    assert stat_of(envoy.stats(), "cluster.snp_ack.upstream_rq_total") == 0
     # The application/grpc calls reached the shim, which answers them itself (and, in the
     # shipped manifests, enforces its own policy); the octet-stream ones were refused.
     on_disk = shim.union_on_disk()

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 import grpc
 import pytest
 
-from envoy_harness import REGISTER_A, REGISTER_B, assert_vm_healthy, envoys, raw_call  # noqa: F401
+from envoy_harness import REGISTER_A, REGISTER_B, assert_vm_healthy, envoys, raw_call, stat_of  # noqa: F401
 from shim_harness import shim, shims, wait_until  # noqa: F401
 from test_filter_bad_input import GOOD, frame, pb_string
 
@@ -74,7 +74,7 @@ def test_filter_and_shim_answer_every_malformed_call_alike(envoys, shim):
         # Refused, never OK.
         assert via_filter[1] != "0" and via_shim[1] != "0", (name, path, via_filter, via_shim)
         assert via_filter == via_shim, (name, path, via_filter, via_shim)
-    assert envoy.stat("cluster.snp_ack.upstream_rq_total") == 0
+    assert stat_of(envoy.stats(), "cluster.snp_ack.upstream_rq_total") == 0
     assert shim.union_on_disk() == {}
     assert_vm_healthy(envoy)
 
@@ -122,7 +122,7 @@ def test_http1_registrations_get_a_clear_error(envoys, shim):
         assert code == "200", (path, code, text)
         assert head.get("grpc-status") == "12", (path, text)
         assert "over HTTP/2" in unquote(head.get("grpc-message", "")), text
-    assert envoy.stat("cluster.snp_ack.upstream_rq_total") == 0
+    assert stat_of(envoy.stats(), "cluster.snp_ack.upstream_rq_total") == 0
     assert shim.union_on_disk() == {}
     # And the shim refuses HTTP/1.1 at the connection: no answer is a success.
     res = subprocess.run(

@@ -135,6 +135,42 @@ func (p *agentProxy) waitForModule() {
 	}
 }
 
+// pump sends what recv gets until either fails, and reports that failure.
+func pump[T any](recv func() (T, error), send func(T) error, fail func(error)) {
+	for {
+		m, err := recv()
+		if err == nil {
+			err = send(m)
+		}
+		if err != nil {
+			fail(err)
+			return
+		}
+	}
+}
+
+// stream is one side of a gRPC bidirectional stream: it sends S and receives R.
+type stream[S, R any] interface {
+	Send(S) error
+	Recv() (R, error)
+}
+
+// relay forwards one ADS stream, state of the world or delta alike: Envoy's requests go up
+// to istiod unchanged, istiod's responses go down through deliver (which may hold one back
+// and report a later failure with fail). It returns the first error of either direction.
+func relay[Req, Resp any](down stream[Resp, Req], up stream[Req, Resp], deliver func(resp Resp, fail func(error)) error) error {
+	errc := make(chan error, 3)
+	fail := func(err error) {
+		select {
+		case errc <- err:
+		default:
+		}
+	}
+	go pump(down.Recv, up.Send, fail)
+	go pump(up.Recv, func(m Resp) error { return deliver(m, fail) }, fail)
+	return <-errc
+}
+
 func (p *agentProxy) StreamAggregatedResources(down discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
 	ctx, cancel := context.WithCancel(down.Context())
 	defer cancel()
@@ -142,38 +178,13 @@ func (p *agentProxy) StreamAggregatedResources(down discovery.AggregatedDiscover
 	if err != nil {
 		return err
 	}
-	errc := make(chan error, 2)
-	go func() {
-		for {
-			req, err := down.Recv()
-			if err != nil {
-				errc <- err
-				return
-			}
-			if err := up.Send(req); err != nil {
-				errc <- err
-				return
-			}
+	return relay[*discovery.DiscoveryRequest, *discovery.DiscoveryResponse](down, up, func(resp *discovery.DiscoveryResponse, _ func(error)) error {
+		if err := p.z.rewrite(resp.TypeUrl, resp.Resources); err != nil {
+			fmt.Fprintf(p.log, "rewrite %s: %v\n", resp.TypeUrl, err)
 		}
-	}()
-	go func() {
-		for {
-			resp, err := up.Recv()
-			if err != nil {
-				errc <- err
-				return
-			}
-			if err := p.z.rewrite(resp.TypeUrl, resp.Resources); err != nil {
-				fmt.Fprintf(p.log, "rewrite %s: %v\n", resp.TypeUrl, err)
-			}
-			fmt.Fprintf(p.log, "sotw %s: %d resources\n", resp.TypeUrl, len(resp.Resources))
-			if err := down.Send(resp); err != nil {
-				errc <- err
-				return
-			}
-		}
-	}()
-	return <-errc
+		fmt.Fprintf(p.log, "sotw %s: %d resources\n", resp.TypeUrl, len(resp.Resources))
+		return down.Send(resp)
+	})
 }
 
 func (p *agentProxy) DeltaAggregatedResources(down discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
@@ -184,60 +195,35 @@ func (p *agentProxy) DeltaAggregatedResources(down discovery.AggregatedDiscovery
 		return err
 	}
 	var mu sync.Mutex
-	errc := make(chan error, 3)
-	go func() {
-		for {
-			req, err := down.Recv()
-			if err != nil {
-				errc <- err
-				return
-			}
-			if err := up.Send(req); err != nil {
-				errc <- err
-				return
-			}
+	send := func(resp *discovery.DeltaDiscoveryResponse) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return down.Send(resp)
+	}
+	return relay[*discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse](down, up, func(resp *discovery.DeltaDiscoveryResponse, fail func(error)) error {
+		res := make([]*anypb.Any, len(resp.Resources))
+		for i, r := range resp.Resources {
+			res[i] = r.Resource
 		}
-	}()
-	go func() {
-		for {
-			resp, err := up.Recv()
-			if err != nil {
-				errc <- err
-				return
-			}
-			res := make([]*anypb.Any, len(resp.Resources))
-			for i, r := range resp.Resources {
-				res[i] = r.Resource
-			}
-			if err := p.z.rewrite(resp.TypeUrl, res); err != nil {
-				fmt.Fprintf(p.log, "rewrite %s: %v\n", resp.TypeUrl, err)
-			}
-			for i, r := range resp.Resources {
-				r.Resource = res[i]
-			}
-			fmt.Fprintf(p.log, "delta %s: %d resources, %d removed\n", resp.TypeUrl, len(resp.Resources), len(resp.RemovedResources))
-			if p.holdECDS != "" && resp.TypeUrl == v3.ExtensionConfigurationType {
-				go func() {
-					p.waitForModule()
-					fmt.Fprintf(p.log, "delta %s: released\n", resp.TypeUrl)
-					mu.Lock()
-					defer mu.Unlock()
-					if err := down.Send(resp); err != nil {
-						errc <- err
-					}
-				}()
-				continue
-			}
-			mu.Lock()
-			err = down.Send(resp)
-			mu.Unlock()
-			if err != nil {
-				errc <- err
-				return
-			}
+		if err := p.z.rewrite(resp.TypeUrl, res); err != nil {
+			fmt.Fprintf(p.log, "rewrite %s: %v\n", resp.TypeUrl, err)
 		}
-	}()
-	return <-errc
+		for i, r := range resp.Resources {
+			r.Resource = res[i]
+		}
+		fmt.Fprintf(p.log, "delta %s: %d resources, %d removed\n", resp.TypeUrl, len(resp.Resources), len(resp.RemovedResources))
+		if p.holdECDS != "" && resp.TypeUrl == v3.ExtensionConfigurationType {
+			go func() {
+				p.waitForModule()
+				fmt.Fprintf(p.log, "delta %s: released\n", resp.TypeUrl)
+				if err := send(resp); err != nil {
+					fail(err)
+				}
+			}()
+			return nil
+		}
+		return send(resp)
+	})
 }
 
 // sdsServer plays istio-agent's SDS server: the workload certificate ("default") and the

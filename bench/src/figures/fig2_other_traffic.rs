@@ -60,7 +60,7 @@ pub async fn fig2(env: &Env) -> Result<Vec<Verdict>> {
     // The route-scoped filter still answers registrations.
     let before = crate::load::EnvoyCounters::parse(
         &snp_testkit::http::get_ok(&scoped.admin, "/stats").await?,
-    );
+    )?;
     let reg = load::run(&closed(
         vec![scoped.apps.clone()],
         TargetKind::Envoy,
@@ -72,7 +72,7 @@ pub async fn fig2(env: &Env) -> Result<Vec<Verdict>> {
     .await?;
     let after = crate::load::EnvoyCounters::parse(
         &snp_testkit::http::get_ok(&scoped.admin, "/stats").await?,
-    );
+    )?;
     let scoped_answers = after
         .registrations_ok
         .saturating_sub(before.registrations_ok);

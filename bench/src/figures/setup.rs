@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use snp_testkit::apiserver::Script;
 use snp_testkit::envoy::{EnvoyProcess, EnvoySpec};
 use snp_testkit::process::{free_port, local, wait_tcp, Proc, ShimBinary};
 
@@ -177,21 +178,12 @@ impl ApiServer {
         let dir = env.dir.join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let script = env.root.join("scripts/k8s-apiserver.sh");
-        let out = tokio::process::Command::new(&script)
-            .arg("start")
-            .arg(&dir)
-            .stdin(std::process::Stdio::null())
-            .output()
+        let script = Script::new(&env.root);
+        let at = dir.clone();
+        tokio::task::spawn_blocking(move || script.start(&at))
             .await
-            .with_context(|| format!("run {}", script.display()))?;
-        if !out.status.success() {
-            bail!(
-                "the API server did not start:\n{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+            .context("the API server's start")?
+            .context("the API server did not start")?;
         let s = Self {
             root: env.root.clone(),
             kubeconfig: dir.join("kubeconfig"),
@@ -223,12 +215,7 @@ impl ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(self.root.join("scripts/k8s-apiserver.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        let _ = Script::new(&self.root).stop(&self.dir);
     }
 }
 

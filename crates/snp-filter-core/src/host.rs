@@ -109,7 +109,7 @@ pub trait Host {
 
     /// Sets a property (Envoy: filter state `wasm.<path>`) of the effective stream. Only
     /// filters can write filter state, so a route that matches it cannot be chosen by a
-    /// client (the ack route, issue 13).
+    /// client (the ack route).
     fn set_property(&self, path: &[&str], value: &[u8]);
 
     /// Sets (replaces) a header of the effective stream.

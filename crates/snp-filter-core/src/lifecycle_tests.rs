@@ -881,7 +881,7 @@ mod random_sequences {
     }
 }
 
-/// Issue 13: a query string does not hide a registration, a spelling of the path that a
+/// A query string does not hide a registration, a spelling of the path that a
 /// proxy could route to the method is refused, and a client's ack header selects nothing.
 #[test]
 fn path_variants_are_registrations_or_refused_and_the_ack_header_is_inert() {

@@ -2,8 +2,8 @@
 //!
 //! Envoy's `path` route match and tonic's router both ignore the query string, so
 //! `/svc/method?x=1` (or a bare trailing `?`, or a fragment) reaches the method. A filter
-//! that compared the whole `:path` would let such a call through uninspected
-//! (issue 13). So a path is first cut at `?` or `#`; what is left must equal a known
+//! that compared the whole `:path` would let such a call through uninspected.
+//! So a path is first cut at `?` or `#`; what is left must equal a known
 //! path byte for byte. Anything that only *resembles* a known path (percent-encoded
 //! characters, doubled or trailing slashes, `.` segments, backslashes, another case) is a
 //! [`PathMatch::Variant`]: neither Envoy's default configuration nor tonic routes it to the

@@ -265,9 +265,26 @@ pub fn stats(text: &str) -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
+/// `name` from parsed [`stats`]; an error if Envoy has no such stat (a renamed stat must
+/// not read as 0).
+pub fn stat(stats: &std::collections::BTreeMap<String, u64>, name: &str) -> Result<u64> {
+    stats
+        .get(name)
+        .copied()
+        .with_context(|| format!("Envoy has no stat {name} ({} stats present)", stats.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_absent_stat_is_an_error() {
+        let s = stats("wasmcustom.snp.pending_keys: 3\ncluster.x.upstream_rq_total: 0\n");
+        assert_eq!(stat(&s, "wasmcustom.snp.pending_keys").unwrap(), 3);
+        assert_eq!(stat(&s, "cluster.x.upstream_rq_total").unwrap(), 0);
+        assert!(stat(&s, "wasmcustom.snp.pending").is_err());
+    }
 
     fn spec(filter: bool) -> EnvoySpec {
         EnvoySpec {

@@ -181,14 +181,14 @@ pub const WRITE_VERBS: [&str; 6] = [
 /// A verb or code that was never requested has no series (the server creates one on its
 /// first request), so absent combinations count 0 here, unlike [`Metrics::sum`]; but a
 /// text without `apiserver_request_total` at all is not the API server's `/metrics`, and
-/// [`RequestCounts::parse_checked`] refuses it.
+/// [`RequestCounts::parse`] refuses it rather than reading it as no requests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestCounts(pub BTreeMap<(String, String), u64>);
 
 impl RequestCounts {
     /// Parses the API server's `/metrics` text for resource `servicenamemappings` of
     /// `group`; an error if the text has no `apiserver_request_total` at all.
-    pub fn parse_checked(text: &str, group: &str) -> Result<Self, MetricError> {
+    pub fn parse(text: &str, group: &str) -> Result<Self, MetricError> {
         let metrics = Metrics::parse(text)?;
         let mut counts = Self::default();
         for s in metrics.matching("apiserver_request_total", &[])? {
@@ -207,12 +207,6 @@ impl RequestCounts {
             *counts.0.entry(key).or_default() += value as u64;
         }
         Ok(counts)
-    }
-
-    /// [`RequestCounts::parse_checked`], for callers that count a text without
-    /// `apiserver_request_total` (a server that served nothing yet) as no requests.
-    pub fn parse(text: &str, group: &str) -> Self {
-        Self::parse_checked(text, group).unwrap_or_default()
     }
 
     /// What was counted after `earlier` (per series; 0 where a counter went down).
@@ -358,25 +352,21 @@ apiserver_request_total{code="200",component="apiserver",dry_run="",group="exten
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="dubbo.apache.org",resource="servicenamemappings",scope="resource",subresource="",verb="PUT",version="v1alpha1"} 99
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="apiextensions.k8s.io",resource="customresourcedefinitions",scope="cluster",subresource="",verb="POST",version="v1"} 1
 "#;
-        let before = RequestCounts::parse_checked(text, "extensions.istio.io").unwrap();
+        let before = RequestCounts::parse(text, "extensions.istio.io").unwrap();
         assert_eq!(before.writes(), 12);
         assert_eq!(before.writes_ok(), 10);
         assert_eq!(before.verb("GET"), 5);
         assert_eq!(before.get("POST", "409"), 2);
         assert_eq!(before.code("200"), 6);
         assert_eq!(before.total(), 18);
-        let after = RequestCounts::parse(&text.replace("} 10\n", "} 14\n"), "extensions.istio.io");
+        let after =
+            RequestCounts::parse(&text.replace("} 10\n", "} 14\n"), "extensions.istio.io").unwrap();
         let delta = after.since(&before);
         assert_eq!(delta.writes(), 4);
         assert_eq!(delta.to_string(), "POST 201: 4");
         assert_eq!(delta.by_verb()["POST"], 4);
         // No request of the group yet: zero counts, but the text must be the API server's.
-        assert_eq!(
-            RequestCounts::parse_checked(text, "other.io")
-                .unwrap()
-                .total(),
-            0
-        );
-        assert!(RequestCounts::parse_checked("# TYPE x counter\nx 1\n", "other.io").is_err());
+        assert_eq!(RequestCounts::parse(text, "other.io").unwrap().total(), 0);
+        assert!(RequestCounts::parse("# TYPE x counter\nx 1\n", "other.io").is_err());
     }
 }

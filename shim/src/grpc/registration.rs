@@ -284,7 +284,7 @@ async fn register<S: Store>(
     Ok(Bytes::from(flavour.ok_response()))
 }
 
-/// Refuses spellings of the registration paths that are not the exact one (issue 13), with
+/// Refuses spellings of the registration paths that are not the exact one, with
 /// the filter's status and message (`snp_proto::path`), before tonic routes the call. tonic
 /// would answer UNIMPLEMENTED; a proxy that normalises paths could route them to the method.
 #[derive(Debug, Clone, Copy, Default)]

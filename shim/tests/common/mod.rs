@@ -62,13 +62,17 @@ pub async fn start_paused(dir: &Path, extra: &[&str]) -> ShimHandle {
 
 /// Starts an in-process shim on `dir` with gRPC on `grpc_addr`; returns once it is ready.
 pub async fn start_at(dir: &Path, grpc_addr: &str, extra: &[&str]) -> ShimHandle {
+    start_args(args_at(dir, grpc_addr, extra), Duration::from_secs(10)).await
+}
+
+/// Starts an in-process shim with `args`; returns once `/readyz` answers 200, or panics
+/// after `within`.
+pub async fn start_args(args: snp_shim::config::ServeArgs, within: Duration) -> ShimHandle {
     init_logs();
-    let shim = app::start(args_at(dir, grpc_addr, extra))
-        .await
-        .expect("shim starts");
+    let shim = app::start(args).await.expect("shim starts");
     let http = shim.http_addr;
     assert!(
-        eventually_async(Duration::from_secs(10), || async move {
+        eventually_async(within, || async move {
             http_get(http, "/readyz").await.0 == 200
         })
         .await,
@@ -247,4 +251,85 @@ impl Drop for Binary {
     fn drop(&mut self) {
         self.shim.proc.kill();
     }
+}
+
+/// A batch event of the shim's pipeline log, for checks of its retry schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Dispatched,
+    Failed,
+    Written,
+}
+
+impl Step {
+    /// The step a pipeline log message (target `snp_shim::pipeline`) stands for.
+    pub fn of(message: &str) -> Option<Step> {
+        match message {
+            "writing batch" => Some(Step::Dispatched),
+            "batch failed; it will be retried" => Some(Step::Failed),
+            "batch written" => Some(Step::Written),
+            _ => None,
+        }
+    }
+}
+
+/// One retry of a failed batch: the failures in a row so far, the backoff the schedule
+/// gives them before jitter (`base` doubling per failure up to `cap`, from 2 x `base`), and
+/// when (seconds) the failure and the retry were logged.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub failures: u32,
+    pub expected: f64,
+    pub failed_at: f64,
+    pub retried_at: f64,
+}
+
+impl Retry {
+    /// Seconds from the failure to the retry.
+    pub fn gap(&self) -> f64 {
+        self.retried_at - self.failed_at
+    }
+}
+
+/// Each failure of `steps` (seconds, step) paired with the retry that followed it.
+pub fn retries(steps: &[(f64, Step)], base: f64, cap: f64) -> Vec<Retry> {
+    let mut out = Vec::new();
+    let (mut failures, mut failed_at) = (0u32, None);
+    for &(t, step) in steps {
+        match step {
+            Step::Failed => {
+                failures += 1;
+                failed_at = Some(t);
+            }
+            Step::Dispatched => {
+                if let Some(f) = failed_at.take() {
+                    out.push(Retry {
+                        failures,
+                        expected: (base * f64::from(1u32 << failures.min(16))).min(cap),
+                        failed_at: f,
+                        retried_at: t,
+                    });
+                }
+            }
+            Step::Written => failures = 0,
+        }
+    }
+    out
+}
+
+/// `retries` for messages: `#k: gap (expected low..high)`, with the jitter's low end.
+pub fn show_retries(retries: &[Retry], jitter: f64) -> String {
+    let shown: Vec<String> = retries
+        .iter()
+        .map(|r| {
+            format!(
+                "#{}: {:.3}s (expected {:.3}..{:.3}s)",
+                r.failures,
+                r.gap(),
+                r.expected * (1.0 - jitter),
+                r.expected
+            )
+        })
+        .collect();
+    shown.join(", ")
 }

@@ -14,8 +14,6 @@
 //! calling test panics: these tests never skip.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -29,8 +27,11 @@ use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
+use snp_core::{AppSet, MappingKey, Mappings};
 use snp_shim::crd;
 use snp_shim::store::kube::KubeStoreConfig;
+use snp_testkit::apiserver::Script;
+pub use snp_testkit::prom::RequestCounts;
 
 /// The group of the CRD most tests use (the seed's).
 pub const GROUP: &str = crd::DEFAULT_GROUP;
@@ -60,15 +61,16 @@ static CONTROLLERS: OnceLock<()> = OnceLock::new();
 /// Set (to anything) to keep the server's directory after the test binary exits.
 pub const KEEP_DIR_ENV: &str = "SNP_KEEP_TEST_APISERVER_DIR";
 
-fn repo_root() -> PathBuf {
+/// The workspace root.
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
         .to_path_buf()
 }
 
-fn script() -> PathBuf {
-    repo_root().join("scripts/k8s-apiserver.sh")
+fn script() -> Script {
+    Script::new(&repo_root())
 }
 
 /// The server of this test binary, started (and its CRDs registered) on first use.
@@ -99,7 +101,7 @@ fn start_server() -> ApiServer {
     let watchdog = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; '{script}' stop '{dir}' >/dev/null 2>&1; {cleanup}",
         pid = std::process::id(),
-        script = script().display(),
+        script = script().path().display(),
         dir = dir.display(),
         cleanup = if keep {
             "true".to_owned()
@@ -144,36 +146,20 @@ fn start_server() -> ApiServer {
 /// Builds (if needed) and starts the server in `dir`; on a restart it reuses the port,
 /// certificates and data of the previous run. Returns the URL.
 pub fn start(dir: &Path) -> String {
-    let out = Command::new(script())
-        .arg("start")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", script().display()));
-    if !out.status.success() {
-        panic!(
-            "the test API server did not start ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    script()
+        .start(dir)
+        .unwrap_or_else(|e| panic!("the test API server did not start: {e:#}"))
 }
 
 /// Stops the server in `dir` (SIGTERM, waits for it to exit).
 pub fn stop(dir: &Path) {
-    let out = Command::new(script())
-        .arg("stop")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", script().display()));
-    assert!(
-        out.status.success(),
-        "stop failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    script().stop(dir).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// What `scripts/k8s-apiserver.sh ARGS` prints on stdout, trimmed (a path from the Go
+/// module cache for `istio-crds` and `monitoring-crds`). Panics if the script fails.
+pub fn script_out(args: &[&str]) -> String {
+    run_script(args)
 }
 
 /// An administrator's kube client for the server of this binary.
@@ -190,20 +176,28 @@ pub async fn shim_client() -> Client {
 /// next to this binary's server, once. The CRDs exist by then, so quotas on custom resources
 /// are enforced. A restart of the server (`start`) restarts it too.
 pub fn controllers() {
-    let dir = &server().dir;
-    CONTROLLERS.get_or_init(|| run_script(&["controllers"], dir));
+    let dir = server().dir.to_str().expect("a UTF-8 directory");
+    CONTROLLERS.get_or_init(|| {
+        run_script(&["controllers", dir]);
+    });
 }
 
 /// `kubectl` (the one built with the server) on this binary's server, as the administrator
 /// unless `args` name another kubeconfig. Returns (success, stdout, stderr).
 pub fn kubectl(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(script())
-        .arg("kubectl")
-        .arg(&server().dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", script().display()));
+    kubectl_with(args, None)
+}
+
+/// [`kubectl`] with `stdin` on its standard input (for `-f -`).
+pub fn kubectl_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
+    kubectl_with(args, Some(stdin))
+}
+
+fn kubectl_with(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let dir = server().dir.to_str().expect("a UTF-8 directory");
+    let mut all = vec!["kubectl", dir];
+    all.extend_from_slice(args);
+    let out = script_output(&all, stdin);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -211,21 +205,17 @@ pub fn kubectl(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn run_script(args: &[&str], dir: &Path) {
-    let out = Command::new(script())
-        .args(args)
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", script().display()));
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed ({}):\n{}\n{}",
-        script().display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs the script with `args` (and `stdin`, if any); returns its output.
+fn script_output(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    script()
+        .output(args, stdin)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Runs the script with `args`; panics with its output if it fails. Returns its stdout,
+/// trimmed.
+fn run_script(args: &[&str]) -> String {
+    script().run(args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 async fn client_for(kubeconfig: &Path) -> Client {
@@ -242,19 +232,7 @@ async fn register_crd(client: &Client, group: &str) {
     let yaml = crd::crd_yaml(group, crd::DEFAULT_VERSION).expect("CRD YAML");
     let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&yaml).expect("CRD parses");
     let name = crd.metadata.name.clone().expect("CRD name");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    match crds.create(&PostParams::default(), &crd).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("create CRD {name}: {e}"),
-    }
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("CRD {name} not Established within 30 s"))
-    .expect("watch the CRD");
+    install_crd(client, &crd).await;
     // Established can precede the resource path answering (404, or a 429 while its watch
     // cache starts): wait for a list to work.
     let ar = crd::api_resource(group, crd::DEFAULT_VERSION);
@@ -270,6 +248,24 @@ async fn register_crd(client: &Client, group: &str) {
             Err(e) => panic!("{name} not served within 30 s: {e}"),
         }
     }
+}
+
+/// Creates `crd` (an existing one is fine) and waits until it is `Established`.
+pub async fn install_crd(client: &Client, crd: &CustomResourceDefinition) {
+    let name = crd.metadata.name.clone().expect("CRD name");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match crds.create(&PostParams::default(), crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create CRD {name}: {e}"),
+    }
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("CRD {name} not Established within 30 s"))
+    .expect("watch the CRD");
 }
 
 /// A namespace name no other test uses, and the Namespace, created (as the administrator):
@@ -330,8 +326,76 @@ pub fn store_config(writer: &str, group: &str) -> KubeStoreConfig {
     }
 }
 
-/// Mutating requests ([`WRITE_VERBS`]) the server has counted for `servicenamemappings`
-/// of `group`, read from its own `/metrics`.
+/// Flags of a shim on this binary's server: ephemeral ports, the Kubernetes store acting as
+/// the shim's service account, CRD group `group`, its journal in `data_dir` (one per shim:
+/// they run side by side). Callers add the rest.
+pub fn shim_flags(group: &str, data_dir: &Path) -> Vec<String> {
+    vec![
+        "--grpc-addr=127.0.0.1:0".into(),
+        "--http-addr=127.0.0.1:0".into(),
+        "--store=kubernetes".into(),
+        format!("--kubeconfig={}", server().kubeconfig.display()),
+        format!("--crd-group={group}"),
+        format!("--data-dir={}", data_dir.display()),
+    ]
+}
+
+/// The applications writer `s` registers on interface `i` in the races between writers:
+/// one every writer registers, one of its own, two shared with some other writers, and
+/// one of its own that varies per interface.
+pub fn race_apps(s: usize, i: usize) -> [String; 5] {
+    [
+        "common".to_owned(),
+        format!("node-{s}"),
+        format!("grp-{}", (s + i) % 4),
+        format!("grp-{}", (s + i + 1) % 4),
+        format!("own-{s}-{}", i % 3),
+    ]
+}
+
+/// The `ServiceNameMapping` objects of `group` in `ns`.
+pub fn mappings_api(client: &Client, ns: &str, group: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &crd::api_resource(group, crd::DEFAULT_VERSION),
+    )
+}
+
+/// Every object of `group` in `ns`: (object name, interface, applications).
+pub async fn objects(client: &Client, ns: &str, group: &str) -> Vec<(String, String, AppSet)> {
+    mappings_api(client, ns, group)
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("list the mappings of {ns}: {e}"))
+        .items
+        .into_iter()
+        .map(|o| {
+            let spec = &o.data["spec"];
+            let apps: AppSet = spec["applicationNames"]
+                .as_array()
+                .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
+                .unwrap_or_default();
+            (
+                o.metadata.name.clone().unwrap(),
+                spec["interfaceName"].as_str().unwrap().to_owned(),
+                apps,
+            )
+        })
+        .collect()
+}
+
+/// What the server holds in `ns` under `group`, as mappings.
+pub async fn stored(client: &Client, ns: &str, group: &str) -> Mappings {
+    let mut m = Mappings::new();
+    for (_, iface, apps) in objects(client, ns, group).await {
+        m.insert_set(MappingKey::new(ns, iface), &apps);
+    }
+    m
+}
+
+/// Mutating requests ([`snp_testkit::prom::WRITE_VERBS`]) the server has counted for
+/// `servicenamemappings` of `group`, read from its own `/metrics`.
 pub async fn write_requests(client: &Client, group: &str) -> u64 {
     request_counts(client, group).await.writes()
 }
@@ -344,134 +408,10 @@ async fn metrics_text(client: &Client) -> String {
     client.request_text(req).await.expect("GET /metrics")
 }
 
-/// `apiserver_request_total` samples of `group`, for reports.
-pub async fn request_lines(client: &Client, group: &str) -> Vec<String> {
-    let text = metrics_text(client).await;
-    let group_label = format!("group=\"{group}\"");
-    text.lines()
-        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains(&group_label))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Mutating verbs as `apiserver_request_total` names them.
-pub const WRITE_VERBS: [&str; 6] = [
-    "POST",
-    "PUT",
-    "PATCH",
-    "APPLY",
-    "DELETE",
-    "DELETECOLLECTION",
-];
-
-/// `apiserver_request_total` of the `servicenamemappings` resource of one group, summed by
-/// (verb, code) over the other labels (scope, version, ...), as the server counted them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequestCounts(pub BTreeMap<(String, String), u64>);
-
-impl RequestCounts {
-    /// What was counted after `earlier` (per series; 0 where a counter went down, as after
-    /// a restart of the server).
-    pub fn since(&self, earlier: &RequestCounts) -> RequestCounts {
-        RequestCounts(
-            self.0
-                .iter()
-                .map(|(k, v)| (k.clone(), v.saturating_sub(*earlier.0.get(k).unwrap_or(&0))))
-                .filter(|(_, v)| *v > 0)
-                .collect(),
-        )
-    }
-
-    /// Requests of `verb` (any code).
-    pub fn verb(&self, verb: &str) -> u64 {
-        self.0
-            .iter()
-            .filter(|((v, _), _)| v == verb)
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    /// Requests of `verb` answered with `code`.
-    pub fn get(&self, verb: &str, code: &str) -> u64 {
-        self.0
-            .get(&(verb.to_owned(), code.to_owned()))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// Requests answered with `code` (any verb).
-    pub fn code(&self, code: &str) -> u64 {
-        self.0
-            .iter()
-            .filter(|((_, c), _)| c == code)
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    /// Mutating requests (POST, PUT, PATCH, APPLY, DELETE, DELETECOLLECTION), any code.
-    pub fn writes(&self) -> u64 {
-        WRITE_VERBS.iter().map(|v| self.verb(v)).sum()
-    }
-}
-
-impl fmt::Display for RequestCounts {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            return f.write_str("none");
-        }
-        let parts: Vec<String> = self
-            .0
-            .iter()
-            .map(|((verb, code), n)| format!("{verb} {code}: {n}"))
-            .collect();
-        f.write_str(&parts.join(", "))
-    }
-}
-
-/// The labels of one Prometheus sample line (`name{k="v",...} value`).
-fn labels(line: &str) -> BTreeMap<&str, &str> {
-    let mut out = BTreeMap::new();
-    let Some(inner) = line
-        .split_once('{')
-        .and_then(|(_, rest)| rest.rsplit_once('}'))
-        .map(|(inner, _)| inner)
-    else {
-        return out;
-    };
-    let mut rest = inner;
-    while let Some((key, after)) = rest.split_once("=\"") {
-        // Label values here hold no quotes or backslashes.
-        let Some((value, tail)) = after.split_once('"') else {
-            break;
-        };
-        out.insert(key.trim_start_matches(','), value);
-        rest = tail;
-    }
-    out
-}
-
 /// The server's `apiserver_request_total` for `servicenamemappings.<group>`, from its own
-/// `/metrics`.
+/// `/metrics`, read by the test kit's reader. Panics if the text has no
+/// `apiserver_request_total` at all: a renamed metric fails the test, never counts 0.
 pub async fn request_counts(client: &Client, group: &str) -> RequestCounts {
-    let text = metrics_text(client).await;
-    let mut counts = RequestCounts::default();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let l = labels(line);
-        if l.get("group") != Some(&group) || l.get("resource") != Some(&"servicenamemappings") {
-            continue;
-        }
-        let value = line.rsplit(' ').next().unwrap_or("0");
-        let n = value
-            .parse::<f64>()
-            .unwrap_or_else(|_| panic!("bad sample {line:?}")) as u64;
-        let key = (
-            l.get("verb").copied().unwrap_or("").to_owned(),
-            l.get("code").copied().unwrap_or("").to_owned(),
-        );
-        *counts.0.entry(key).or_default() += n;
-    }
-    counts
+    RequestCounts::parse(&metrics_text(client).await, group)
+        .unwrap_or_else(|e| panic!("the API server's request counts: {e}"))
 }
