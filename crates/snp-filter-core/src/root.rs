@@ -305,6 +305,7 @@ impl<H: Host> Root<H> {
             source,
         );
         engine.set_max_push_bytes(cfg.max_push_bytes);
+        engine.set_max_push_apps_per_key(cfg.max_push_apps_per_key);
         if cfg.push_timeout <= core::time::Duration::from_millis(SHIM_ACK_TIMEOUT_MS) {
             host.log(
                 LogLevel::Warn,
