@@ -1310,3 +1310,25 @@ fn a_piece_the_shim_keeps_pending_retries_the_key_without_losing_the_others() {
     assert_eq!(envoy.metric("snp.pending_keys"), 0);
     assert!(envoy.root_is_idle());
 }
+
+#[test]
+fn windows_longer_than_a_sidecar_drain_are_warned_about() {
+    let warned = |e: &Envoy| {
+        e.host
+            .logged(LogLevel::Warn, "mappings still held then are lost")
+    };
+    let envoy = Envoy::new("{}");
+    assert!(!warned(&envoy), "the default windows fit in a drain");
+    let envoy = Envoy::new(r#"{"debounce_max_ms": 3900}"#);
+    assert!(!warned(&envoy));
+    let envoy = Envoy::new(
+        r#"{"first_check_ms": 60000, "debounce_after_ms": 60000, "debounce_max_ms": 60000}"#,
+    );
+    assert!(warned(&envoy));
+    assert!(envoy
+        .host
+        .logged(LogLevel::Warn, "hold a registration up to 60050 ms"));
+    let envoy =
+        Envoy::new(r#"{"debounce": false, "debounce_max_ms": 60000, "debounce_after_ms": 10}"#);
+    assert!(!warned(&envoy), "without debouncing nothing is held");
+}
