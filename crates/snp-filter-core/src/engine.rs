@@ -236,15 +236,24 @@ const INVALID_REASONS: [&str; 6] = [
     "too_many_applications",
 ];
 
+/// Longest message passed on from the shim: more than a parked key's (the key, at most
+/// 63 + 1 + 1024 bytes, and the store's shortened error), which the shim sends whole.
+const SHIM_MESSAGE_MAX: usize = 4096;
+
 /// The answer to a caller whose mapping the shim rejected: FAILED_PRECONDITION, worded as
-/// the shim words its own answer, so both doors say the same.
+/// the shim words its own answer, so both doors say the same (not cut to the filter's own
+/// 256-byte messages: a parked key's message names the whole interface).
 pub fn rejected_status(reason: &str, message: &str) -> Rejection {
     let message = if INVALID_REASONS.contains(&reason) {
         format!("{message} (reason {reason})")
     } else {
         format!("{message} (reason {reason}; the shim retries it on a slow schedule; see /parked)")
     };
-    Rejection::new(Code::FailedPrecondition, Reason::StoreRejected, message)
+    Rejection {
+        code: Code::FailedPrecondition,
+        reason: Reason::StoreRejected,
+        message: crate::request::ascii_message_within(&message, SHIM_MESSAGE_MAX),
+    }
 }
 
 fn parked_rejection(p: &Parked) -> Rejection {
@@ -852,6 +861,20 @@ mod tests {
             "three requests for five applications, two at a time"
         );
         assert!(e.is_idle());
+    }
+
+    #[test]
+    fn the_shims_words_are_passed_on_whole() {
+        let long = format!(
+            "default/x.{} cannot be stored: namespace default not found",
+            "L".repeat(900)
+        );
+        let r = rejected_status("namespace_not_found", &long);
+        assert_eq!(r.code, Code::FailedPrecondition);
+        assert_eq!(
+            r.message,
+            format!("{long} (reason namespace_not_found; the shim retries it on a slow schedule; see /parked)")
+        );
     }
 
     mod split_props {
