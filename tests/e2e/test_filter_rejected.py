@@ -59,3 +59,33 @@ def test_one_rejected_mapping_does_not_hold_up_the_good_one(protos, envoys, shim
     assert envoy.stat("snp.mappings.rejected") == 1
     assert shim.push_calls() == 1
     assert_vm_healthy(envoy)
+
+
+def test_a_key_with_more_applications_than_the_shim_takes_per_mapping_is_stored_in_pieces(protos, envoys, shims):
+    # A shim that takes at most 4 applications per mapping, and a filter configured to match
+    # (`max_push_apps_per_key`): one key gathers 10 applications in one batch window.
+    shim = shims("--max-apps-per-key=4")
+    envoy = envoys(
+        shim_port=shim.grpc_port,
+        concurrency=1,
+        filter_config={"max_push_apps_per_key": 4, "first_check_ms": 500, "debounce_after_ms": 300},
+    )
+    stub = protos.dubbo_grpc.ServiceNameMappingServiceStub(envoy.channel())
+    apps = {f"app-{i}" for i in range(10)}
+    for app in sorted(apps):
+        stub.registerServiceAppMapping(
+            protos.dubbo.ServiceMappingRequest(namespace="default", applicationName=app, interfaceNames=[GOOD]),
+            timeout=10,
+        )
+    assert wait_until(lambda: shim.union_on_disk() == {("default", GOOD): apps}, timeout=15), shim.union_on_disk()
+    assert envoy.wait_delivered(timeout=10)
+    # At least three requests (4 + 4 + 2 if one batch took all), none refused for its size,
+    # nothing rejected or parked.
+    sent = envoy.stat("snp.batches.sent")
+    assert sent >= 3 and sent == envoy.stat("snp.batches.acked"), envoy.stats()
+    assert shim.push_calls() == shim.push_calls("ok") == sent
+    assert shim.metric("snp_invalid_calls_total", reason="too_many_applications") == 0
+    assert envoy.stat("snp.mappings.rejected") == 0
+    assert envoy.stat("snp.parked_keys") == 0
+    assert envoy.stat("snp.mappings.acked") == 10
+    assert_vm_healthy(envoy)

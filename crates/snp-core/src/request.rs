@@ -174,9 +174,15 @@ impl Rejection {
 
 /// `s` with everything outside printable ASCII escaped (`\u{...}`), cut to 256 bytes.
 pub fn ascii_message(s: &str) -> String {
-    let mut out = String::with_capacity(s.len().min(256));
+    ascii_message_within(s, 256)
+}
+
+/// [`ascii_message`] cut to `max` bytes instead: for a message passed on from the shim,
+/// which the shim itself sends whole.
+pub fn ascii_message_within(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
     for c in s.chars() {
-        if out.len() >= 256 {
+        if out.len() >= max {
             out.push_str("...");
             break;
         }
@@ -504,6 +510,8 @@ mod tests {
             r.message
         );
         assert!(ascii_message(&"x".repeat(1000)).len() < 300);
+        assert_eq!(ascii_message_within(&"x".repeat(1000), 4096).len(), 1000);
+        assert_eq!(ascii_message_within("x\u{7}", 4096), "x\\u{7}");
     }
 
     fn with_protocol(h: &RequestHeaders, p: &[u8]) -> Result<(), (Code, Reason)> {

@@ -124,6 +124,7 @@ struct Raw {
     max_interface_len: u64,
     max_interfaces: u64,
     max_push_bytes: u64,
+    max_push_apps_per_key: u64,
 }
 
 /// An optional key that, when present, must hold a value (not `null`).
@@ -183,6 +184,7 @@ impl Default for Raw {
             max_interface_len: n(l.max_interface_len),
             max_interfaces: n(l.max_interfaces),
             max_push_bytes: n(c.max_push_bytes),
+            max_push_apps_per_key: n(c.max_push_apps_per_key),
         }
     }
 }
@@ -227,6 +229,11 @@ pub struct Config {
     /// Largest `PushMappings` request; bigger batches go in several (default and most:
     /// the shim's default `--max-message-bytes`, 4 MiB).
     pub max_push_bytes: usize,
+    /// Most applications of one key in one `PushMappings` request (default 1024, at most
+    /// the shim's default `--max-apps-per-key`). A key with more goes in pieces, one
+    /// request after another, so the shim never refuses a mapping for its size and no
+    /// application is lost.
+    pub max_push_apps_per_key: usize,
 }
 
 /// The shim's defaults that bound what the filter may send: a default shim rejects a
@@ -235,8 +242,14 @@ pub struct Config {
 pub const SHIM_MAX_INTERFACE_LEN: u64 = 1024;
 /// See [`SHIM_MAX_INTERFACE_LEN`].
 pub const SHIM_MAX_APPLICATION_LEN: u64 = 253;
-/// See [`SHIM_MAX_INTERFACE_LEN`].
+/// The filter's own bound of applications pending per key (`max_apps_per_key`).
 pub const SHIM_MAX_APPS_PER_KEY: u64 = 1024;
+/// The shim's default `--max-apps-per-key`: it rejects a pushed mapping with more
+/// applications, so `max_push_apps_per_key` cannot be configured above it.
+pub const SHIM_DEFAULT_MAX_APPS_PER_KEY: u64 = 65_536;
+/// Default of `max_push_apps_per_key`: a request stays small however many applications a
+/// key gathers (a merged retry may carry more than `max_apps_per_key`).
+pub const DEFAULT_PUSH_APPS_PER_KEY: usize = 1024;
 /// The shim's default `--ack-timeout`, in ms: a `PushMappings` call waits at most this
 /// long there, so the filter's `push_timeout_ms` should be above it.
 pub const SHIM_ACK_TIMEOUT_MS: u64 = 4000;
@@ -283,6 +296,7 @@ impl Default for Config {
             debounce: DebounceConfig::default(),
             limits: Limits::default(),
             max_push_bytes: crate::engine::SHIM_MAX_MESSAGE_BYTES,
+            max_push_apps_per_key: DEFAULT_PUSH_APPS_PER_KEY,
         }
     }
 }
@@ -476,6 +490,12 @@ impl Config {
                 "max_push_bytes must be at most 4194304: a shim with the default --max-message-bytes rejects larger requests",
             );
         }
+        let max_push_apps_per_key = capped(
+            "max_push_apps_per_key",
+            raw.max_push_apps_per_key,
+            SHIM_DEFAULT_MAX_APPS_PER_KEY,
+            "--max-apps-per-key",
+        )?;
         Ok(Self {
             paths,
             max_body_bytes,
@@ -494,6 +514,7 @@ impl Config {
             debounce,
             limits,
             max_push_bytes,
+            max_push_apps_per_key,
         })
     }
 
@@ -563,7 +584,7 @@ mod tests {
             "retry_base_ms": 100, "retry_max_ms": 1000, "retry_jitter": 0,
             "max_application_len": 50, "max_interface_len": 60, "max_interfaces": 7,
             "max_push_bytes": 65536, "max_acked_entries": 9, "park_probe_ms": 60000,
-            "max_parked_keys": 11
+            "max_parked_keys": 11, "max_push_apps_per_key": 12
         }"#,
         )
         .unwrap();
@@ -607,6 +628,7 @@ mod tests {
         assert_eq!(c.debounce.max_acked_entries, 9);
         assert_eq!(c.debounce.park_probe, Duration::from_secs(60));
         assert_eq!(c.debounce.max_parked_keys, 11);
+        assert_eq!(c.max_push_apps_per_key, 12);
     }
 
     #[test]
@@ -631,6 +653,11 @@ mod tests {
             ),
             (r#"{"max_push_bytes": 100}"#, "max_push_bytes"),
             (
+                r#"{"max_push_apps_per_key": 65537}"#,
+                "max_push_apps_per_key must be between 1 and 65536",
+            ),
+            (r#"{"max_push_apps_per_key": 0}"#, "max_push_apps_per_key"),
+            (
                 r#"{"durable_timeout_ms": 4000, "push_timeout_ms": 5000}"#,
                 "durable_timeout_ms must be at least push_timeout_ms",
             ),
@@ -647,6 +674,8 @@ mod tests {
         // gives up.
         let c = Config::default();
         assert_eq!(c.max_push_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.max_push_apps_per_key, 1024);
+        assert!(c.max_push_apps_per_key as u64 <= SHIM_DEFAULT_MAX_APPS_PER_KEY);
         assert!(c.push_timeout > Duration::from_millis(SHIM_ACK_TIMEOUT_MS));
         assert!(c.durable_timeout >= c.push_timeout);
     }

@@ -6,7 +6,7 @@
 //! clock.
 
 use core::time::Duration;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use prost::Message;
 use snp_core::debounce::{BatchId, KeyResult, Parked};
@@ -16,7 +16,7 @@ use snp_core::{
 use snp_proto::api::mapping_result::Status as ResultStatus;
 use snp_proto::api::{Mapping, PushMappingsRequest, PushMappingsResponse};
 
-use crate::config::AckMode;
+use crate::config::{AckMode, DEFAULT_PUSH_APPS_PER_KEY, SHIM_DEFAULT_MAX_APPS_PER_KEY};
 use crate::request::{Code, Reason, Rejection};
 
 /// What to do with an accepted registration.
@@ -93,7 +93,11 @@ pub struct Engine {
     waiters: BTreeMap<u32, Waiter>,
     /// Largest request sent (the shim refuses larger ones): batches are split below it.
     max_push_bytes: usize,
-    /// Parts of a split batch not yet handed out.
+    /// Most applications of one key in one request (the shim refuses a mapping with more
+    /// than its `--max-apps-per-key`): a key with more goes in pieces.
+    max_push_apps: usize,
+    /// Parts of a split batch not yet handed out. A part waits while a part holding
+    /// another piece of one of its keys is in flight.
     queue: VecDeque<Outgoing>,
     /// Batches handed out in parts, until every part is back.
     gathering: BTreeMap<BatchId, Gather>,
@@ -137,21 +141,21 @@ fn framed_len(len: usize) -> usize {
     len + 1 + prost::encoding::encoded_len_varint(len as u64)
 }
 
-/// Splits a batch into requests of at most `budget` bytes of mappings each. A key whose
-/// applications alone exceed it is sent as several mappings of the same key (the shim
-/// merges by union, so the parts add up to the whole).
-fn split(mappings: &Mappings, budget: usize) -> Vec<Vec<Mapping>> {
-    let mut parts: Vec<Vec<Mapping>> = Vec::new();
-    let mut part: Vec<Mapping> = Vec::new();
-    let mut size = 0usize;
-    let mut push = |m: Mapping, parts: &mut Vec<Vec<Mapping>>, part: &mut Vec<Mapping>| {
-        let len = framed_len(m.encoded_len());
-        if !part.is_empty() && size + len > budget {
-            parts.push(core::mem::take(part));
-            size = 0;
+/// Splits a batch into requests of at most `budget` bytes of mappings each. A key's
+/// applications are cut into pieces of at most `max_apps` applications (and `budget`
+/// bytes); the shim merges by union, so the pieces add up to the whole. The first pieces of
+/// all keys are packed into the first requests, the second pieces into the next ones, and
+/// so on: a request never holds two pieces of one key.
+fn split(mappings: &Mappings, budget: usize, max_apps: usize) -> Vec<Vec<Mapping>> {
+    let max_apps = max_apps.max(1);
+    let mut rounds: Vec<Vec<Mapping>> = Vec::new();
+    let mut place = |round: usize, m: Mapping| {
+        while rounds.len() <= round {
+            rounds.push(Vec::new());
         }
-        size += len;
-        part.push(m);
+        if let Some(r) = rounds.get_mut(round) {
+            r.push(m);
+        }
     };
     for (k, apps) in mappings.iter() {
         let empty = Mapping {
@@ -161,23 +165,36 @@ fn split(mappings: &Mappings, budget: usize) -> Vec<Vec<Mapping>> {
         };
         let mut m = empty.clone();
         let mut len = empty.encoded_len();
+        let mut round = 0;
         for app in apps.as_slice() {
             let add = framed_len(app.len());
-            if !m.application_names.is_empty() && framed_len(len + add) > budget {
-                push(
-                    core::mem::replace(&mut m, empty.clone()),
-                    &mut parts,
-                    &mut part,
-                );
+            let full = m.application_names.len() >= max_apps || framed_len(len + add) > budget;
+            if !m.application_names.is_empty() && full {
+                place(round, core::mem::replace(&mut m, empty.clone()));
+                round += 1;
                 len = empty.encoded_len();
             }
             len += add;
             m.application_names.push(app.clone());
         }
-        push(m, &mut parts, &mut part);
+        place(round, m);
     }
-    if !part.is_empty() {
-        parts.push(part);
+    let mut parts: Vec<Vec<Mapping>> = Vec::new();
+    for round in rounds {
+        let mut part: Vec<Mapping> = Vec::new();
+        let mut size = 0usize;
+        for m in round {
+            let len = framed_len(m.encoded_len());
+            if !part.is_empty() && size + len > budget {
+                parts.push(core::mem::take(&mut part));
+                size = 0;
+            }
+            size += len;
+            part.push(m);
+        }
+        if !part.is_empty() {
+            parts.push(part);
+        }
     }
     parts
 }
@@ -219,15 +236,24 @@ const INVALID_REASONS: [&str; 6] = [
     "too_many_applications",
 ];
 
+/// Longest message passed on from the shim: more than a parked key's (the key, at most
+/// 63 + 1 + 1024 bytes, and the store's shortened error), which the shim sends whole.
+const SHIM_MESSAGE_MAX: usize = 4096;
+
 /// The answer to a caller whose mapping the shim rejected: FAILED_PRECONDITION, worded as
-/// the shim words its own answer, so both doors say the same.
+/// the shim words its own answer, so both doors say the same (not cut to the filter's own
+/// 256-byte messages: a parked key's message names the whole interface).
 pub fn rejected_status(reason: &str, message: &str) -> Rejection {
     let message = if INVALID_REASONS.contains(&reason) {
         format!("{message} (reason {reason})")
     } else {
         format!("{message} (reason {reason}; the shim retries it on a slow schedule; see /parked)")
     };
-    Rejection::new(Code::FailedPrecondition, Reason::StoreRejected, message)
+    Rejection {
+        code: Code::FailedPrecondition,
+        reason: Reason::StoreRejected,
+        message: crate::request::ascii_message_within(&message, SHIM_MESSAGE_MAX),
+    }
 }
 
 fn parked_rejection(p: &Parked) -> Rejection {
@@ -292,6 +318,7 @@ impl Engine {
             in_flight: BTreeMap::new(),
             waiters: BTreeMap::new(),
             max_push_bytes: SHIM_MAX_MESSAGE_BYTES,
+            max_push_apps: DEFAULT_PUSH_APPS_PER_KEY,
             queue: VecDeque::new(),
             gathering: BTreeMap::new(),
         }
@@ -301,6 +328,13 @@ impl Engine {
     /// in several requests).
     pub fn set_max_push_bytes(&mut self, bytes: usize) {
         self.max_push_bytes = bytes.clamp(REQUEST_SLACK * 2, SHIM_MAX_MESSAGE_BYTES);
+    }
+
+    /// Caps the applications of one key in one request at `apps` (at most the shim's
+    /// default `--max-apps-per-key`; a key with more goes in pieces, one after another).
+    pub fn set_max_push_apps_per_key(&mut self, apps: usize) {
+        let cap = usize::try_from(SHIM_DEFAULT_MAX_APPS_PER_KEY).unwrap_or(usize::MAX);
+        self.max_push_apps = apps.clamp(1, cap);
     }
 
     /// Queues a validated registration from stream `ctx`. All of its interfaces are
@@ -353,15 +387,18 @@ impl Engine {
 
     /// The next batch due at `now`, if any. Report it with [`Engine::sent`] or
     /// [`Engine::send_failed`].
-    /// A batch too large for one request comes as several parts, each its own call.
+    /// A batch too large for one request comes as several parts, each its own call; the
+    /// pieces of one key go one after another (the next once the previous is answered), so
+    /// the shim never holds more than one piece of a key from this worker at once.
     pub fn next_batch(&mut self, now: Instant) -> Option<Outgoing> {
-        if let Some(part) = self.queue.pop_front() {
+        if let Some(part) = self.next_part() {
             return Some(part);
         }
         let batch = self.debouncer.poll(now)?;
         let parts = split(
             &batch.mappings,
             self.max_push_bytes.saturating_sub(REQUEST_SLACK),
+            self.max_push_apps,
         );
         self.gathering.insert(
             batch.id,
@@ -388,7 +425,22 @@ impl Engine {
                 order,
             });
         }
-        self.queue.pop_front()
+        self.next_part()
+    }
+
+    /// The first queued part none of whose keys is in flight.
+    fn next_part(&mut self) -> Option<Outgoing> {
+        let i = {
+            let busy: BTreeSet<&MappingKey> = self
+                .in_flight
+                .values()
+                .flat_map(|(_, order)| order.iter())
+                .collect();
+            self.queue
+                .iter()
+                .position(|p| p.order.iter().all(|k| !busy.contains(k)))?
+        };
+        self.queue.remove(i)
     }
 
     /// The batch (or part) went out as callout `token`.
@@ -765,5 +817,113 @@ mod tests {
         );
         // All or nothing: the refused call left nothing behind.
         assert_eq!(e.pending_keys(), 2);
+    }
+
+    #[test]
+    fn a_key_over_the_per_push_count_goes_in_pieces_in_separate_requests() {
+        let mut e = engine(AckMode::Immediate);
+        e.set_max_push_apps_per_key(2);
+        for app in ["a", "b", "c", "d", "e"] {
+            e.offer(ms(0), 1, &reg("default", app, &["x.K"])).unwrap();
+        }
+        e.offer(ms(0), 1, &reg("default", "z", &["x.Other"]))
+            .unwrap();
+        let first = e.next_batch(ms(200)).unwrap();
+        assert_eq!(
+            decode(&first).mappings.len(),
+            2,
+            "x.K's first piece and x.Other"
+        );
+        e.sent(1, first.clone());
+        assert!(e.next_batch(ms(200)).is_none(), "x.K's next piece waits");
+        assert!(!e.is_idle());
+        e.completed(ms(210), 1, true, &[]).unwrap();
+        let mut apps: Vec<String> = decode(&first)
+            .mappings
+            .iter()
+            .flat_map(|m| m.application_names.clone())
+            .collect();
+        let mut token = 2;
+        while let Some(b) = e.next_batch(ms(210)) {
+            let req = decode(&b);
+            assert_eq!(req.mappings.len(), 1);
+            assert!(req.mappings[0].application_names.len() <= 2);
+            apps.extend(req.mappings[0].application_names.clone());
+            e.sent(token, b);
+            assert!(e.next_batch(ms(210)).is_none());
+            e.completed(ms(220), token, true, &[]).unwrap();
+            token += 1;
+        }
+        apps.sort();
+        assert_eq!(apps, ["a", "b", "c", "d", "e", "z"]);
+        assert_eq!(
+            token, 4,
+            "three requests for five applications, two at a time"
+        );
+        assert!(e.is_idle());
+    }
+
+    #[test]
+    fn the_shims_words_are_passed_on_whole() {
+        let long = format!(
+            "default/x.{} cannot be stored: namespace default not found",
+            "L".repeat(900)
+        );
+        let r = rejected_status("namespace_not_found", &long);
+        assert_eq!(r.code, Code::FailedPrecondition);
+        assert_eq!(
+            r.message,
+            format!("{long} (reason namespace_not_found; the shim retries it on a slow schedule; see /parked)")
+        );
+    }
+
+    mod split_props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeSet;
+
+        proptest! {
+            /// Whatever the batch and the limits: every application of every key is sent
+            /// exactly once, no mapping carries more than `max_apps` applications, no request
+            /// holds a key twice, and requests stay within the byte budget.
+            #[test]
+            fn pieces_add_up_and_keep_both_limits(
+                keys in proptest::collection::btree_map(
+                    "[a-z.]{1,30}",
+                    proptest::collection::btree_set("[a-z0-9-]{1,60}", 1..80),
+                    1..10,
+                ),
+                max_apps in 1usize..12,
+                budget in 400usize..6000,
+            ) {
+                let mut batch = Mappings::new();
+                for (iface, apps) in &keys {
+                    for a in apps {
+                        batch.insert(MappingKey::new("ns", iface.as_str()), a);
+                    }
+                }
+                let parts = split(&batch, budget, max_apps);
+                let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                for part in &parts {
+                    let size: usize = part.iter().map(|m| framed_len(m.encoded_len())).sum();
+                    prop_assert!(size <= budget, "a request of {} bytes", size);
+                    let mut in_part = BTreeSet::new();
+                    for m in part {
+                        prop_assert!(in_part.insert(m.interface_name.clone()), "a key twice in one request");
+                        prop_assert!(!m.application_names.is_empty());
+                        prop_assert!(m.application_names.len() <= max_apps);
+                        for a in &m.application_names {
+                            let fresh = seen.entry(m.interface_name.clone()).or_default().insert(a.clone());
+                            prop_assert!(fresh, "{} sent twice", a);
+                        }
+                    }
+                }
+                let want: BTreeMap<String, BTreeSet<String>> = keys
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                prop_assert_eq!(seen, want);
+            }
+        }
     }
 }

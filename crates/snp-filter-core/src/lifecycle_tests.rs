@@ -964,10 +964,11 @@ const PENDING: i32 = 2;
 const REJECTED: i32 = 3;
 
 fn position(req: &PushMappingsRequest, iface: &str) -> usize {
-    req.mappings
-        .iter()
-        .position(|m| m.interface_name == iface)
-        .expect("in the batch")
+    position_of(req, iface).expect("in the batch")
+}
+
+fn position_of(req: &PushMappingsRequest, iface: &str) -> Option<usize> {
+    req.mappings.iter().position(|m| m.interface_name == iface)
 }
 
 #[test]
@@ -1096,38 +1097,38 @@ fn batches_larger_than_max_push_bytes_go_in_parts_and_settle_together() {
     }
     envoy.advance(1100);
     envoy.tick();
-    let n = envoy.calls();
-    assert!(n >= 5, "split into {n} requests");
+    // Parts go at once, but the pieces of x.Wide one after another: each once the previous
+    // one is answered.
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for i in 0..n {
-        let c = envoy.host.state.borrow().calls[i].message.len();
-        assert!(c <= 16384, "request {i} is {c} bytes");
-        let (_, req) = envoy.batch(i);
+    let mut done = 0;
+    while done < envoy.calls() {
+        let wide_out = (done..envoy.calls())
+            .filter(|i| position_of(&envoy.batch(*i).1, "x.Wide").is_some())
+            .count();
+        assert!(
+            wide_out <= 1,
+            "{wide_out} pieces of one key in flight at once"
+        );
+        // A part is still out: nothing is released yet.
+        assert!(!envoy.host.state.borrow().streams[&first].resumed);
+        let c = envoy.host.state.borrow().calls[done].message.len();
+        assert!(c <= 16384, "request {done} is {c} bytes");
+        let (token, req) = envoy.batch(done);
         for m in &req.mappings {
             *seen.entry(m.interface_name.clone()).or_default() += m.application_names.len();
         }
-    }
-    assert_eq!(seen.len(), 41);
-    assert_eq!(
-        seen["x.Wide"], 100,
-        "every application of the wide key, across parts"
-    );
-    // Every part but the last is back: nothing is released yet.
-    for i in 0..n - 1 {
-        let (token, req) = envoy.batch(i);
         envoy.complete_with(
             token,
             0,
             results(&vec![(STORED, "", ""); req.mappings.len()]),
         );
+        done += 1;
     }
-    assert!(!envoy.host.state.borrow().streams[&first].resumed);
-    assert_eq!(envoy.metric("snp.held_replies"), 101);
-    let (token, req) = envoy.batch(n - 1);
-    envoy.complete_with(
-        token,
-        0,
-        results(&vec![(STORED, "", ""); req.mappings.len()]),
+    assert!(done >= 5, "split into {done} requests");
+    assert_eq!(seen.len(), 41);
+    assert_eq!(
+        seen["x.Wide"], 100,
+        "every application of the wide key, across parts"
     );
     assert!(envoy.host.state.borrow().streams[&first].resumed);
     assert!(wide
@@ -1194,4 +1195,140 @@ fn a_rejected_key_is_probed_on_the_slow_schedule_and_recovers_once_the_shim_stor
     let (id, action) = envoy.call(DUBBO, body("late", "b", &["x.Late"]));
     assert_eq!(action, Action::Continue);
     assert_eq!(envoy.reply(id), None);
+}
+
+#[test]
+fn a_key_with_more_applications_than_one_push_carries_goes_in_pieces_and_none_is_lost() {
+    let mut envoy = Envoy::new(
+        r#"{"ack_mode": "durable", "max_push_apps_per_key": 3, "max_apps_per_key": 4, "retry_jitter": 0, "retry_base_ms": 500}"#,
+    );
+    // Four applications of x.Many (the most a key may hold pending) and one of x.B.
+    let mut held = Vec::new();
+    for app in ["a0", "a1", "a2", "a3"] {
+        held.push(envoy.call(DUBBO, body("default", app, &["x.Many"])).0);
+    }
+    let (one, _) = envoy.call(DUBBO, body("default", "b", &["x.B"]));
+    let (refused, _) = envoy.call(DUBBO, body("default", "a4", &["x.Many"]));
+    assert!(grpc(8)(&envoy.reply(refused)), "{:?}", envoy.reply(refused));
+    envoy.advance(250);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 1, "the second piece waits for the first");
+    let (token, req) = envoy.batch(0);
+    assert_eq!(req.mappings.len(), 2);
+    assert_eq!(
+        req.mappings[position(&req, "x.Many")]
+            .application_names
+            .len(),
+        3
+    );
+    // The first request fails as a whole: everything is merged back. Meanwhile x.Many
+    // gathers more applications (the in-flight ones do not count against its bound), so
+    // the retry carries more than `max_apps_per_key` of it.
+    for app in ["n0", "n1", "n2"] {
+        held.push(envoy.call(DUBBO, body("default", app, &["x.Many"])).0);
+    }
+    envoy.complete(token, 14);
+    // The second piece goes once the first is back; the key is settled by its worst piece.
+    assert_eq!(envoy.calls(), 2);
+    let (token, req) = envoy.batch(1);
+    assert_eq!(mappings(&req).len(), 1);
+    assert_eq!(req.mappings[0].application_names.len(), 1);
+    envoy.complete_with(token, 0, results(&[(STORED, "", "")]));
+    assert_eq!(envoy.metric("snp.pending_keys"), 2);
+    envoy.advance(1000);
+    envoy.tick();
+    // Every request carries at most 3 applications of a key, one piece of it at a time,
+    // and every application arrives.
+    let mut apps: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut done = 2;
+    while done < envoy.calls() {
+        assert_eq!(envoy.calls(), done + 1, "one piece in flight at a time");
+        assert!(!envoy.host.state.borrow().streams[&held[0]].resumed);
+        let (token, req) = envoy.batch(done);
+        for m in &req.mappings {
+            assert!(m.application_names.len() <= 3, "{m:?}");
+            apps.entry(m.interface_name.clone())
+                .or_default()
+                .extend(m.application_names.iter().cloned());
+        }
+        envoy.complete_with(
+            token,
+            0,
+            results(&vec![(STORED, "", ""); req.mappings.len()]),
+        );
+        done += 1;
+    }
+    let mut many = apps.remove("x.Many").unwrap();
+    many.sort();
+    assert_eq!(many, ["a0", "a1", "a2", "a3", "n0", "n1", "n2"]);
+    assert_eq!(apps.remove("x.B").unwrap(), ["b"]);
+    assert_eq!(done, 5, "two pieces of the first try, three of the retry");
+    // Released once every piece is stored.
+    for id in held.iter().chain([&one]) {
+        assert!(envoy.host.state.borrow().streams[id].resumed, "{id}");
+    }
+    assert_eq!(envoy.metric("snp.mappings.acked"), 8);
+    assert_eq!(envoy.metric("snp.mappings.rejected"), 0);
+    assert_eq!(envoy.metric("snp.pending_keys"), 0);
+    assert!(envoy.root_is_idle());
+}
+
+#[test]
+fn a_piece_the_shim_keeps_pending_retries_the_key_without_losing_the_others() {
+    let mut envoy =
+        Envoy::new(r#"{"max_push_apps_per_key": 2, "retry_jitter": 0, "retry_base_ms": 500}"#);
+    for app in ["a", "b", "c", "d", "e"] {
+        envoy.call(DUBBO, body("default", app, &["x.K"]));
+    }
+    envoy.advance(250);
+    envoy.tick();
+    let mut sent: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < envoy.calls() {
+        let (token, req) = envoy.batch(i);
+        sent.extend(req.mappings[0].application_names.iter().cloned());
+        // The second piece is still pending at the shim.
+        let status = if i == 1 { PENDING } else { STORED };
+        envoy.complete_with(token, 0, results(&[(status, "", "")]));
+        i += 1;
+    }
+    assert_eq!(i, 3);
+    assert_eq!(envoy.metric("snp.pending_keys"), 1);
+    // The key is retried on its backoff, whole, in pieces again.
+    envoy.advance(1100);
+    envoy.tick();
+    while i < envoy.calls() {
+        let (token, req) = envoy.batch(i);
+        assert!(req.mappings[0].application_names.len() <= 2);
+        sent.extend(req.mappings[0].application_names.iter().cloned());
+        envoy.complete_with(token, 0, results(&[(STORED, "", "")]));
+        i += 1;
+    }
+    assert_eq!(i, 6);
+    sent.sort();
+    assert_eq!(sent, ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e"]);
+    assert_eq!(envoy.metric("snp.pending_keys"), 0);
+    assert!(envoy.root_is_idle());
+}
+
+#[test]
+fn windows_longer_than_a_sidecar_drain_are_warned_about() {
+    let warned = |e: &Envoy| {
+        e.host
+            .logged(LogLevel::Warn, "mappings still held then are lost")
+    };
+    let envoy = Envoy::new("{}");
+    assert!(!warned(&envoy), "the default windows fit in a drain");
+    let envoy = Envoy::new(r#"{"debounce_max_ms": 3900}"#);
+    assert!(!warned(&envoy));
+    let envoy = Envoy::new(
+        r#"{"first_check_ms": 60000, "debounce_after_ms": 60000, "debounce_max_ms": 60000}"#,
+    );
+    assert!(warned(&envoy));
+    assert!(envoy
+        .host
+        .logged(LogLevel::Warn, "hold a registration up to 60050 ms"));
+    let envoy =
+        Envoy::new(r#"{"debounce": false, "debounce_max_ms": 60000, "debounce_after_ms": 10}"#);
+    assert!(!warned(&envoy), "without debouncing nothing is held");
 }

@@ -92,6 +92,22 @@ fn drain_deadline(cfg: Option<&Config>) -> core::time::Duration {
     cfg.map_or(core::time::Duration::from_secs(5), |c| c.push_timeout)
 }
 
+/// How long Istio's pilot-agent drains a sidecar before it kills Envoy (SIGKILL, so
+/// `on_done` never runs): its default `terminationDrainDuration`. What the filter holds is
+/// delivered by its own timers within that window, or not at all.
+pub const SIDECAR_DRAIN: core::time::Duration = core::time::Duration::from_secs(5);
+
+/// Time kept in the drain window for the batch itself to be sent and answered.
+const DRAIN_SLACK: core::time::Duration = core::time::Duration::from_secs(1);
+
+/// The longest a fresh registration is held before its batch goes, when that leaves no
+/// room for the batch within a sidecar's drain.
+fn drain_risk(cfg: &Config) -> Option<core::time::Duration> {
+    let d = &cfg.debounce;
+    let hold = d.first_check.max(d.debounce_max) + cfg.tick;
+    (d.enabled && hold + DRAIN_SLACK > SIDECAR_DRAIN).then_some(hold)
+}
+
 impl<H: Host> Root<H> {
     /// A root context, not yet configured: its streams pass everything through.
     pub fn new(id: u32, host: Rc<H>) -> Self {
@@ -305,12 +321,24 @@ impl<H: Host> Root<H> {
             source,
         );
         engine.set_max_push_bytes(cfg.max_push_bytes);
+        engine.set_max_push_apps_per_key(cfg.max_push_apps_per_key);
         if cfg.push_timeout <= core::time::Duration::from_millis(SHIM_ACK_TIMEOUT_MS) {
             host.log(
                 LogLevel::Warn,
                 &format!(
                     "push_timeout_ms {} is not above the shim's default --ack-timeout (4 s): the filter may give up before the shim answers, unless the shim's --ack-timeout is lower",
                     cfg.push_timeout.as_millis()
+                ),
+            );
+        }
+        if let Some(hold) = drain_risk(&cfg) {
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "the debounce windows hold a registration up to {} ms: a sidecar is drained for {} s (Istio's default terminationDrainDuration) and then killed without on_done, so mappings still held then are lost; keep first_check_ms and debounce_max_ms below {} ms, or use ack_mode durable",
+                    hold.as_millis(),
+                    SIDECAR_DRAIN.as_secs(),
+                    (SIDECAR_DRAIN - DRAIN_SLACK).as_millis()
                 ),
             );
         }
