@@ -10,7 +10,7 @@
 # summary. It is also written to target/bench/results.md.
 # Needs: Envoy >= 1.35 (.venv/bin/envoy from scripts/setup.sh, or $SNP_ENVOY), the
 # wasm32-wasip1 target, wasm-opt (binaryen), and Go for the test API server
-# (scripts/k8s-apiserver.sh).
+# (scripts/k8s-apiserver.sh) and for figure 9's peer (scripts/seed-go.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +20,7 @@ cargo build --release -p snp-shim -p snp-bench
 cargo build --release --target wasm32-wasip1 -p snp-bench-wasm
 scripts/build-filter.sh   # the filter as Envoy runs it: target/wasm/snp_filter.wasm (wasm-opt -Oz)
 scripts/k8s-apiserver.sh build
+scripts/seed-go.sh build >/dev/null   # figure 9's peer: the seed server's algorithm in Go
 
 mkdir -p target/bench
 work="$(mktemp -d "${TMPDIR:-/tmp}/snp-bench.XXXXXX")"

@@ -28,7 +28,7 @@ use crate::prom::{self, RequestCounts};
 use crate::rawgrpc::{self, PATH_GET_MAPPINGS};
 use crate::stats::{fmt_dur, fmt_int, fmt_rate, Latency};
 use crate::table::Table;
-use crate::workload::Rollout;
+use crate::workload::{Pod, Rollout};
 use snp_testkit::http;
 
 /// Which RPC the load sends.
@@ -508,7 +508,16 @@ pub async fn run(cfg: &LoadConfig) -> Result<LoadReport> {
             });
             closed_loop(&channels, calls, rpc, cfg.concurrency, d).await
         }
-        None => rollout_once(&channels, &cfg.rollout, rpc, cfg.concurrency, get_body).await,
+        None => {
+            rollout_once(
+                &channels,
+                cfg.rollout.pods(),
+                rpc,
+                cfg.concurrency,
+                get_body,
+            )
+            .await
+        }
     };
 
     let mut converged = None;
@@ -641,14 +650,63 @@ async fn closed_loop(
     (total.0, total.1, total.2, end - start, total.3, start)
 }
 
+/// What [`send_pods`] measured.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// Calls answered OK.
+    pub ok: u64,
+    /// Failed calls, by gRPC code.
+    pub errors: BTreeMap<String, u64>,
+    /// The first error's message.
+    pub first_error: Option<String>,
+    /// From the first call sent to the last answer.
+    pub elapsed: Duration,
+    /// Per-call latency.
+    pub latency: Latency,
+    /// When the first call was sent.
+    pub first_sent: Instant,
+}
+
+/// Sends the calls of `pods` once, each pod from its start time and its calls one after the
+/// other, `concurrency` in flight at most, pods spread over `targets` round-robin
+/// (`connections` each): a rollout whose calls were built by the caller.
+pub async fn send_pods(
+    targets: &[String],
+    connections: usize,
+    pods: Vec<Pod>,
+    rpc: Rpc,
+    concurrency: usize,
+) -> Result<Sent> {
+    if targets.is_empty() {
+        bail!("no target");
+    }
+    let mut channels: Vec<Vec<Channel>> = Vec::new();
+    for t in targets {
+        let mut v = Vec::new();
+        for _ in 0..connections.max(1) {
+            v.push(rawgrpc::connect(t).await?);
+        }
+        channels.push(v);
+    }
+    let (ok, errors, first_error, elapsed, latency, first_sent) =
+        rollout_once(&channels, pods, rpc, concurrency, None).await;
+    Ok(Sent {
+        ok,
+        errors,
+        first_error,
+        elapsed,
+        latency,
+        first_sent,
+    })
+}
+
 async fn rollout_once(
     channels: &[Vec<Channel>],
-    rollout: &Rollout,
+    pods: Vec<Pod>,
     rpc: Rpc,
     concurrency: usize,
     get_body: Option<Bytes>,
 ) -> Outcome {
-    let pods = rollout.pods();
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let start = tokio::time::Instant::now();
     let first = pods.first().map_or(Duration::ZERO, |p| p.start);

@@ -25,6 +25,9 @@ enum Figure {
     Fig6,
     Fig7,
     Fig8,
+    /// The seed server as a peer (also `seed`).
+    #[value(alias = "seed")]
+    Fig9,
 }
 
 /// Runs snp's benchmark figures and prints their tables.
@@ -147,12 +150,6 @@ fn main() -> ExitCode {
         cargo_bench: !cli.no_cargo_bench,
         kube_full: cli.kube_full,
     };
-    for (what, p) in [("snp-shim (cargo build --release -p snp-shim)", &env.shim), ("snp-noop-server", &env.noop), ("the filter (scripts/build-filter.sh)", &env.filter_wasm), ("the wasm offer benchmark (cargo build --release --target wasm32-wasip1 -p snp-bench-wasm)", &env.bench_wasm)] {
-        if !p.exists() {
-            eprintln!("snp-bench: {} not found: build {what}", p.display());
-            return ExitCode::FAILURE;
-        }
-    }
     let mut figs = cli.figures.clone();
     if figs.is_empty() || figs.contains(&Figure::All) {
         figs = vec![
@@ -164,10 +161,30 @@ fn main() -> ExitCode {
             Figure::Fig6,
             Figure::Fig7,
             Figure::Fig8,
+            Figure::Fig9,
         ];
     }
     figs.sort();
     figs.dedup();
+    // Figure 9 alone needs only the shim (and Go, for its peer and the API server).
+    let needs_all = figs.iter().any(|f| *f != Figure::Fig9);
+    for (what, p) in [
+        ("snp-shim (cargo build --release -p snp-shim)", &env.shim),
+        ("snp-noop-server", &env.noop),
+        ("the filter (scripts/build-filter.sh)", &env.filter_wasm),
+        (
+            "the wasm offer benchmark (cargo build --release --target wasm32-wasip1 -p snp-bench-wasm)",
+            &env.bench_wasm,
+        ),
+    ]
+    .into_iter()
+    .take(if needs_all { 4 } else { 1 })
+    {
+        if !p.exists() {
+            eprintln!("snp-bench: {} not found: build {what}", p.display());
+            return ExitCode::FAILURE;
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -223,6 +240,7 @@ fn main() -> ExitCode {
                 Figure::Fig6 => figures::fig6(&env).await,
                 Figure::Fig7 => figures::fig7(&env).await,
                 Figure::Fig8 => figures::fig8(&env).await,
+                Figure::Fig9 => figures::fig9(&env).await,
                 Figure::All => Ok(vec![]),
             }
         });
