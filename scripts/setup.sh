@@ -77,13 +77,15 @@ scripts/grpc-java.sh build
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/snp/tools"
 mkdir -p "$tools" "$cache"
 
-# go_tool NAME PACKAGE VERSION: `go install PACKAGE@VERSION` into the cache, linked as NAME.
+# go_tool NAME PACKAGE VERSION [TAGS]: `go install -tags TAGS PACKAGE@VERSION` into the
+# cache (keyed by version and tags), linked as NAME.
 go_tool() {
-  local name="$1" pkg="$2" version="$3" dir="$cache/$1-$3"
+  local name="$1" pkg="$2" version="$3" tags="${4:-}"
+  local dir="$cache/$1-$3${tags:+-${tags//,/-}}"
   if [ ! -x "$dir/$name" ]; then
-    log "building $name $version with Go (cached in $dir)"
+    log "building $name $version${tags:+ (tags $tags)} with Go (cached in $dir)"
     mkdir -p "$dir.tmp"
-    GOBIN="$dir.tmp" GOFLAGS=-mod=mod go install "$pkg@$version" >&2
+    GOBIN="$dir.tmp" GOFLAGS=-mod=mod go install ${tags:+-tags "$tags"} "$pkg@$version" >&2
     rm -rf "$dir" && mv "$dir.tmp" "$dir"
   fi
   ln -sfn "$dir/$name" "$tools/$name"
@@ -120,5 +122,7 @@ fi
 
 # helm (the chart's tests), promtool (the alert rules) and func-e (Envoy run locally).
 go_tool helm helm.sh/helm/v3/cmd/helm v3.22.0
-go_tool promtool github.com/prometheus/prometheus/cmd/promtool v0.316.0
+# promtool without the cloud service discoveries (AWS, Azure, GCE, ...): only `check rules` and
+# `test rules` are used, and those SDKs are most of its build time.
+go_tool promtool github.com/prometheus/prometheus/cmd/promtool v0.316.0 remove_all_sd
 go_tool func-e github.com/tetratelabs/func-e/cmd/func-e v1.6.0
