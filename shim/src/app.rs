@@ -317,21 +317,23 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
     }
     let registry = Arc::new(registry);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // Rotation without restart; both watches end at shutdown.
+    // Rotation without restart. The watches end at shutdown, and with the shim's task
+    // whichever way it ends.
+    let mut watches = Vec::new();
     if let Some(path) = &args.auth_token_file {
-        let _ = auth.watch_token_file(
+        watches.extend(auth.watch_token_file(
             path.clone(),
             crate::reload::DEFAULT_PERIOD,
             metrics.clone(),
             shutdown_rx.clone(),
-        );
+        ));
     }
     if let Some(tls) = &tls {
-        let _ = tls.watch(
+        watches.push(tls.watch(
             crate::reload::DEFAULT_PERIOD,
             metrics.clone(),
             shutdown_rx.clone(),
-        );
+        ));
     }
 
     let synced_once = Arc::new(AtomicBool::new(false));
@@ -371,6 +373,9 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
     };
     let task = tokio::spawn(async move {
         let result = ctx.run().await;
+        for w in watches {
+            w.abort();
+        }
         status.close();
         let _ = http_stop_tx.send(());
         let _ = http_task.await;

@@ -38,6 +38,17 @@ pub enum Action {
     Register,
 }
 
+/// How a call was let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authenticated {
+    /// No credential is needed for the call.
+    NotRequired,
+    /// A client certificate verified by the TLS layer.
+    Certificate,
+    /// The bearer token.
+    Token,
+}
+
 /// The authentication policy.
 #[derive(Clone, Default)]
 pub struct Auth {
@@ -162,12 +173,12 @@ impl Auth {
         action: Action,
         metadata: &MetadataMap,
         has_verified_cert: bool,
-    ) -> Result<(), Status> {
+    ) -> Result<Authenticated, Status> {
         if !self.applies_to(action) {
-            return Ok(());
+            return Ok(Authenticated::NotRequired);
         }
         if self.mtls && has_verified_cert {
-            return Ok(());
+            return Ok(Authenticated::Certificate);
         }
         if let Some(slot) = &self.token {
             let expected = slot.read().map(|t| t.clone()).unwrap_or_default();
@@ -181,7 +192,7 @@ impl Auth {
                 .map(str::trim);
             return match presented {
                 Some(t) if !expected.is_empty() && constant_time_eq(t.as_bytes(), &expected) => {
-                    Ok(())
+                    Ok(Authenticated::Token)
                 }
                 Some(_) => Err(Status::unauthenticated("invalid bearer token")),
                 None if self.mtls => Err(Status::unauthenticated(
@@ -196,7 +207,11 @@ impl Auth {
     }
 
     /// [`Auth::check`] on a tonic request.
-    pub fn check_request<T>(&self, action: Action, req: &tonic::Request<T>) -> Result<(), Status> {
+    pub fn check_request<T>(
+        &self,
+        action: Action,
+        req: &tonic::Request<T>,
+    ) -> Result<Authenticated, Status> {
         let has_cert = self.mtls && req.peer_certs().is_some_and(|c| !c.is_empty());
         self.check(action, req.metadata(), has_cert)
     }

@@ -446,6 +446,15 @@ impl ServeArgs {
                     .to_owned(),
             )?;
         }
+        if self.namespace_policy == crate::identity::NamespacePolicy::Peer && self.nacos.enabled {
+            refuse(
+                "--namespace-policy",
+                "peer cannot be combined with --nacos: Nacos clients present no client \
+                 certificate, so their publishes would bypass the policy (use \
+                 --namespace-policy=pod with --nacos-identity=pod)"
+                    .to_owned(),
+            )?;
+        }
         if self.max_in_flight == 0 {
             refuse("--max-in-flight", "must be at least 1".to_owned())?;
         }
@@ -574,6 +583,17 @@ mod validation_tests {
             ],
             "--namespace-policy",
             "verified client certificate",
+        );
+        refused(
+            &[
+                "--namespace-policy=peer",
+                "--tls-cert=c.pem",
+                "--tls-key=k.pem",
+                "--tls-client-ca=ca.pem",
+                "--nacos",
+            ],
+            "--namespace-policy",
+            "peer cannot be combined with --nacos",
         );
         assert_eq!(
             check(&[

@@ -438,4 +438,93 @@ mod tests {
         ]);
         assert_eq!(idx.caller("10.0.0.5".parse().unwrap()), None);
     }
+
+    /// A self-signed certificate with these URI SANs (the TLS layer verifies chains; this
+    /// is only about reading the SPIFFE ID).
+    fn cert_with_uris(uris: &[&str]) -> CertificateDer<'static> {
+        let mut p = rcgen::CertificateParams::new(vec!["client.example".to_owned()]).unwrap();
+        for u in uris {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI((*u).try_into().unwrap()));
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn the_spiffe_id_of_a_client_certificate_names_the_caller() {
+        let c = cert_with_uris(&["spiffe://cluster.local/ns/shop/sa/cart"]);
+        assert_eq!(
+            spiffe_caller(&[c]),
+            Ok(Caller {
+                namespace: "shop".into(),
+                service_account: Some("cart".into())
+            })
+        );
+        // Other URIs are ignored; two SPIFFE IDs, none, a bad namespace: nobody.
+        let c = cert_with_uris(&["https://x.example/", "spiffe://td/ns/pay/sa/p"]);
+        assert_eq!(spiffe_caller(&[c]).map(|c| c.namespace), Ok("pay".into()));
+        for (uris, why) in [
+            (
+                &["spiffe://td/ns/a/sa/x", "spiffe://td/ns/b/sa/y"][..],
+                "more than one",
+            ),
+            (&[][..], "no spiffe:// URI SAN"),
+            (
+                &["spiffe://td/ns/Not_A_Namespace/sa/x"][..],
+                "names no valid namespace",
+            ),
+        ] {
+            let e = spiffe_caller(&[cert_with_uris(uris)]).unwrap_err();
+            assert!(e.contains(why), "{uris:?}: {e}");
+        }
+        assert!(spiffe_caller(&[])
+            .unwrap_err()
+            .contains("no client certificate"));
+        let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
+        assert!(spiffe_caller(&[junk])
+            .unwrap_err()
+            .contains("cannot be parsed"));
+    }
+
+    #[test]
+    fn the_peer_policy_rejects_or_rewrites() {
+        let reg = |ns: &str| Registration {
+            namespace: ns.into(),
+            application: "app".into(),
+            interfaces: vec!["a.B".into()],
+        };
+        let with = |uris: &[&str]| Peer {
+            addr: Some("10.0.0.2:4000".parse().unwrap()),
+            certs: Some(Arc::new(vec![cert_with_uris(uris)])),
+        };
+        let shop = with(&["spiffe://cluster.local/ns/shop/sa/cart"]);
+        let reject = Identity::peer(OnMismatch::Reject);
+        assert_eq!(reject.enforce(&shop, &mut reg("shop")).unwrap(), None);
+        let e = reject.enforce(&shop, &mut reg("kube-system")).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            e.message(),
+            "namespace \"kube-system\" is not the caller's namespace \"shop\" (from the peer certificate's SPIFFE ID)"
+        );
+        for nobody in [Peer::default(), with(&[])] {
+            let e = reject.enforce(&nobody, &mut reg("shop")).unwrap_err();
+            assert_eq!(
+                e.message(),
+                "the caller's namespace is unknown (the peer certificate's SPIFFE ID does not name one)"
+            );
+        }
+        let rewrite = Identity::peer(OnMismatch::Rewrite);
+        let mut r = reg("kube-system");
+        assert_eq!(
+            rewrite.enforce(&shop, &mut r).unwrap(),
+            Some("kube-system".into())
+        );
+        assert_eq!(r.namespace, "shop");
+        assert!(rewrite.enforce(&Peer::default(), &mut reg("shop")).is_err());
+        assert!(
+            rewrite.resolver().is_none(),
+            "the Nacos endpoint gets no pod index"
+        );
+    }
 }

@@ -55,6 +55,14 @@ impl Credential {
             Self::Tls => "tls",
         }
     }
+
+    /// What it is, for logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Token => "bearer token",
+            Self::Tls => "TLS certificate, key and client CA",
+        }
+    }
 }
 
 /// Labels of `snp_credential_reloads_total`.

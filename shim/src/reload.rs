@@ -73,8 +73,8 @@ where
                         tracing::error!(
                             credential = credential.as_str(),
                             error = %why,
-                            "cannot read a credential file; keeping the current {}",
-                            credential.as_str()
+                            "cannot read a credential file; keeping the {} in use",
+                            credential.describe()
                         );
                         metrics.credential_reload(credential, false);
                         unreadable = Some(why);
@@ -91,7 +91,7 @@ where
                         credential = credential.as_str(),
                         files = ?paths,
                         "{} reloaded",
-                        credential.as_str()
+                        credential.describe()
                     );
                     metrics.credential_reload(credential, true);
                 }
@@ -100,8 +100,8 @@ where
                         credential = credential.as_str(),
                         files = ?paths,
                         error = %e,
-                        "changed credential files do not load; keeping the current {}",
-                        credential.as_str()
+                        "changed credential files do not load; keeping the {} in use",
+                        credential.describe()
                     );
                     metrics.credential_reload(credential, false);
                 }
