@@ -24,6 +24,7 @@ use snp_proto::api::mapping_result::Status as ResultStatus;
 use snp_proto::api::mapping_service_client::MappingServiceClient;
 use snp_proto::api::PushMappingsRequest;
 use snp_proto::dubbo::service_name_mapping_service_client::ServiceNameMappingServiceClient as DubboClient;
+use snp_shim::app::ShimHandle;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
@@ -202,6 +203,29 @@ fn der(pem: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// Starts a shim on `<tmp>/data` serving TLS from `mount`, under `--namespace-policy=peer`
+/// plus `extra`.
+async fn start_peer(tmp: &Path, mount: &Mount, extra: &[String]) -> (ShimHandle, PathBuf) {
+    let mut flags = mount.flags();
+    flags.push("--namespace-policy=peer".to_owned());
+    flags.push("--debounce-first-check=10ms".to_owned());
+    flags.extend_from_slice(extra);
+    let data = tmp.join("data");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    (start(&data, &flags).await, data)
+}
+
+/// Waits until the store holds as many keys as `want`, then requires exactly `want`.
+async fn assert_stored(data: &Path, want: &[(&str, &str, &[&str])]) {
+    let n = want.len();
+    assert!(
+        eventually(Duration::from_secs(10), || on_disk(data).len() >= n).await,
+        "{:?}",
+        on_disk(data)
+    );
+    assert_eq!(on_disk(data), mappings(want));
+}
+
 fn push(mappings: Vec<snp_proto::api::Mapping>, want_results: bool) -> PushMappingsRequest {
     PushMappingsRequest {
         batch_id: "b".into(),
@@ -254,15 +278,15 @@ async fn the_peer_policy_takes_the_namespace_from_the_client_certificate() {
     let mount = Mount::new(&tmp.path().join("tls"), &ca.server(), &ca.pem());
     let token = tmp.path().join("token");
     std::fs::write(&token, "gateway-token\n").unwrap();
-    let mut flags = mount.flags();
-    flags.extend([
-        "--namespace-policy=peer".to_owned(),
-        "--on-mismatch=reject".to_owned(),
-        format!("--auth-token-file={}", token.display()),
-        "--debounce-first-check=10ms".to_owned(),
-    ]);
-    let data = tmp.path().join("data");
-    let shim = start(&data, &flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let (shim, data) = start_peer(
+        tmp.path(),
+        &mount,
+        &[
+            "--on-mismatch=reject".to_owned(),
+            format!("--auth-token-file={}", token.display()),
+        ],
+    )
+    .await;
 
     let shop = ca.workload("shop", "cart");
     let table = [
@@ -421,20 +445,16 @@ async fn the_peer_policy_takes_the_namespace_from_the_client_certificate() {
         .await
         .unwrap();
 
-    assert!(
-        eventually(Duration::from_secs(10), || on_disk(&data).len() == 4).await,
-        "{:?}",
-        on_disk(&data)
-    );
-    assert_eq!(
-        on_disk(&data),
-        mappings(&[
+    assert_stored(
+        &data,
+        &[
             ("shop", "org.shop.Cart", &["cart"]),
             ("shop", "org.shop.Order", &["cart"]),
             ("shop", "org.shop.Pushed", &["cart"]),
             ("gateway-ns", "org.gw.Api", &["gw"]),
-        ])
-    );
+        ],
+    )
+    .await;
     shim.stop().await.unwrap();
 }
 
@@ -445,14 +465,7 @@ async fn the_peer_policy_rewrites_to_the_certificates_namespace() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new("mesh-ca");
     let mount = Mount::new(&tmp.path().join("tls"), &ca.server(), &ca.pem());
-    let mut flags = mount.flags();
-    flags.extend([
-        "--namespace-policy=peer".to_owned(),
-        "--on-mismatch=rewrite".to_owned(),
-        "--debounce-first-check=10ms".to_owned(),
-    ]);
-    let data = tmp.path().join("data");
-    let shim = start(&data, &flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let (shim, data) = start_peer(tmp.path(), &mount, &["--on-mismatch=rewrite".to_owned()]).await;
     let shop = ca.workload("shop", "cart");
     let ch = tls_channel(shim.grpc_addr, &ca.pem(), Some(&shop))
         .await
@@ -476,19 +489,15 @@ async fn the_peer_policy_rewrites_to_the_certificates_namespace() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    assert!(
-        eventually(Duration::from_secs(10), || on_disk(&data).len() == 3).await,
-        "{:?}",
-        on_disk(&data)
-    );
-    assert_eq!(
-        on_disk(&data),
-        mappings(&[
+    assert_stored(
+        &data,
+        &[
             ("shop", "org.a.Dubbo", &["cart"]),
             ("shop", "org.a.Admin", &["cart"]),
             ("shop", "org.a.Push", &["cart"]),
-        ])
-    );
+        ],
+    )
+    .await;
     shim.stop().await.unwrap();
 }
 
@@ -502,13 +511,7 @@ async fn certificates_are_reloaded_when_their_files_change() {
     let (old_ca, new_ca) = (Ca::new("ca-2025"), Ca::new("ca-2026"));
     let (old_server, new_server) = (old_ca.server(), new_ca.server());
     let mut mount = Mount::new(&tmp.path().join("tls"), &old_server, &old_ca.pem());
-    let mut flags = mount.flags();
-    flags.extend([
-        "--namespace-policy=peer".to_owned(),
-        "--debounce-first-check=10ms".to_owned(),
-    ]);
-    let data = tmp.path().join("data");
-    let shim = start(&data, &flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let (shim, data) = start_peer(tmp.path(), &mount, &[]).await;
     let reloads = |result: &'static str| {
         let http = shim.http_addr;
         async move {
@@ -615,19 +618,15 @@ async fn certificates_are_reloaded_when_their_files_change() {
         .unwrap();
     assert_eq!(reloads("ok").await, 1.0);
 
-    assert!(
-        eventually(Duration::from_secs(10), || on_disk(&data).len() == 3).await,
-        "{:?}",
-        on_disk(&data)
-    );
-    assert_eq!(
-        on_disk(&data),
-        mappings(&[
+    assert_stored(
+        &data,
+        &[
             ("shop", "org.before.Swap", &["cart"]),
             ("shop", "org.after.Swap", &["cart"]),
             ("shop", "org.after.Broken", &["cart"]),
-        ])
-    );
+        ],
+    )
+    .await;
     drop(ch);
     shim.stop().await.unwrap();
 }

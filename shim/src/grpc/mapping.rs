@@ -9,6 +9,10 @@
 //!   stored, `FAILED_PRECONDITION` at once when one is parked, `INVALID_ARGUMENT` naming
 //!   an invalid one (after the valid ones are stored), `UNAVAILABLE` at the deadline.
 //!   Union semantics make it idempotent.
+//!   Under `--namespace-policy peer`, a batch sent with a client certificate may carry only
+//!   the certificate's namespace: another is that mapping's REJECTED (`namespace_mismatch`)
+//!   or PERMISSION_DENIED, or is rewritten; a batch sent with the bearer token is not
+//!   checked (a node proxy or gateway carries many namespaces).
 //! * `GetMappings` answers from the store's cache.
 //! * `WatchMappings` sends a `SNAPSHOT`, then `UPSERT`/`DELETE` events for the selected
 //!   mappings as the store reports them (this shim's writes and other writers' alike). A
