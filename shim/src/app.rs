@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::auth::{Auth, AuthError};
 use crate::config::{ServeArgs, StoreKind};
@@ -45,6 +45,7 @@ use crate::status::{StatusHub, StoreInfo};
 use crate::store::embedded::{EmbeddedStore, EmbeddedStoreConfig};
 use crate::store::kube::{KubeStore, KubeStoreConfig};
 use crate::store::{Store, StoreError};
+use crate::tls::{ReloadableTls, TlsError, TlsFiles};
 
 /// How long open calls may still run once everything pending was flushed at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -60,14 +61,9 @@ pub enum ShimError {
         /// Why.
         source: std::io::Error,
     },
-    /// A TLS file could not be read.
-    #[error("reading {path}: {source}")]
-    TlsFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The TLS files could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
@@ -267,24 +263,17 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ShimError> {
         .map_err(|source| ShimError::Bind { addr, source })
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, ShimError> {
-    std::fs::read(path).map_err(|source| ShimError::TlsFile {
-        path: path.clone(),
-        source,
-    })
-}
-
-fn tls_config(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, ShimError> {
+/// The TLS files the flags name, loaded (`None` without `--tls-cert`).
+fn load_tls(args: &ServeArgs) -> Result<Option<ReloadableTls>, ShimError> {
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
         return Ok(None);
     };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = &args.tls_client_ca {
-        tls = tls
-            .client_ca_root(Certificate::from_pem(read(ca)?))
-            .client_auth_optional(true);
-    }
-    Ok(Some(tls))
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: args.tls_client_ca.clone(),
+    };
+    Ok(Some(ReloadableTls::load(files)?))
 }
 
 /// Binds the listeners and starts the shim. Returns once both ports accept connections.
@@ -296,11 +285,7 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
         .map(Auth::read_token)
         .transpose()?;
     let auth = Auth::new(token, args.tls_client_ca.is_some(), args.auth_scope);
-    if let Some(path) = &args.auth_token_file {
-        // Rotation without restart.
-        let _ = auth.watch_token_file(path.clone(), Duration::from_secs(1));
-    }
-    let tls = tls_config(&args)?;
+    let tls = load_tls(&args)?;
     // Journal hook: lock and replay before binding, so a second shim on the same data
     // directory fails at once.
     let journal = crate::journal::open(&args).await?;
@@ -332,6 +317,24 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
     }
     let registry = Arc::new(registry);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Rotation without restart. The watches end at shutdown, and with the shim's task
+    // whichever way it ends.
+    let mut watches = Vec::new();
+    if let Some(path) = &args.auth_token_file {
+        watches.extend(auth.watch_token_file(
+            path.clone(),
+            crate::reload::DEFAULT_PERIOD,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    if let Some(tls) = &tls {
+        watches.push(tls.watch(
+            crate::reload::DEFAULT_PERIOD,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
 
     let synced_once = Arc::new(AtomicBool::new(false));
     let stopping = Arc::new(AtomicBool::new(false));
@@ -376,6 +379,9 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
     };
     let task = tokio::spawn(async move {
         let result = ctx.run().await;
+        for w in watches {
+            w.abort();
+        }
         status.close();
         let _ = http_stop_tx.send(());
         let _ = http_task.await;
@@ -396,7 +402,7 @@ pub async fn start(args: ServeArgs) -> Result<ShimHandle, ShimError> {
 struct Context {
     args: ServeArgs,
     auth: Auth,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<ReloadableTls>,
     grpc: TcpListener,
     nacos: Option<crate::nacos::Listeners>,
     metrics: Metrics,
@@ -520,11 +526,7 @@ impl Context {
             shutdown: self.shutdown.clone(),
             journal,
         });
-        let mut builder = Server::builder();
-        if let Some(tls) = self.tls.clone() {
-            builder = builder.tls_config(tls)?;
-        }
-        let router = builder
+        let router = Server::builder()
             .layer(crate::grpc::registration::PathGuardLayer)
             .add_service(RegistrationServer::<S, DubboFlavour>::new(Arc::clone(
                 &shared,
@@ -545,17 +547,28 @@ impl Context {
             ));
         }
         drop(shared);
-        let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let mut stop_grpc = self.shutdown.clone();
-        let mut grpc_task =
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-                crate::shutdown::signalled(&mut stop_grpc).await;
-            }));
+        let stop = async move {
+            crate::shutdown::signalled(&mut stop_grpc).await;
+        };
+        let mut grpc_task = match &self.tls {
+            // TLS served here, not by tonic, so that rotated files take effect.
+            Some(tls) => {
+                let incoming = tls.incoming(self.grpc, self.shutdown.clone());
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
+            }
+            None => {
+                let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
+            }
+        };
         tracing::info!(
             ack_mode = ?self.args.ack_mode,
             debounce = self.args.debounce,
             auth = self.auth.enabled(),
             tls = self.tls.is_some(),
+            mutual_tls = self.tls.as_ref().is_some_and(ReloadableTls::mutual),
+            namespace_policy = ?self.args.namespace_policy,
             "serving"
         );
 
@@ -646,10 +659,9 @@ impl Context {
     }
 }
 
-/// Connects the Kubernetes store, retrying with backoff (1 s doubling to 30 s) until it
-/// succeeds.
 /// The registration API's namespace policy. `pod` starts a reflector over this node's pods
 /// (`--node-name`), with the store's Kubernetes client settings; it ends at shutdown.
+/// `peer` needs nothing but the client certificates the TLS layer verifies.
 async fn identity_of(
     args: &ServeArgs,
     mut shutdown: watch::Receiver<bool>,
@@ -657,8 +669,13 @@ async fn identity_of(
     use crate::identity::{Identity, NamespacePolicy, PodIndex};
     use futures::StreamExt;
     use kube::runtime::{reflector, watcher, WatchStreamExt};
-    if args.namespace_policy == NamespacePolicy::Trust {
-        return Ok(Identity::trust());
+    match args.namespace_policy {
+        NamespacePolicy::Trust => return Ok(Identity::trust()),
+        NamespacePolicy::Peer => {
+            tracing::info!(on_mismatch = ?args.on_mismatch, "namespace policy peer: the SPIFFE ID of the client certificate");
+            return Ok(Identity::peer(args.on_mismatch));
+        }
+        NamespacePolicy::Pod => {}
     }
     let cfg = KubeStoreConfig {
         kubeconfig: args.kubeconfig.clone(),
@@ -694,6 +711,8 @@ async fn identity_of(
     ))
 }
 
+/// Connects the Kubernetes store, retrying with backoff (1 s doubling to 30 s) until it
+/// succeeds.
 async fn connect_kube(cfg: KubeStoreConfig, metrics: Metrics) -> KubeStore {
     let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), 5).with_jitter(0.2);
     let mut rng = SplitMix64::new(u64::from(std::process::id()));

@@ -3,8 +3,9 @@
 //!
 //! * `--auth-token-file`: callers send `authorization: Bearer <token>`; the token is read
 //!   at startup (surrounding whitespace trimmed), compared in constant time, and re-read
-//!   when the file's content changes ([`Auth::watch_token_file`]): a Secret mounted as a
-//!   volume is rotated in place by the kubelet, and the old token stops working at once.
+//!   when the file's content changes ([`Auth::watch_token_file`], [`crate::reload`]): a
+//!   Secret mounted as a volume is rotated in place by the kubelet, and the old token
+//!   stops working at once.
 //! * `--tls-client-ca` (with `--tls-cert`/`--tls-key`): the TLS handshake verifies client
 //!   certificates against the CA. Certificates are optional at the handshake so that calls
 //!   outside `--auth-scope` (lookups, and registrations with `--auth-scope push`) still work
@@ -21,10 +22,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 use crate::config::AuthScope;
+use crate::metrics::{Credential, Metrics};
 
 /// Which call is being authorised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +36,17 @@ pub enum Action {
     Push,
     /// The registration API (either flavour).
     Register,
+}
+
+/// How a call was let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authenticated {
+    /// No credential is needed for the call.
+    NotRequired,
+    /// A client certificate verified by the TLS layer.
+    Certificate,
+    /// The bearer token.
+    Token,
 }
 
 /// The authentication policy.
@@ -88,9 +102,19 @@ impl Auth {
 
     /// Reads the token from `path`.
     pub fn read_token(path: &Path) -> Result<String, AuthError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AuthError::TokenFile {
+        let bytes = std::fs::read(path).map_err(|source| AuthError::TokenFile {
             path: path.display().to_string(),
             source,
+        })?;
+        Self::parse_token(path, &bytes)
+    }
+
+    /// The token in the content of the file at `path`: surrounding whitespace trimmed,
+    /// not empty.
+    fn parse_token(path: &Path, bytes: &[u8]) -> Result<String, AuthError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| AuthError::TokenFile {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })?;
         let token = text.trim();
         if token.is_empty() {
@@ -100,35 +124,37 @@ impl Auth {
     }
 
     /// Re-reads the token from `path` every `period` and replaces it when the content
-    /// changed. A file that cannot be read or is empty keeps the current token (and is
-    /// logged): a half-written rotation must not open the door. Polling the content, not
-    /// inotify or the mtime, because a kubelet Secret update swaps a symlink (`..data`),
-    /// which neither event on the file nor its mtime reliably shows.
+    /// changed, until `shutdown` ([`crate::reload`]). A file that cannot be read or is
+    /// empty keeps the current token (logged and counted): a half-written rotation must
+    /// not open the door. `None` when no token is configured.
     pub fn watch_token_file(
         &self,
         path: PathBuf,
         period: Duration,
+        metrics: Metrics,
+        shutdown: watch::Receiver<bool>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let slot = Arc::clone(self.token.as_ref()?);
-        Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match Self::read_token(&path) {
-                    Ok(t) => {
-                        let changed = slot.read().map(|cur| *cur != t.as_bytes()).unwrap_or(true);
-                        if changed {
-                            if let Ok(mut cur) = slot.write() {
-                                *cur = t.into_bytes();
-                                tracing::info!(file = %path.display(), "bearer token reloaded");
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "keeping the current bearer token"),
+        // The content as read at start; unreadable now means the first good read reloads.
+        let initial = std::fs::read(&path).unwrap_or_default();
+        let file = path.clone();
+        Some(crate::reload::watch_files(
+            Credential::Token,
+            vec![path],
+            vec![initial],
+            period,
+            metrics,
+            shutdown,
+            move |contents: &[Vec<u8>]| {
+                let token =
+                    Self::parse_token(&file, contents.first().map_or(&[][..], Vec::as_slice))?;
+                match slot.write() {
+                    Ok(mut cur) => *cur = token.into_bytes(),
+                    Err(poisoned) => *poisoned.into_inner() = token.into_bytes(),
                 }
-            }
-        }))
+                Ok::<(), AuthError>(())
+            },
+        ))
     }
 
     /// Whether any credential is required at all.
@@ -147,12 +173,12 @@ impl Auth {
         action: Action,
         metadata: &MetadataMap,
         has_verified_cert: bool,
-    ) -> Result<(), Status> {
+    ) -> Result<Authenticated, Status> {
         if !self.applies_to(action) {
-            return Ok(());
+            return Ok(Authenticated::NotRequired);
         }
         if self.mtls && has_verified_cert {
-            return Ok(());
+            return Ok(Authenticated::Certificate);
         }
         if let Some(slot) = &self.token {
             let expected = slot.read().map(|t| t.clone()).unwrap_or_default();
@@ -166,7 +192,7 @@ impl Auth {
                 .map(str::trim);
             return match presented {
                 Some(t) if !expected.is_empty() && constant_time_eq(t.as_bytes(), &expected) => {
-                    Ok(())
+                    Ok(Authenticated::Token)
                 }
                 Some(_) => Err(Status::unauthenticated("invalid bearer token")),
                 None if self.mtls => Err(Status::unauthenticated(
@@ -181,7 +207,11 @@ impl Auth {
     }
 
     /// [`Auth::check`] on a tonic request.
-    pub fn check_request<T>(&self, action: Action, req: &tonic::Request<T>) -> Result<(), Status> {
+    pub fn check_request<T>(
+        &self,
+        action: Action,
+        req: &tonic::Request<T>,
+    ) -> Result<Authenticated, Status> {
         let has_cert = self.mtls && req.peer_certs().is_some_and(|c| !c.is_empty());
         self.check(action, req.metadata(), has_cert)
     }

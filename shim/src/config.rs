@@ -205,11 +205,14 @@ pub struct ServeArgs {
 
     /// Whose namespace a registration call may name (docs/security.md): `trust` takes the
     /// call's; `pod` requires the namespace of the pod whose address the call comes from
-    /// (a watch on this node's pods, --node-name; a peer that is no pod is refused).
+    /// (a watch on this node's pods, --node-name; a peer that is no pod is refused); `peer`
+    /// requires the namespace in the SPIFFE ID (`spiffe://<td>/ns/<ns>/sa/<sa>`) of the
+    /// client certificate verified against --tls-client-ca (a call without one is
+    /// refused). `peer` also checks PushMappings sent with a client certificate.
     #[arg(long, env = "SNP_NAMESPACE_POLICY", value_enum, default_value_t = crate::identity::NamespacePolicy::Trust)]
     pub namespace_policy: crate::identity::NamespacePolicy,
-    /// With --namespace-policy pod, what a call naming another namespace gets: `reject`
-    /// (PERMISSION_DENIED) or `rewrite` (registered in the caller's namespace).
+    /// With --namespace-policy pod or peer, what a call naming another namespace gets:
+    /// `reject` (PERMISSION_DENIED) or `rewrite` (registered in the caller's namespace).
     #[arg(long, env = "SNP_ON_MISMATCH", value_enum, default_value_t = crate::identity::OnMismatch::Reject)]
     pub on_mismatch: crate::identity::OnMismatch,
 
@@ -433,6 +436,25 @@ impl ServeArgs {
                     .to_owned(),
             )?;
         }
+        if self.namespace_policy == crate::identity::NamespacePolicy::Peer
+            && self.tls_client_ca.is_none()
+        {
+            refuse(
+                "--namespace-policy",
+                "peer needs --tls-client-ca (with --tls-cert and --tls-key): the caller's \
+                 namespace is read from its verified client certificate"
+                    .to_owned(),
+            )?;
+        }
+        if self.namespace_policy == crate::identity::NamespacePolicy::Peer && self.nacos.enabled {
+            refuse(
+                "--namespace-policy",
+                "peer cannot be combined with --nacos: Nacos clients present no client \
+                 certificate, so their publishes would bypass the policy (use \
+                 --namespace-policy=pod with --nacos-identity=pod)"
+                    .to_owned(),
+            )?;
+        }
         if self.max_in_flight == 0 {
             refuse("--max-in-flight", "must be at least 1".to_owned())?;
         }
@@ -548,6 +570,41 @@ mod validation_tests {
         refused(&["--kube-qps=NaN"], "--kube-qps", "not NaN");
         refused(&["--kube-qps=inf"], "--kube-qps", "not inf");
         refused(&["--node-name="], "--node-name", "1 to 253 bytes");
+        refused(
+            &["--namespace-policy=peer"],
+            "--namespace-policy",
+            "peer needs --tls-client-ca",
+        );
+        refused(
+            &[
+                "--namespace-policy=peer",
+                "--tls-cert=c.pem",
+                "--tls-key=k.pem",
+            ],
+            "--namespace-policy",
+            "verified client certificate",
+        );
+        refused(
+            &[
+                "--namespace-policy=peer",
+                "--tls-cert=c.pem",
+                "--tls-key=k.pem",
+                "--tls-client-ca=ca.pem",
+                "--nacos",
+            ],
+            "--namespace-policy",
+            "peer cannot be combined with --nacos",
+        );
+        assert_eq!(
+            check(&[
+                "--namespace-policy=peer",
+                "--on-mismatch=rewrite",
+                "--tls-cert=c.pem",
+                "--tls-key=k.pem",
+                "--tls-client-ca=ca.pem",
+            ]),
+            Ok(())
+        );
         let long = format!("--node-name={}", "n".repeat(254));
         refused(&[&long], "--node-name", "not 254");
     }

@@ -1,21 +1,26 @@
-//! Who is calling, for callers with no sidecar: the shim maps a call's TCP peer
-//! address to the pod that has that address, and so to its namespace and service account.
+//! Who is calling, for callers with no sidecar: the shim tells a call's namespace (and
+//! service account) by one of two sources, the `--namespace-policy`:
 //!
-//! The seam is [`CallerResolver`]: the gRPC registration API uses it today, and the Nacos
-//! front end can use the same one. [`PodIndex`] is the resolver backed by a kube-rs
-//! reflector over the pods of the shim's own node (`spec.nodeName` field selector): a
-//! per-node shim only ever hears from pods of its node (the Service is
-//! `internalTrafficPolicy: Local`), so that is all it needs to know, and the watch stays
-//! small. Host-network pods share the node's address and are never matched: a call from
-//! the node's address has no pod, and the `pod` policy refuses it.
+//! * `pod`: the TCP peer address of the call, mapped to the pod that has it. [`PodIndex`]
+//!   is the [`CallerResolver`] backed by a kube-rs reflector over the pods of the shim's own
+//!   node (`spec.nodeName` field selector): a per-node shim only ever hears from pods of its
+//!   node (the Service is `internalTrafficPolicy: Local`), so that is all it needs to know,
+//!   and the watch stays small. Host-network pods share the node's address and are never
+//!   matched: a call from the node's address has no pod, and the policy refuses it. The
+//!   Nacos front end resolves its callers with the same index.
+//! * `peer`: the SPIFFE ID (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`) in the URI SAN of
+//!   the client certificate the TLS layer verified against `--tls-client-ca`
+//!   ([`spiffe_caller`]). A call with no certificate, or one that names no namespace, is
+//!   refused.
 //!
-//! **Status:** `trust` and `pod` are served (`--namespace-policy`); `peer` (SPIFFE ID of a
-//! client certificate) is not yet offered at the shim. The test on a real kube-apiserver
-//! with Pod objects waits for the `k8s` harness. See docs/security.md.
+//! Either way the caller's namespace is compared with the one the call names, with the
+//! filter's semantics and messages: `reject` answers PERMISSION_DENIED, `rewrite`
+//! registers into the caller's namespace. See docs/security.md.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use rustls_pki_types::CertificateDer;
 use snp_core::Registration;
 use tonic::Status;
 
@@ -29,6 +34,56 @@ pub struct Caller {
     pub namespace: String,
     /// The caller's service account, if its pod names one.
     pub service_account: Option<String>,
+}
+
+/// What a call shows of its caller: its TCP peer and, over mutual TLS, the client
+/// certificate chain the handshake verified.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// The TCP peer address.
+    pub addr: Option<SocketAddr>,
+    /// The verified client certificate chain, end-entity first.
+    pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+impl Peer {
+    /// The peer of a tonic request (tonic fills both from the connection).
+    pub fn of<T>(request: &tonic::Request<T>) -> Self {
+        Self {
+            addr: request.remote_addr(),
+            certs: request.peer_certs(),
+        }
+    }
+}
+
+/// The caller that a verified client certificate names by its SPIFFE ID: the one
+/// `spiffe://` URI SAN of the end-entity certificate (an X.509-SVID has exactly one), in
+/// Istio's layout. `Err` says why there is none.
+pub fn spiffe_caller(certs: &[CertificateDer<'_>]) -> Result<Caller, String> {
+    let Some(leaf) = certs.first() else {
+        return Err("no client certificate was presented".into());
+    };
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("the client certificate cannot be parsed: {e:?}"))?;
+    let mut ids = cert
+        .valid_uri_names()
+        .filter(|uri| uri.starts_with("spiffe://"));
+    let Some(id) = ids.next() else {
+        return Err("the client certificate has no spiffe:// URI SAN".into());
+    };
+    if ids.next().is_some() {
+        return Err("the client certificate has more than one spiffe:// URI SAN".into());
+    }
+    let Some((namespace, service_account)) = snp_core::validate::spiffe_workload(id.as_bytes())
+    else {
+        return Err(format!(
+            "the SPIFFE ID {id:?} names no valid namespace (/ns/<namespace>)"
+        ));
+    };
+    Ok(Caller {
+        namespace: namespace.to_owned(),
+        service_account: service_account.map(str::to_owned),
+    })
 }
 
 /// Tells who is behind a peer address.
@@ -117,6 +172,9 @@ pub enum NamespacePolicy {
     Trust,
     /// The namespace of the pod at the call's peer address.
     Pod,
+    /// The namespace in the SPIFFE ID of the call's verified client certificate (mutual
+    /// TLS with `--tls-client-ca`).
+    Peer,
 }
 
 /// What a call naming another namespace than its caller's gets.
@@ -164,7 +222,21 @@ impl Identity {
         }
     }
 
-    /// The pod index behind `pod` (`None` under `trust`): the Nacos endpoint resolves its
+    /// `peer`: the SPIFFE ID of the verified client certificate.
+    pub fn peer(on_mismatch: OnMismatch) -> Self {
+        Self {
+            policy: NamespacePolicy::Peer,
+            on_mismatch,
+            resolver: None,
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> NamespacePolicy {
+        self.policy
+    }
+
+    /// The pod index behind `pod` (`None` otherwise): the Nacos endpoint resolves its
     /// callers with the same one.
     pub fn resolver(&self) -> Option<Arc<dyn CallerResolver>> {
         self.resolver
@@ -172,38 +244,74 @@ impl Identity {
             .filter(|_| self.policy == NamespacePolicy::Pod)
     }
 
-    /// Applies the policy to a validated registration from `peer`. `Ok(Some(from))` when
-    /// the namespace was rewritten from `from`.
-    pub fn enforce(
+    /// Where the policy takes the caller's namespace from, for messages (the filter's
+    /// words for `peer`).
+    fn source(&self) -> &'static str {
+        match self.policy {
+            NamespacePolicy::Trust => "the call",
+            NamespacePolicy::Pod => "the peer pod",
+            NamespacePolicy::Peer => "the peer certificate's SPIFFE ID",
+        }
+    }
+
+    /// The caller of a call under the policy: `Ok(None)` under `trust`, PERMISSION_DENIED
+    /// when the policy cannot tell who is calling.
+    pub fn caller(&self, peer: &Peer) -> Result<Option<Caller>, Status> {
+        match self.policy {
+            NamespacePolicy::Trust => Ok(None),
+            NamespacePolicy::Pod => {
+                let found = self
+                    .resolver
+                    .as_ref()
+                    .zip(peer.addr)
+                    .and_then(|(r, addr)| r.caller(addr.ip()));
+                found.map(Some).ok_or_else(|| {
+                    Status::permission_denied(format!(
+                        "the caller's namespace is unknown (no pod on this node has the address {})",
+                        peer.addr
+                            .map_or_else(|| "?".to_owned(), |p| p.ip().to_string())
+                    ))
+                })
+            }
+            NamespacePolicy::Peer => {
+                let certs = peer.certs.as_deref().map_or(&[][..], Vec::as_slice);
+                spiffe_caller(certs).map(Some).map_err(|why| {
+                    tracing::debug!(peer = ?peer.addr, why = %why, "caller unknown under the peer policy");
+                    Status::permission_denied(format!(
+                        "the caller's namespace is unknown ({} does not name one)",
+                        self.source()
+                    ))
+                })
+            }
+        }
+    }
+
+    /// Applies the policy to `namespace`, named by a call from `caller`. `Ok(Some(from))`
+    /// when it was rewritten from `from`.
+    pub fn enforce_namespace(
         &self,
-        peer: Option<SocketAddr>,
-        reg: &mut Registration,
+        caller: &Caller,
+        namespace: &mut String,
     ) -> Result<Option<String>, Status> {
-        let Some(resolver) = self
-            .resolver
-            .as_ref()
-            .filter(|_| self.policy == NamespacePolicy::Pod)
-        else {
-            return Ok(None);
-        };
-        let Some(caller) = peer.and_then(|p| resolver.caller(p.ip())) else {
-            return Err(Status::permission_denied(format!(
-                "the caller's namespace is unknown (no pod on this node has the address {})",
-                peer.map_or_else(|| "?".to_owned(), |p| p.ip().to_string())
-            )));
-        };
-        if reg.namespace == caller.namespace {
+        if *namespace == caller.namespace {
             return Ok(None);
         }
         match self.on_mismatch {
             OnMismatch::Reject => Err(Status::permission_denied(format!(
-                "namespace {:?} is not the caller's namespace {:?} (from the peer pod)",
-                reg.namespace, caller.namespace
-            ))),
-            OnMismatch::Rewrite => Ok(Some(std::mem::replace(
-                &mut reg.namespace,
+                "namespace {namespace:?} is not the caller's namespace {:?} (from {})",
                 caller.namespace,
+                self.source()
             ))),
+            OnMismatch::Rewrite => Ok(Some(std::mem::replace(namespace, caller.namespace.clone()))),
+        }
+    }
+
+    /// Applies the policy to a validated registration from `peer`. `Ok(Some(from))` when
+    /// the namespace was rewritten from `from`.
+    pub fn enforce(&self, peer: &Peer, reg: &mut Registration) -> Result<Option<String>, Status> {
+        match self.caller(peer)? {
+            None => Ok(None),
+            Some(caller) => self.enforce_namespace(&caller, &mut reg.namespace),
         }
     }
 }
@@ -287,30 +395,37 @@ mod tests {
             application: "app".into(),
             interfaces: vec!["a.B".into()],
         };
-        let from = |ip: &str| Some(SocketAddr::new(ip.parse().unwrap(), 4000));
+        let from = |ip: &str| Peer {
+            addr: Some(SocketAddr::new(ip.parse().unwrap(), 4000)),
+            certs: None,
+        };
         let reject = Identity::pod(OnMismatch::Reject, Arc::clone(&idx));
         let e = reject
-            .enforce(from("127.0.0.2"), &mut reg("kube-system"))
+            .enforce(&from("127.0.0.2"), &mut reg("kube-system"))
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(e.message().contains("\"shop\""), "{}", e.message());
         assert_eq!(
-            reject.enforce(from("127.0.0.2"), &mut reg("shop")).unwrap(),
+            reject
+                .enforce(&from("127.0.0.2"), &mut reg("shop"))
+                .unwrap(),
             None
         );
-        for peer in [from("127.0.0.9"), None] {
-            let e = reject.enforce(peer, &mut reg("shop")).unwrap_err();
+        for peer in [from("127.0.0.9"), Peer::default()] {
+            let e = reject.enforce(&peer, &mut reg("shop")).unwrap_err();
             assert_eq!(e.code(), tonic::Code::PermissionDenied);
         }
         let rewrite = Identity::pod(OnMismatch::Rewrite, idx);
         let mut r = reg("kube-system");
         assert_eq!(
-            rewrite.enforce(from("127.0.0.2"), &mut r).unwrap(),
+            rewrite.enforce(&from("127.0.0.2"), &mut r).unwrap(),
             Some("kube-system".into())
         );
         assert_eq!(r.namespace, "shop");
         assert_eq!(
-            Identity::trust().enforce(None, &mut reg("x")).unwrap(),
+            Identity::trust()
+                .enforce(&Peer::default(), &mut reg("x"))
+                .unwrap(),
             None
         );
     }
@@ -322,5 +437,94 @@ mod tests {
             pod("b", "y", "10.0.0.5", false, "Running"),
         ]);
         assert_eq!(idx.caller("10.0.0.5".parse().unwrap()), None);
+    }
+
+    /// A self-signed certificate with these URI SANs (the TLS layer verifies chains; this
+    /// is only about reading the SPIFFE ID).
+    fn cert_with_uris(uris: &[&str]) -> CertificateDer<'static> {
+        let mut p = rcgen::CertificateParams::new(vec!["client.example".to_owned()]).unwrap();
+        for u in uris {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI((*u).try_into().unwrap()));
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn the_spiffe_id_of_a_client_certificate_names_the_caller() {
+        let c = cert_with_uris(&["spiffe://cluster.local/ns/shop/sa/cart"]);
+        assert_eq!(
+            spiffe_caller(&[c]),
+            Ok(Caller {
+                namespace: "shop".into(),
+                service_account: Some("cart".into())
+            })
+        );
+        // Other URIs are ignored; two SPIFFE IDs, none, a bad namespace: nobody.
+        let c = cert_with_uris(&["https://x.example/", "spiffe://td/ns/pay/sa/p"]);
+        assert_eq!(spiffe_caller(&[c]).map(|c| c.namespace), Ok("pay".into()));
+        for (uris, why) in [
+            (
+                &["spiffe://td/ns/a/sa/x", "spiffe://td/ns/b/sa/y"][..],
+                "more than one",
+            ),
+            (&[][..], "no spiffe:// URI SAN"),
+            (
+                &["spiffe://td/ns/Not_A_Namespace/sa/x"][..],
+                "names no valid namespace",
+            ),
+        ] {
+            let e = spiffe_caller(&[cert_with_uris(uris)]).unwrap_err();
+            assert!(e.contains(why), "{uris:?}: {e}");
+        }
+        assert!(spiffe_caller(&[])
+            .unwrap_err()
+            .contains("no client certificate"));
+        let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
+        assert!(spiffe_caller(&[junk])
+            .unwrap_err()
+            .contains("cannot be parsed"));
+    }
+
+    #[test]
+    fn the_peer_policy_rejects_or_rewrites() {
+        let reg = |ns: &str| Registration {
+            namespace: ns.into(),
+            application: "app".into(),
+            interfaces: vec!["a.B".into()],
+        };
+        let with = |uris: &[&str]| Peer {
+            addr: Some("10.0.0.2:4000".parse().unwrap()),
+            certs: Some(Arc::new(vec![cert_with_uris(uris)])),
+        };
+        let shop = with(&["spiffe://cluster.local/ns/shop/sa/cart"]);
+        let reject = Identity::peer(OnMismatch::Reject);
+        assert_eq!(reject.enforce(&shop, &mut reg("shop")).unwrap(), None);
+        let e = reject.enforce(&shop, &mut reg("kube-system")).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            e.message(),
+            "namespace \"kube-system\" is not the caller's namespace \"shop\" (from the peer certificate's SPIFFE ID)"
+        );
+        for nobody in [Peer::default(), with(&[])] {
+            let e = reject.enforce(&nobody, &mut reg("shop")).unwrap_err();
+            assert_eq!(
+                e.message(),
+                "the caller's namespace is unknown (the peer certificate's SPIFFE ID does not name one)"
+            );
+        }
+        let rewrite = Identity::peer(OnMismatch::Rewrite);
+        let mut r = reg("kube-system");
+        assert_eq!(
+            rewrite.enforce(&shop, &mut r).unwrap(),
+            Some("kube-system".into())
+        );
+        assert_eq!(r.namespace, "shop");
+        assert!(rewrite.enforce(&Peer::default(), &mut reg("shop")).is_err());
+        assert!(
+            rewrite.resolver().is_none(),
+            "the Nacos endpoint gets no pod index"
+        );
     }
 }

@@ -11,6 +11,8 @@
 //! * [`auth`], [`http`], [`metrics`], [`crd`]: authentication, the operations endpoint,
 //!   Prometheus metrics, the custom resource type.
 //! * [`status`]: the status page at `GET /` on the HTTP port.
+//! * [`tls`], [`reload`]: TLS served with certificates reloaded on change, and the one file
+//!   watch that reloads both them and the bearer token.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -27,6 +29,8 @@ pub mod journal;
 pub mod metrics;
 pub mod nacos;
 pub mod pipeline;
+pub mod reload;
 pub mod shutdown;
 pub mod status;
+pub mod tls;
 pub use snp_store as store;

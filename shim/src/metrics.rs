@@ -38,6 +38,42 @@ pub enum Api {
     Push,
 }
 
+/// A credential the shim reloads when its files change.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Credential {
+    /// The bearer token (`--auth-token-file`).
+    Token,
+    /// The TLS certificate, key and client CA (`--tls-*`).
+    Tls,
+}
+
+impl Credential {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Tls => "tls",
+        }
+    }
+
+    /// What it is, for logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Token => "bearer token",
+            Self::Tls => "TLS certificate, key and client CA",
+        }
+    }
+}
+
+/// Labels of `snp_credential_reloads_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// Which credential.
+    pub credential: Credential,
+    /// `ok`, or `error` (the old credential stays in use).
+    pub result: Outcome,
+}
+
 /// Store request verb (the store's own; a label value with its `prometheus` feature).
 pub use snp_store::Verb;
 
@@ -74,7 +110,7 @@ macro_rules! label_value {
         }
     )*};
 }
-label_value!(Outcome, Api);
+label_value!(Outcome, Api, Credential);
 
 /// Labels of `snp_calls_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -152,6 +188,8 @@ pub struct Metrics {
     pub parked_keys: Gauge,
     /// Keys parked, by the store's reason (each key counted once per parking, not per probe).
     pub parked: Family<ReasonLabels, Counter>,
+    /// Reloads of credentials whose files changed, by credential and result.
+    pub credential_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Metrics {
@@ -180,6 +218,7 @@ impl Metrics {
             batch_events: tokio::sync::broadcast::channel(live::BATCH_EVENTS).0,
             parked_keys: Gauge::default(),
             parked: Family::default(),
+            credential_reloads: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("snp");
         r.register(
@@ -265,6 +304,11 @@ impl Metrics {
             "Keys parked, by the store's reason",
             m.parked.clone(),
         );
+        r.register(
+            "credential_reloads",
+            "Reloads of the token or TLS files after they changed, by result (error: the old credential stays in use)",
+            m.credential_reloads.clone(),
+        );
         // Series that dashboards and alerts expect exist from the start, at zero.
         for api in [Api::Dubbo, Api::Admin, Api::Push] {
             for result in [Outcome::Ok, Outcome::Invalid, Outcome::Error] {
@@ -288,6 +332,22 @@ impl Metrics {
     /// Counts one call of `api` with `result`.
     pub fn call(&self, api: Api, result: Outcome) {
         self.calls.get_or_create(&CallLabels { api, result }).inc();
+    }
+
+    /// Counts one reload of `credential` (`ok`: the new files are in use).
+    pub fn credential_reload(&self, credential: Credential, ok: bool) {
+        let result = if ok { Outcome::Ok } else { Outcome::Error };
+        self.credential_reloads
+            .get_or_create(&ReloadLabels { credential, result })
+            .inc();
+    }
+
+    /// Reloads of `credential` so far that succeeded (`ok`) or failed.
+    pub fn credential_reloads(&self, credential: Credential, ok: bool) -> u64 {
+        let result = if ok { Outcome::Ok } else { Outcome::Error };
+        self.credential_reloads
+            .get_or_create(&ReloadLabels { credential, result })
+            .get()
     }
 
     /// Counts one invalid call by reason.

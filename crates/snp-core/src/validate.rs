@@ -224,6 +224,39 @@ pub fn validate_namespace(namespace: &str) -> Result<(), ValidationError> {
     }
 }
 
+/// The namespace segment of a SPIFFE ID `spiffe://<trust-domain>/ns/<namespace>/sa/<sa>`
+/// (Istio's layout), if it has one that is a valid namespace. The filter (peer
+/// certificate of the downstream connection) and the shim (client certificate) read
+/// callers with this one function, so they agree on who is calling.
+pub fn spiffe_namespace(uri: &[u8]) -> Option<&str> {
+    spiffe_workload(uri).map(|(ns, _)| ns)
+}
+
+/// The namespace and, if the ID names a valid one, the service account of a SPIFFE ID
+/// (see [`spiffe_namespace`]).
+pub fn spiffe_workload(uri: &[u8]) -> Option<(&str, Option<&str>)> {
+    let uri = core::str::from_utf8(uri).ok()?;
+    let rest = uri.strip_prefix("spiffe://")?;
+    let (_trust_domain, path) = rest.split_once('/')?;
+    let mut segments = path.split('/');
+    while let Some(seg) = segments.next() {
+        if seg == "ns" {
+            let ns = segments.next().filter(|ns| is_rfc1123_label(ns))?;
+            let sa = match (segments.next(), segments.next()) {
+                (Some("sa"), Some(sa)) if is_service_account_name(sa) => Some(sa),
+                _ => None,
+            };
+            return Some((ns, sa));
+        }
+    }
+    None
+}
+
+/// A service account name: an RFC 1123 subdomain (labels joined by dots, at most 253).
+fn is_service_account_name(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_rfc1123_label)
+}
+
 /// Checks an application name.
 pub fn validate_application(app: &str, limits: &Limits) -> Result<(), ValidationError> {
     if app.is_empty() {
@@ -276,6 +309,34 @@ pub fn validate_interface(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn spiffe_ids() {
+        assert_eq!(
+            spiffe_namespace(b"spiffe://cluster.local/ns/shop/sa/default"),
+            Some("shop")
+        );
+        assert_eq!(
+            spiffe_workload(b"spiffe://cluster.local/ns/shop/sa/cart.v1"),
+            Some(("shop", Some("cart.v1")))
+        );
+        assert_eq!(
+            spiffe_workload(b"spiffe://td/ns/a-1/sa/x/extra"),
+            Some(("a-1", Some("x")))
+        );
+        assert_eq!(spiffe_workload(b"spiffe://td/ns/a-1"), Some(("a-1", None)));
+        assert_eq!(
+            spiffe_workload(b"spiffe://td/ns/a-1/sa/Bad_SA"),
+            Some(("a-1", None))
+        );
+        assert_eq!(spiffe_namespace(b"spiffe://td/sa/x"), None);
+        assert_eq!(spiffe_namespace(b"spiffe://td/ns/"), None);
+        assert_eq!(spiffe_namespace(b"spiffe://td/ns/Bad_NS/sa/x"), None);
+        assert_eq!(spiffe_namespace(b"https://td/ns/shop/sa/x"), None);
+        assert_eq!(spiffe_namespace(b"spiffe://td"), None);
+        assert_eq!(spiffe_namespace(&[0xff, 0xfe]), None);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -18,21 +18,7 @@ pub enum Enforced {
     },
 }
 
-/// The namespace segment of a SPIFFE ID `spiffe://<trust-domain>/ns/<namespace>/sa/<sa>`
-/// (Istio's layout), if it has one that is a valid namespace.
-pub fn spiffe_namespace(uri: &[u8]) -> Option<&str> {
-    let uri = core::str::from_utf8(uri).ok()?;
-    let rest = uri.strip_prefix("spiffe://")?;
-    let (_trust_domain, path) = rest.split_once('/')?;
-    let mut segments = path.split('/');
-    while let Some(seg) = segments.next() {
-        if seg == "ns" {
-            let ns = segments.next()?;
-            return is_rfc1123_label(ns).then_some(ns);
-        }
-    }
-    None
-}
+pub use snp_core::validate::spiffe_namespace;
 
 /// A namespace from node metadata, if it is a valid one. Envoy returns a string property
 /// as its raw bytes.
@@ -90,24 +76,6 @@ mod tests {
             application: "app".into(),
             interfaces: vec!["a.B".into()],
         }
-    }
-
-    #[test]
-    fn spiffe_ids() {
-        assert_eq!(
-            spiffe_namespace(b"spiffe://cluster.local/ns/shop/sa/default"),
-            Some("shop")
-        );
-        assert_eq!(
-            spiffe_namespace(b"spiffe://td/ns/a-1/sa/x/extra"),
-            Some("a-1")
-        );
-        assert_eq!(spiffe_namespace(b"spiffe://td/sa/x"), None);
-        assert_eq!(spiffe_namespace(b"spiffe://td/ns/"), None);
-        assert_eq!(spiffe_namespace(b"spiffe://td/ns/Bad_NS/sa/x"), None);
-        assert_eq!(spiffe_namespace(b"https://td/ns/shop/sa/x"), None);
-        assert_eq!(spiffe_namespace(b"spiffe://td"), None);
-        assert_eq!(spiffe_namespace(&[0xff, 0xfe]), None);
     }
 
     #[test]

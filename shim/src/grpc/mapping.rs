@@ -9,6 +9,10 @@
 //!   stored, `FAILED_PRECONDITION` at once when one is parked, `INVALID_ARGUMENT` naming
 //!   an invalid one (after the valid ones are stored), `UNAVAILABLE` at the deadline.
 //!   Union semantics make it idempotent.
+//!   Under `--namespace-policy peer`, a batch sent with a client certificate may carry only
+//!   the certificate's namespace: another is that mapping's REJECTED (`namespace_mismatch`)
+//!   or PERMISSION_DENIED, or is rewritten; a batch sent with the bearer token is not
+//!   checked (a node proxy or gateway carries many namespaces).
 //! * `GetMappings` answers from the store's cache.
 //! * `WatchMappings` sends a `SNAPSHOT`, then `UPSERT`/`DELETE` events for the selected
 //!   mappings as the store reports them (this shim's writes and other writers' alike). A
@@ -33,7 +37,8 @@ use tonic::{Request, Response, Status};
 
 use super::registration::outcome_of;
 use super::{parked_status, pipeline_status, wait_durable, Shared};
-use crate::auth::Action;
+use crate::auth::{Action, Authenticated};
+use crate::identity::{Caller, NamespacePolicy, Peer};
 use crate::metrics::{Api, Outcome};
 use crate::pipeline::{Payload, Wait};
 use crate::store::{Change, Entry, Store};
@@ -78,6 +83,8 @@ fn validate_selector<S: Store>(
 struct Invalid {
     reason: &'static str,
     message: String,
+    /// Refused by the namespace policy (PERMISSION_DENIED), not for its content.
+    denied: bool,
 }
 
 /// Validates one mapping (the `i`-th of its batch) and turns it into a key and its
@@ -99,6 +106,7 @@ fn validate_mapping<S: Store>(
         Invalid {
             reason: e.reason(),
             message,
+            denied: false,
         }
     };
     validate_namespace(&m.namespace).map_err(|e| at(e, ""))?;
@@ -108,6 +116,7 @@ fn validate_mapping<S: Store>(
         return Err(Invalid {
             reason: "empty_application",
             message: format!("mappings[{i}].application_names is empty"),
+            denied: false,
         });
     }
     for (j, app) in m.application_names.iter().enumerate() {
@@ -123,12 +132,39 @@ fn validate_mapping<S: Store>(
                 apps.len(),
                 shared.max_apps_per_key
             ),
+            denied: false,
         });
     }
     Ok((
         MappingKey::new(m.namespace.as_str(), m.interface_name.as_str()),
         apps,
     ))
+}
+
+/// Applies the namespace policy to one valid mapping (the `i`-th) of a batch from `caller`
+/// (`None`: not checked). A mismatch is that mapping's outcome, never the batch's.
+fn scope<S: Store>(
+    shared: &Shared<S>,
+    caller: Option<&Caller>,
+    i: usize,
+    (key, apps): (MappingKey, AppSet),
+) -> Result<(MappingKey, AppSet), Invalid> {
+    let Some(caller) = caller else {
+        return Ok((key, apps));
+    };
+    let mut namespace = key.namespace.clone();
+    match shared.identity.enforce_namespace(caller, &mut namespace) {
+        Ok(None) => Ok((key, apps)),
+        Ok(Some(from)) => {
+            tracing::info!(from = %from, to = %namespace, interface = %key.interface, "mapping namespace rewritten to the caller's");
+            Ok((MappingKey::new(namespace, key.interface), apps))
+        }
+        Err(status) => Err(Invalid {
+            reason: "namespace_mismatch",
+            message: format!("mappings[{i}]: {}", status.message()),
+            denied: true,
+        }),
+    }
 }
 
 fn state(key: MappingKey, entry: Entry) -> MappingState {
@@ -165,13 +201,23 @@ impl<S: Store> MappingApi<S> {
         request: Request<PushMappingsRequest>,
     ) -> Result<PushMappingsResponse, Status> {
         let shared = &self.shared;
-        shared.auth.check_request(Action::Push, &request)?;
+        let by = shared.auth.check_request(Action::Push, &request)?;
+        // Under `peer`, a batch sent with a client certificate may only carry its own
+        // namespace; one sent with the bearer token (a node proxy or gateway that carries
+        // many namespaces) is not checked.
+        let caller = match (shared.identity.policy(), by) {
+            (NamespacePolicy::Peer, Authenticated::Token) => None,
+            (NamespacePolicy::Peer, _) => shared.identity.caller(&Peer::of(&request))?,
+            _ => None,
+        };
         let req = request.into_inner();
         let checked: Vec<Result<(MappingKey, AppSet), Invalid>> = req
             .mappings
             .iter()
             .enumerate()
-            .map(|(i, m)| validate_mapping(shared, i, m))
+            .map(|(i, m)| {
+                validate_mapping(shared, i, m).and_then(|ok| scope(shared, caller.as_ref(), i, ok))
+            })
             .collect();
         let mut unchanged = 0u32;
         let mut offer = Mappings::new();
@@ -213,7 +259,11 @@ impl<S: Store> MappingApi<S> {
         }
         if !req.want_results {
             if let Some(bad) = checked.iter().find_map(|c| c.as_ref().err()) {
-                return Err(Status::invalid_argument(bad.message.clone()));
+                return Err(if bad.denied {
+                    Status::permission_denied(bad.message.clone())
+                } else {
+                    Status::invalid_argument(bad.message.clone())
+                });
             }
         }
         let mut stored = 0u32;

@@ -261,7 +261,7 @@ async fn register<S: Store>(
     };
     if let Some(from) = shared
         .identity
-        .enforce(request.remote_addr(), &mut registration)?
+        .enforce(&crate::identity::Peer::of(&request), &mut registration)?
     {
         tracing::info!(from = %from, to = %registration.namespace, "namespace rewritten to the caller's");
     }
