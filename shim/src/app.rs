@@ -642,16 +642,18 @@ impl Context {
 
 /// Connects the Kubernetes store, retrying with backoff (1 s doubling to 30 s) until it
 /// succeeds.
-/// The registration API's namespace policy. `pod` starts a reflector over this node's pods
-/// (`--node-name`), with the store's Kubernetes client settings; it ends at shutdown.
+/// The namespace policies of the registration API and of `PushMappings`. `pod` (either)
+/// starts one reflector over this node's pods (`--node-name`), with the store's Kubernetes
+/// client settings; it ends at shutdown.
 async fn identity_of(
     args: &ServeArgs,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<crate::identity::Identity, ShimError> {
-    use crate::identity::{Identity, NamespacePolicy, PodIndex};
+    use crate::identity::{CallerResolver, Identity, NamespacePolicy, PodIndex, PushPolicy};
     use futures::StreamExt;
     use kube::runtime::{reflector, watcher, WatchStreamExt};
-    if args.namespace_policy == NamespacePolicy::Trust {
+    let pod_push = args.push_namespace_policy == PushPolicy::Pod;
+    if args.namespace_policy == NamespacePolicy::Trust && !pod_push {
         return Ok(Identity::trust());
     }
     let cfg = KubeStoreConfig {
@@ -681,11 +683,23 @@ async fn identity_of(
             }
         }
     });
-    tracing::info!(node = %args.node_name, on_mismatch = ?args.on_mismatch, "namespace policy pod: watching this node's pods");
-    Ok(Identity::pod(
-        args.on_mismatch,
-        std::sync::Arc::new(PodIndex::new(reader)),
-    ))
+    tracing::info!(
+        node = %args.node_name,
+        registration = ?args.namespace_policy,
+        on_mismatch = ?args.on_mismatch,
+        push = ?args.push_namespace_policy,
+        "namespace policy pod: watching this node's pods"
+    );
+    let index: std::sync::Arc<dyn CallerResolver> = std::sync::Arc::new(PodIndex::new(reader));
+    let identity = match args.namespace_policy {
+        NamespacePolicy::Pod => Identity::pod(args.on_mismatch, std::sync::Arc::clone(&index)),
+        NamespacePolicy::Trust => Identity::trust(),
+    };
+    Ok(if pod_push {
+        identity.with_pod_push(index)
+    } else {
+        identity
+    })
 }
 
 async fn connect_kube(cfg: KubeStoreConfig, metrics: Metrics) -> KubeStore {

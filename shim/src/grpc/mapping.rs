@@ -8,7 +8,10 @@
 //!   settled or at the ack deadline. Older senders get OK only when every mapping is
 //!   stored, `FAILED_PRECONDITION` at once when one is parked, `INVALID_ARGUMENT` naming
 //!   an invalid one (after the valid ones are stored), `UNAVAILABLE` at the deadline.
-//!   Union semantics make it idempotent.
+//!   Union semantics make it idempotent. Under `--push-namespace-policy pod`, a batch whose
+//!   sender presents no credential may only carry its pod's namespace: each mapping outside
+//!   it is REJECTED (`namespace_denied`; PERMISSION_DENIED for older senders), the others
+//!   are stored.
 //! * `GetMappings` answers from the store's cache.
 //! * `WatchMappings` sends a `SNAPSHOT`, then `UPSERT`/`DELETE` events for the selected
 //!   mappings as the store reports them (this shim's writes and other writers' alike). A
@@ -34,6 +37,7 @@ use tonic::{Request, Response, Status};
 use super::registration::outcome_of;
 use super::{parked_status, pipeline_status, wait_durable, Shared};
 use crate::auth::Action;
+use crate::identity::PushPolicy;
 use crate::metrics::{Api, Outcome};
 use crate::pipeline::{Payload, Wait};
 use crate::store::{Change, Entry, Store};
@@ -74,10 +78,25 @@ fn validate_selector<S: Store>(
     Ok(())
 }
 
-/// An invalid mapping of a pushed batch.
+/// A mapping of a pushed batch that is not offered: invalid, or outside the namespaces its
+/// sender may write into.
 struct Invalid {
     reason: &'static str,
     message: String,
+    /// Outside the sender's namespaces (PERMISSION_DENIED), not malformed.
+    denied: bool,
+}
+
+/// Reason of a mapping outside the sending pod's namespace (a result's `reason`, and the
+/// `snp_invalid_calls_total` label).
+const NAMESPACE_DENIED: &str = "namespace_denied";
+
+/// Whether the call carries a credential: a bearer token, or a client certificate the TLS
+/// layer verified. Only such a call is checked as a credential holder under
+/// `--push-namespace-policy pod`; any other is checked by its pod.
+fn presents_credential<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key("authorization")
+        || request.peer_certs().is_some_and(|c| !c.is_empty())
 }
 
 /// Validates one mapping (the `i`-th of its batch) and turns it into a key and its
@@ -99,6 +118,7 @@ fn validate_mapping<S: Store>(
         Invalid {
             reason: e.reason(),
             message,
+            denied: false,
         }
     };
     validate_namespace(&m.namespace).map_err(|e| at(e, ""))?;
@@ -108,6 +128,7 @@ fn validate_mapping<S: Store>(
         return Err(Invalid {
             reason: "empty_application",
             message: format!("mappings[{i}].application_names is empty"),
+            denied: false,
         });
     }
     for (j, app) in m.application_names.iter().enumerate() {
@@ -123,6 +144,7 @@ fn validate_mapping<S: Store>(
                 apps.len(),
                 shared.max_apps_per_key
             ),
+            denied: false,
         });
     }
     Ok((
@@ -165,13 +187,34 @@ impl<S: Store> MappingApi<S> {
         request: Request<PushMappingsRequest>,
     ) -> Result<PushMappingsResponse, Status> {
         let shared = &self.shared;
-        shared.auth.check_request(Action::Push, &request)?;
+        // Under `--push-namespace-policy pod`, a sender without a credential (a sidecar) is
+        // checked by its pod instead of being refused; a credential, when presented, must
+        // be valid either way.
+        let pod_checked =
+            shared.identity.push_policy() == PushPolicy::Pod && !presents_credential(&request);
+        if !pod_checked {
+            shared.auth.check_request(Action::Push, &request)?;
+        }
+        let credentialed = !pod_checked && shared.auth.enabled();
+        let scope = shared
+            .identity
+            .push_scope(request.remote_addr(), credentialed);
         let req = request.into_inner();
         let checked: Vec<Result<(MappingKey, AppSet), Invalid>> = req
             .mappings
             .iter()
             .enumerate()
-            .map(|(i, m)| validate_mapping(shared, i, m))
+            .map(|(i, m)| {
+                let valid = validate_mapping(shared, i, m)?;
+                match scope.denies(&m.namespace) {
+                    None => Ok(valid),
+                    Some(why) => Err(Invalid {
+                        reason: NAMESPACE_DENIED,
+                        message: format!("mappings[{i}]: {why}"),
+                        denied: true,
+                    }),
+                }
+            })
             .collect();
         let mut unchanged = 0u32;
         let mut offer = Mappings::new();
@@ -185,7 +228,11 @@ impl<S: Store> MappingApi<S> {
         }
         for bad in checked.iter().filter_map(|c| c.as_ref().err()) {
             shared.metrics.invalid(bad.reason);
-            tracing::debug!(batch = %req.batch_id, source = %req.source, error = %bad.message, "invalid mapping");
+            if bad.denied {
+                tracing::warn!(batch = %req.batch_id, source = %req.source, error = %bad.message, "mapping outside the sender's namespace");
+            } else {
+                tracing::debug!(batch = %req.batch_id, source = %req.source, error = %bad.message, "invalid mapping");
+            }
         }
         if offer.is_empty() {
             tracing::debug!(batch = %req.batch_id, source = %req.source, "batch already in the store");
@@ -213,7 +260,11 @@ impl<S: Store> MappingApi<S> {
         }
         if !req.want_results {
             if let Some(bad) = checked.iter().find_map(|c| c.as_ref().err()) {
-                return Err(Status::invalid_argument(bad.message.clone()));
+                return Err(if bad.denied {
+                    Status::permission_denied(bad.message.clone())
+                } else {
+                    Status::invalid_argument(bad.message.clone())
+                });
             }
         }
         let mut stored = 0u32;
