@@ -107,7 +107,7 @@ fn bearer_of(host: &impl Host, cfg: &Config) -> Result<Option<String>, String> {
         host.log(
             LogLevel::Info,
             &format!(
-                "auth_token_env {name} is not set in the VM: batches are sent without a token"
+                "auth_token_env {name} is unset or empty in the VM: batches are sent without a token"
             ),
         );
         return Ok(None);
