@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.parse
 
 from apiserver_harness import apiserver  # noqa: F401  (fixture)
 from envoy_harness import REGISTER_A, raw_call
@@ -169,7 +170,7 @@ def push(protos, target: str, src: str, mappings: list[tuple[str, str]], token: 
     )
     headers = {"authorization": f"Bearer {token}"} if token is not None else {}
     r = raw_call(target, PUSH, frame(req.SerializeToString()), headers=headers, interface=src)
-    code, msg = r["headers"].get("grpc-status"), r["headers"].get("grpc-message", "")
+    code, msg = r["headers"].get("grpc-status"), urllib.parse.unquote(r["headers"].get("grpc-message", ""))
     if code != "0":
         return code, msg, []
     resp = protos.api.PushMappingsResponse.FromString(r["body"][5:])
