@@ -82,6 +82,11 @@ impl Host for Envoy {
             .map_err(|s| format!("{s:?}"))
     }
 
+    fn env(&self, name: &str) -> Option<String> {
+        // WASI environ: Envoy fills it from vm_config.environment_variables.
+        std::env::var(name).ok()
+    }
+
     fn set_tick_period(&self, period: Duration) -> Result<(), String> {
         hc::set_tick_period(period).map_err(|s| format!("{s:?}"))
     }

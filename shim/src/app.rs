@@ -659,23 +659,25 @@ impl Context {
     }
 }
 
-/// The registration API's namespace policy. `pod` starts a reflector over this node's pods
-/// (`--node-name`), with the store's Kubernetes client settings; it ends at shutdown.
-/// `peer` needs nothing but the client certificates the TLS layer verifies.
+/// The namespace policies of the registration API and of `PushMappings`. `pod` (either)
+/// starts one reflector over this node's pods (`--node-name`), with the store's Kubernetes
+/// client settings; it ends at shutdown. `peer` needs nothing but the client certificates
+/// the TLS layer verifies.
 async fn identity_of(
     args: &ServeArgs,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<crate::identity::Identity, ShimError> {
-    use crate::identity::{Identity, NamespacePolicy, PodIndex};
+    use crate::identity::{CallerResolver, Identity, NamespacePolicy, PodIndex, PushPolicy};
     use futures::StreamExt;
     use kube::runtime::{reflector, watcher, WatchStreamExt};
+    let pod_push = args.push_namespace_policy == PushPolicy::Pod;
     match args.namespace_policy {
-        NamespacePolicy::Trust => return Ok(Identity::trust()),
-        NamespacePolicy::Peer => {
+        NamespacePolicy::Trust if !pod_push => return Ok(Identity::trust()),
+        NamespacePolicy::Peer if !pod_push => {
             tracing::info!(on_mismatch = ?args.on_mismatch, "namespace policy peer: the SPIFFE ID of the client certificate");
             return Ok(Identity::peer(args.on_mismatch));
         }
-        NamespacePolicy::Pod => {}
+        _ => {}
     }
     let cfg = KubeStoreConfig {
         kubeconfig: args.kubeconfig.clone(),
@@ -704,11 +706,24 @@ async fn identity_of(
             }
         }
     });
-    tracing::info!(node = %args.node_name, on_mismatch = ?args.on_mismatch, "namespace policy pod: watching this node's pods");
-    Ok(Identity::pod(
-        args.on_mismatch,
-        std::sync::Arc::new(PodIndex::new(reader)),
-    ))
+    tracing::info!(
+        node = %args.node_name,
+        registration = ?args.namespace_policy,
+        on_mismatch = ?args.on_mismatch,
+        push = ?args.push_namespace_policy,
+        "namespace policy pod: watching this node's pods"
+    );
+    let index: std::sync::Arc<dyn CallerResolver> = std::sync::Arc::new(PodIndex::new(reader));
+    let identity = match args.namespace_policy {
+        NamespacePolicy::Pod => Identity::pod(args.on_mismatch, std::sync::Arc::clone(&index)),
+        NamespacePolicy::Peer => Identity::peer(args.on_mismatch),
+        NamespacePolicy::Trust => Identity::trust(),
+    };
+    Ok(if pod_push {
+        identity.with_pod_push(index)
+    } else {
+        identity
+    })
 }
 
 /// Connects the Kubernetes store, retrying with backoff (1 s doubling to 30 s) until it

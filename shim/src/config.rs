@@ -216,6 +216,16 @@ pub struct ServeArgs {
     #[arg(long, env = "SNP_ON_MISMATCH", value_enum, default_value_t = crate::identity::OnMismatch::Reject)]
     pub on_mismatch: crate::identity::OnMismatch,
 
+    /// Which namespaces a PushMappings batch may carry when its sender presents no
+    /// credential (no token, no verified client certificate): `trust` (any; with
+    /// --auth-token-file such a batch is refused as UNAUTHENTICATED) or `pod` (only the
+    /// namespace of the pod at the peer address, as for a sidecar: each mapping in another
+    /// namespace gets a REJECTED result, the rest are stored; a peer that is no pod of this
+    /// node gets every mapping rejected). A sender with a valid credential (gateway, node
+    /// proxy) may carry any namespace. A wrong token is refused either way.
+    #[arg(long, env = "SNP_PUSH_NAMESPACE_POLICY", value_enum, default_value_t = crate::identity::PushPolicy::Trust)]
+    pub push_namespace_policy: crate::identity::PushPolicy,
+
     /// Longest the shutdown flush may take after SIGTERM.
     #[arg(long, env = "SNP_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "20s")]
     pub shutdown_timeout: Duration,
@@ -605,6 +615,10 @@ mod validation_tests {
             ]),
             Ok(())
         );
+        let err = Cli::try_parse_from(["snp-shim", "--push-namespace-policy=node"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[possible values: trust, pod]"), "{err}");
         let long = format!("--node-name={}", "n".repeat(254));
         refused(&[&long], "--node-name", "not 254");
     }

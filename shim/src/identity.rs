@@ -16,6 +16,9 @@
 //! Either way the caller's namespace is compared with the one the call names, with the
 //! filter's semantics and messages: `reject` answers PERMISSION_DENIED, `rewrite`
 //! registers into the caller's namespace. See docs/security.md.
+//!
+//! `PushMappings` batches are checked by the sender's pod when it presents no credential
+//! (`--push-namespace-policy pod`): a sidecar pushes for its own pod only.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -186,11 +189,50 @@ pub enum OnMismatch {
     Rewrite,
 }
 
+/// Which namespaces a `PushMappings` batch may carry when its sender presents no
+/// credential (no bearer token, no verified client certificate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PushPolicy {
+    /// Any: the credential (`--auth-token-file`), if one is configured, is the only check;
+    /// a batch without one is refused as a whole.
+    Trust,
+    /// Only the namespace of the pod at the call's peer address (a sidecar sends for its own
+    /// pod); mappings in another namespace get a REJECTED result each, the rest are stored.
+    /// A sender with a valid credential (a gateway or node proxy) may carry any namespace.
+    Pod,
+}
+
+/// Which namespaces one `PushMappings` batch may write into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushScope {
+    /// Any namespace (a credential holder, or `--push-namespace-policy trust`).
+    Any,
+    /// Only this one: the sending pod's.
+    Namespace(String),
+    /// None: the peer address is no pod's (the message says which address).
+    Unknown(String),
+}
+
+impl PushScope {
+    /// Why a mapping in `namespace` may not be written, if it may not.
+    pub fn denies(&self, namespace: &str) -> Option<String> {
+        match self {
+            Self::Any => None,
+            Self::Namespace(ns) if ns == namespace => None,
+            Self::Namespace(ns) => Some(format!(
+                "namespace {namespace:?} is not the sending pod's namespace {ns:?}; only a sender with the shim's token may push for other namespaces"
+            )),
+            Self::Unknown(why) => Some(why.clone()),
+        }
+    }
+}
+
 /// The policy of the registration API, with its resolver.
 #[derive(Clone)]
 pub struct Identity {
     policy: NamespacePolicy,
     on_mismatch: OnMismatch,
+    push: PushPolicy,
     resolver: Option<Arc<dyn CallerResolver>>,
 }
 
@@ -199,6 +241,7 @@ impl std::fmt::Debug for Identity {
         f.debug_struct("Identity")
             .field("policy", &self.policy)
             .field("on_mismatch", &self.on_mismatch)
+            .field("push", &self.push)
             .finish()
     }
 }
@@ -209,6 +252,7 @@ impl Identity {
         Self {
             policy: NamespacePolicy::Trust,
             on_mismatch: OnMismatch::Reject,
+            push: PushPolicy::Trust,
             resolver: None,
         }
     }
@@ -218,6 +262,7 @@ impl Identity {
         Self {
             policy: NamespacePolicy::Pod,
             on_mismatch,
+            push: PushPolicy::Trust,
             resolver: Some(resolver),
         }
     }
@@ -227,6 +272,7 @@ impl Identity {
         Self {
             policy: NamespacePolicy::Peer,
             on_mismatch,
+            push: PushPolicy::Trust,
             resolver: None,
         }
     }
@@ -236,7 +282,40 @@ impl Identity {
         self.policy
     }
 
-    /// The pod index behind `pod` (`None` otherwise): the Nacos endpoint resolves its
+    /// The same policy for the registration API, with `PushMappings` batches from senders
+    /// without a credential checked by their pod, resolved with `resolver`.
+    pub fn with_pod_push(mut self, resolver: Arc<dyn CallerResolver>) -> Self {
+        self.push = PushPolicy::Pod;
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// The `PushMappings` policy for senders without a credential.
+    pub fn push_policy(&self) -> PushPolicy {
+        self.push
+    }
+
+    /// The namespaces a `PushMappings` batch from `peer` may write into. `credentialed`: the
+    /// sender presented a valid credential.
+    pub fn push_scope(&self, peer: Option<SocketAddr>, credentialed: bool) -> PushScope {
+        if credentialed || self.push == PushPolicy::Trust {
+            return PushScope::Any;
+        }
+        let caller = self
+            .resolver
+            .as_ref()
+            .zip(peer)
+            .and_then(|(r, p)| r.caller(p.ip()));
+        match caller {
+            Some(c) => PushScope::Namespace(c.namespace),
+            None => PushScope::Unknown(format!(
+                "the sender presented no token and its namespace is unknown (no pod on this node has the address {})",
+                peer.map_or_else(|| "?".to_owned(), |p| p.ip().to_string())
+            )),
+        }
+    }
+
+    /// The pod index behind `pod` (`None` under `trust`): the Nacos endpoint resolves its
     /// callers with the same one.
     pub fn resolver(&self) -> Option<Arc<dyn CallerResolver>> {
         self.resolver
@@ -428,6 +507,41 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn a_batch_without_a_credential_is_scoped_to_its_pod() {
+        let idx: Arc<dyn CallerResolver> = Arc::new(index(vec![pod(
+            "shop",
+            "cart",
+            "127.0.0.2",
+            false,
+            "Running",
+        )]));
+        let from = |ip: &str| Some(SocketAddr::new(ip.parse().unwrap(), 4000));
+        let trust = Identity::trust();
+        assert_eq!(trust.push_policy(), PushPolicy::Trust);
+        assert_eq!(trust.push_scope(from("127.0.0.9"), false), PushScope::Any);
+
+        let pod = Identity::trust().with_pod_push(idx);
+        assert_eq!(pod.push_policy(), PushPolicy::Pod);
+        // The registration API keeps its own policy.
+        assert!(pod.resolver().is_none());
+        let scope = pod.push_scope(from("127.0.0.2"), false);
+        assert_eq!(scope, PushScope::Namespace("shop".into()));
+        assert_eq!(scope.denies("shop"), None);
+        let why = scope.denies("kube-system").expect("denied");
+        assert!(
+            why.contains("\"kube-system\"") && why.contains("\"shop\""),
+            "{why}"
+        );
+        // A credential holder (gateway, node proxy) carries any namespace.
+        assert_eq!(pod.push_scope(from("127.0.0.9"), true), PushScope::Any);
+        for peer in [from("127.0.0.9"), None] {
+            let scope = pod.push_scope(peer, false);
+            assert!(matches!(scope, PushScope::Unknown(_)), "{scope:?}");
+            assert!(scope.denies("shop").is_some());
+        }
     }
 
     #[test]

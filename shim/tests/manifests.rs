@@ -1078,6 +1078,36 @@ fn daemonset_is_configured_for_a_node_local_shim() {
         snp_shim::identity::OnMismatch::Reject,
         "SNP_ON_MISMATCH=reject"
     );
+    // PushMappings: the token from the Secret, mounted as a directory (no subPath, so the
+    // kubelet's updates reach the shim, which re-reads the file); batches without it are
+    // checked by the sending pod.
+    assert_eq!(
+        cfg.push_namespace_policy,
+        snp_shim::identity::PushPolicy::Pod,
+        "SNP_PUSH_NAMESPACE_POLICY=pod"
+    );
+    let token = cfg.auth_token_file.clone().expect("SNP_AUTH_TOKEN_FILE");
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| token.parent() == Some(Path::new(&m.mount_path)))
+        .expect("the token file's directory is a mounted volume");
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(
+        mount.sub_path, None,
+        "a subPath mount never sees a rotated Secret"
+    );
+    let secret = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.secret.as_ref())
+        .expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("snp-shim-token"));
+    assert_ne!(secret.optional, Some(true), "never run unauthenticated");
+    assert_eq!(token.file_name().and_then(|f| f.to_str()), Some("token"));
     let node = c
         .env
         .iter()
@@ -2066,6 +2096,8 @@ fn helm_chart_values_reach_the_objects() {
         &[
             "--set=identity.namespacePolicy=trust",
             "--set=identity.onMismatch=rewrite",
+            "--set=identity.pushNamespacePolicy=trust",
+            "--set=auth.token.secretName=",
             "--set=nacos.identity=pod",
             "--set=nacos.defaultNamespace=dubbo",
             "--set=nacos.addr=0.0.0.0:9850",
@@ -2084,6 +2116,14 @@ fn helm_chart_values_reach_the_objects() {
                     .collect();
                 assert_eq!(env["SNP_NAMESPACE_POLICY"], "trust");
                 assert_eq!(env["SNP_ON_MISMATCH"], "rewrite");
+                assert_eq!(env["SNP_PUSH_NAMESPACE_POLICY"], "trust");
+                // No Secret named: no token file, no token volume.
+                assert!(!env.contains_key("SNP_AUTH_TOKEN_FILE"));
+                assert!(pod_spec(ds)
+                    .volumes
+                    .iter()
+                    .flatten()
+                    .all(|v| v.secret.is_none()));
                 assert_eq!(env["SNP_NACOS"], "true");
                 assert_eq!(env["SNP_NACOS_IDENTITY"], "pod");
                 assert_eq!(env["SNP_NACOS_DEFAULT_NAMESPACE"], "dubbo");

@@ -68,8 +68,10 @@ class Envoy:
         name: str = "envoy",
         without_filter: bool = False,
         extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ):
-        """`extra_listeners`: name -> {"filter_config": {...}, "tls": {"cert", "key", "ca"}}."""
+        """`extra_listeners`: name -> {"filter_config": {...}, "tls": {"cert", "key", "ca"}}.
+        `env`: Envoy's environment (envoy.yaml passes SNP_SHIM_TOKEN on to the filter's VM)."""
         self.logs = logs
         self.name = name
         self.concurrency = concurrency
@@ -131,6 +133,8 @@ class Envoy:
                 }
             listeners.append(extra)
         self.extra_args = list(extra_args or [])
+        # Never inherited from the test's own environment: a test states the token it means.
+        self.env = {"SNP_SHIM_TOKEN": "", **(env or {})}
         self.config_path = logs / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.proc: Proc | None = None
@@ -150,7 +154,7 @@ class Envoy:
             "wasm:debug",
             *self.extra_args,
         ]
-        self.proc = Proc(self.name, args, self.logs).start()
+        self.proc = Proc(self.name, args, self.logs, env=self.env).start()
         wait_for_port(self.admin_port, self.proc.proc, timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

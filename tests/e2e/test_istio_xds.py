@@ -74,6 +74,13 @@ def test_istiod_applies_every_patch_to_a_1_31_sidecar(tmp_path):
     # carries transport_socket_matches (mTLS to meshed endpoints).
     cds = {c["name"]: c for c in json.loads((tmp_path / "cds.json").read_text())}
     assert cds[ISTIO_SHIM_CLUSTER].get("transport_socket_matches"), cds[ISTIO_SHIM_CLUSTER]
+    # The shim's token: only the name of the proxy's environment variable is in what istiod
+    # serves (and so in the sidecar's /config_dump), for the filter to read in its VM.
+    ecds = json.loads((tmp_path / "ecds.json").read_text())
+    wasm = ecds["snp-filter"]["typed_config"]["config"]
+    assert wasm["vm_config"]["environment_variables"] == {"host_env_keys": ["SNP_SHIM_TOKEN"]}, wasm["vm_config"]
+    assert json.loads(wasm["configuration"]["value"])["auth_token_env"] == "SNP_SHIM_TOKEN"
+    assert "key_values" not in json.dumps(ecds), "no token value is written into the configuration"
     # The ack listener is the one envoy/envoy.yaml runs.
     lds = {l["name"]: l for l in json.loads((tmp_path / "lds.json").read_text())}
     plain = {l["name"]: l for l in yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())["static_resources"]["listeners"]}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.parse
 
 from apiserver_harness import apiserver  # noqa: F401  (fixture)
 from envoy_harness import REGISTER_A, raw_call
@@ -152,3 +153,66 @@ def test_a_nacos_publish_lands_in_the_callers_namespace_only(apiserver, shims):
     assert wait_until(lambda: "org.shelf.NacosBooks" in stored(apiserver, "shelf"), timeout=30), stored(apiserver, "shelf")
     assert stored(apiserver, "kube-system") == set()
     assert "org.forged.NacosHost" not in stored(apiserver, "default")
+
+
+PUSH = "/snp.v1.MappingService/PushMappings"
+
+
+def push(protos, target: str, src: str, mappings: list[tuple[str, str]], token: str | None = None):
+    """A PushMappings batch (want_results) from source address `src`, with a bearer token or
+    none, as a sidecar's or a gateway's filter sends it. Returns (grpc-status, message,
+    [(status name, reason)] per mapping)."""
+    req = protos.api.PushMappingsRequest(
+        batch_id=f"b-{src}-{len(mappings)}-{token is not None}",
+        source="test",
+        want_results=True,
+        mappings=[protos.api.Mapping(namespace=ns, interface_name=i, application_names=["cart"]) for ns, i in mappings],
+    )
+    headers = {"authorization": f"Bearer {token}"} if token is not None else {}
+    r = raw_call(target, PUSH, frame(req.SerializeToString()), headers=headers, interface=src)
+    code, msg = r["headers"].get("grpc-status"), urllib.parse.unquote(r["headers"].get("grpc-message", ""))
+    if code != "0":
+        return code, msg, []
+    resp = protos.api.PushMappingsResponse.FromString(r["body"][5:])
+    names = protos.api.MappingResult.Status.Name
+    return code, msg, [(names(x.status), x.reason) for x in resp.results]
+
+
+def test_a_sidecars_batch_carries_its_pods_namespace_only(apiserver, shims, protos, tmp_path):
+    """`--push-namespace-policy pod` with a token, as deploy/ ships it: a batch without a token
+    (a sidecar's) is checked by the pod at its source address, mapping by mapping: the ones in
+    that pod's namespace are stored, the others are REJECTED (namespace_denied) and never
+    written. A batch from an address that is no pod's gets every mapping rejected. The token
+    holder (a gateway, a node proxy) may push for any namespace; a wrong token is refused."""
+    make_pod(apiserver, "till", "pos", "127.0.0.6")
+    status, _ = apiserver.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mall"}})
+    assert status in (201, 409), status
+    token = tmp_path / "token"
+    token.write_text("gw-s3cret\n")
+    shim = shims(
+        "--push-namespace-policy=pod", f"--auth-token-file={token}", f"--node-name={NODE}",
+        "--ack-timeout=3s", kubeconfig=apiserver.kubeconfig,
+    ).wait_ready()
+    t = shim.target
+
+    # The reflector may need a moment after the shim is ready: wait for the pod's own mapping.
+    assert wait_until(lambda: push(protos, t, "127.0.0.6", [("till", "org.till.Pos")])[2] == [("STORED", "")], timeout=30)
+    code, _, results = push(protos, t, "127.0.0.6", [("till", "org.till.Drawer"), ("mall", "org.forged.Sidecar"), ("kube-system", "org.forged.Sys")])
+    assert code == "0"
+    assert results == [("STORED", ""), ("REJECTED", "namespace_denied"), ("REJECTED", "namespace_denied")], results
+    # Host network (the node's address) and another node's pod: no namespace at all.
+    for src in ("127.0.0.1", "127.0.0.3"):
+        code, _, results = push(protos, t, src, [("till", "org.forged.Host")])
+        assert (code, results) == ("0", [("REJECTED", "namespace_denied")]), (src, code, results)
+    # The token holder: any namespace, from any address.
+    code, _, results = push(protos, t, "127.0.0.1", [("mall", "org.mall.Gateway"), ("till", "org.till.Gateway")], token="gw-s3cret")
+    assert (code, results) == ("0", [("STORED", ""), ("STORED", "")]), (code, results)
+    # A wrong token is refused as a whole, even from a pod: presenting one is a claim.
+    for src in ("127.0.0.6", "127.0.0.1"):
+        code, msg, _ = push(protos, t, src, [("till", "org.forged.Wrong")], token="nope")
+        assert (code, msg) == ("16", "invalid bearer token"), (src, code, msg)
+
+    assert stored(apiserver, "till") == {"org.till.Pos", "org.till.Drawer", "org.till.Gateway"}
+    assert stored(apiserver, "mall") == {"org.mall.Gateway"}
+    assert stored(apiserver, "kube-system") == set()
+    assert shim.metric("snp_invalid_calls_total", reason="namespace_denied") == 4

@@ -83,8 +83,8 @@ struct RawPath {
 }
 
 /// The JSON document as written. A key that is absent takes its default; `null` is a
-/// wrong type like any other (only `auth_token` and `source` have no default, and they
-/// must be strings when given).
+/// wrong type like any other (only `auth_token`, `auth_token_env` and `source` have no
+/// default, and they must be strings when given).
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields, expecting = "a JSON object")]
 struct Raw {
@@ -100,6 +100,8 @@ struct Raw {
     push_timeout_ms: u64,
     #[serde(deserialize_with = "some")]
     auth_token: Option<String>,
+    #[serde(deserialize_with = "some")]
+    auth_token_env: Option<String>,
     #[serde(deserialize_with = "some")]
     source: Option<String>,
     ack_header: String,
@@ -161,6 +163,7 @@ impl Default for Raw {
             shim_cluster: c.shim_cluster,
             push_timeout_ms: ms(c.push_timeout),
             auth_token: None,
+            auth_token_env: None,
             source: None,
             ack_header: c.ack_header,
             ack_response_header: c.ack_response_header,
@@ -210,8 +213,15 @@ pub struct Config {
     pub shim_cluster: String,
     /// Timeout of one `PushMappings` call (default 5 s).
     pub push_timeout: Duration,
-    /// Sent as `authorization: Bearer <token>` with every batch (default none).
+    /// Sent as `authorization: Bearer <token>` with every batch (default none). Written in
+    /// the configuration, so Envoy's `/config_dump` shows it: prefer `auth_token_env`.
     pub auth_token: Option<String>,
+    /// Name of an environment variable of the Wasm VM holding the token (default none).
+    /// Envoy passes it with `vm_config.environment_variables.host_env_keys` (Istio:
+    /// WasmPlugin `vmConfig.env` with `valueFrom: HOST`), so `/config_dump` shows only the
+    /// name. Unset or empty in the VM: batches go without a token (a shim with
+    /// `--push-namespace-policy pod` then checks them by the sending pod).
+    pub auth_token_env: Option<String>,
     /// Sender label of batches (default: the Envoy node id, else `envoy`).
     pub source: Option<String>,
     /// Request header that used to route an answered call to the ack listener (default
@@ -289,6 +299,7 @@ impl Default for Config {
             shim_cluster: "snp_shim".to_owned(),
             push_timeout: Duration::from_secs(5),
             auth_token: None,
+            auth_token_env: None,
             source: None,
             ack_header: "x-snp-ack".to_owned(),
             ack_response_header: "x-snp-acked".to_owned(),
@@ -344,6 +355,11 @@ fn header_name(key: &str, name: String) -> Result<String, ConfigError> {
 /// Printable ASCII without CR/LF: safe as a header value (or gRPC metadata).
 fn is_header_value(s: &str) -> bool {
     s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// A bearer token the filter can send: non-empty printable ASCII.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && is_header_value(s)
 }
 
 impl Config {
@@ -405,8 +421,23 @@ impl Config {
             return err("shim_cluster must be a non-empty cluster name");
         }
         if let Some(t) = &raw.auth_token {
-            if t.is_empty() || !is_header_value(t) {
+            if !is_token(t) {
                 return err("auth_token must be non-empty printable ASCII");
+            }
+        }
+        if let Some(name) = &raw.auth_token_env {
+            if raw.auth_token.is_some() {
+                return err("auth_token and auth_token_env are exclusive: give one");
+            }
+            let mut chars = name.chars();
+            let ok = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return err(format!(
+                    "auth_token_env {name:?} must be an environment variable name (letters, digits, '_'; not starting with a digit)"
+                ));
             }
         }
         if let Some(s) = &raw.source {
@@ -507,6 +538,7 @@ impl Config {
             shim_cluster,
             push_timeout,
             auth_token: raw.auth_token,
+            auth_token_env: raw.auth_token_env,
             source: raw.source,
             ack_header,
             ack_response_header,
@@ -700,6 +732,13 @@ mod tests {
             ),
             (r#"{"retry_jitter": 2}"#, "retry_jitter"),
             (r#"{"auth_token": "a\nb"}"#, "auth_token"),
+            (
+                r#"{"auth_token": "a", "auth_token_env": "T"}"#,
+                "auth_token and auth_token_env are exclusive",
+            ),
+            (r#"{"auth_token_env": ""}"#, "environment variable name"),
+            (r#"{"auth_token_env": "1X"}"#, "environment variable name"),
+            (r#"{"auth_token_env": "A-B"}"#, "environment variable name"),
             (r#"{"ack_header": "X-Upper"}"#, "ack_header"),
             (r#"{"shim_cluster": ""}"#, "shim_cluster"),
             (r#"not json"#, "expected"),
@@ -719,6 +758,19 @@ mod tests {
             let e = Config::parse(json.as_bytes()).unwrap_err();
             assert!(e.to_string().contains(needle), "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn the_token_can_come_from_an_environment_variable() {
+        let c = Config::parse(br#"{"auth_token_env": "SNP_SHIM_TOKEN"}"#).unwrap();
+        assert_eq!(c.auth_token_env.as_deref(), Some("SNP_SHIM_TOKEN"));
+        assert_eq!(c.auth_token, None);
+        assert!(Config::parse(br#"{"auth_token_env": "_x9"}"#).is_ok());
+        let e = Config::parse(br#"{"auth_token_env": null}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("auth_token_env: invalid type: null"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub trait Host {
     /// The plugin configuration, as given (may be empty).
     fn plugin_configuration(&self) -> Result<Vec<u8>, String>;
 
+    /// An environment variable of the VM (Envoy: `vm_config.environment_variables`), if set.
+    fn env(&self, name: &str) -> Option<String>;
+
     /// Sets the period of `on_tick`.
     fn set_tick_period(&self, period: Duration) -> Result<(), String>;
 

@@ -52,6 +52,27 @@ impl Envoy {
         }
     }
 
+    /// Like [`Envoy::new`], with environment variables in the VM.
+    fn with_env(config: &str, env: &[(&str, &str)]) -> Self {
+        let host = Rc::new(MockHost::new(ROOT));
+        let mut root = Root::new(ROOT, Rc::clone(&host));
+        {
+            let mut st = host.state.borrow_mut();
+            st.config = config.as_bytes().to_vec();
+            st.env = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+        }
+        assert!(root.on_configure(), "{:?}", host.state.borrow().logs);
+        Self {
+            host,
+            root,
+            streams: BTreeMap::new(),
+            next: 10,
+        }
+    }
+
     fn reconfigure(&mut self, config: &str) -> bool {
         self.host.state.borrow_mut().config = config.as_bytes().to_vec();
         self.host.state.borrow_mut().effective = ROOT;
@@ -324,6 +345,48 @@ fn immediate_dubbo_call_is_answered_in_the_proxy_and_forwarded_in_a_batch() {
     assert_eq!(envoy.metric("snp.mappings.acked"), 1);
     envoy.tick();
     assert_eq!(envoy.metric("snp.pending_keys"), 0);
+}
+
+/// The `authorization` metadata of the first batch sent after one valid registration.
+fn first_batch_authorization(envoy: &mut Envoy) -> Option<Vec<u8>> {
+    let (id, _) = envoy.call(DUBBO, body("default", "app", &["a.B"]));
+    envoy.ack_listener_answers(id);
+    envoy.advance(300);
+    envoy.tick();
+    assert_eq!(envoy.calls(), 1);
+    let st = envoy.host.state.borrow();
+    st.calls[0]
+        .metadata
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .map(|(_, v)| v.clone())
+}
+
+#[test]
+fn the_token_comes_from_the_vms_environment() {
+    let config = r#"{"auth_token_env": "SNP_SHIM_TOKEN", "retry_jitter": 0}"#;
+    // Set (a Secret's file content, with its newline): sent with every batch.
+    let mut envoy = Envoy::with_env(config, &[("SNP_SHIM_TOKEN", "t0ken\n")]);
+    assert_eq!(
+        first_batch_authorization(&mut envoy).as_deref(),
+        Some(&b"Bearer t0ken"[..])
+    );
+    // Unset or empty (a sidecar): no token, and the configuration still loads.
+    for env in [&[][..], &[("SNP_SHIM_TOKEN", " ")][..]] {
+        let mut envoy = Envoy::with_env(config, env);
+        assert!(envoy
+            .host
+            .logged(LogLevel::Info, "batches are sent without a token"));
+        assert_eq!(first_batch_authorization(&mut envoy), None);
+    }
+    // Not a header value: the configuration is refused, naming the variable only.
+    let mut envoy = Envoy::new("{}");
+    envoy.host.state.borrow_mut().env =
+        [("SNP_SHIM_TOKEN".to_owned(), "a\u{7f}b".to_owned())].into();
+    assert!(!envoy.reconfigure(config));
+    assert!(envoy
+        .host
+        .logged(LogLevel::Error, "SNP_SHIM_TOKEN (auth_token_env)"));
 }
 
 #[test]

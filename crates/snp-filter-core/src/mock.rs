@@ -48,6 +48,8 @@ pub struct Call {
 pub struct State {
     pub wall_ms: u64,
     pub config: Vec<u8>,
+    /// The VM's environment variables.
+    pub env: BTreeMap<String, String>,
     pub properties: BTreeMap<Vec<String>, Vec<u8>>,
     pub tick: Option<Duration>,
     pub logs: Vec<(LogLevel, String)>,
@@ -143,6 +145,10 @@ impl Host for MockHost {
 
     fn plugin_configuration(&self) -> Result<Vec<u8>, String> {
         Ok(self.state.borrow().config.clone())
+    }
+
+    fn env(&self, name: &str) -> Option<String> {
+        self.state.borrow().env.get(name).cloned()
     }
 
     fn set_tick_period(&self, period: Duration) -> Result<(), String> {

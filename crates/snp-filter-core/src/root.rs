@@ -31,6 +31,8 @@ pub(crate) struct Plugin {
     pub(crate) metrics: Metrics,
     /// The caller's namespace from node metadata (policy `node`).
     pub(crate) node_ns: Option<String>,
+    /// `authorization` of every batch: from `auth_token`, or the VM's `auth_token_env`.
+    pub(crate) bearer: Option<String>,
 }
 
 /// One worker's engine and the monotonic clock it runs on, shared by the root context and
@@ -88,6 +90,36 @@ pub struct Root<H: Host> {
 
 /// How long a stopping root context waits for its last batches: one push timeout, so a
 /// batch sent at once can still be answered, then Envoy may go.
+/// The `authorization` value of batches. A token from the VM's environment is read once per
+/// configuration (Envoy fixes a VM's environment when it starts it). An unset or empty
+/// variable means no token, not an error: one filter configuration serves sidecars, which
+/// have none (the shim checks their batches by pod), and gateways, which do.
+fn bearer_of(host: &impl Host, cfg: &Config) -> Result<Option<String>, String> {
+    if let Some(t) = &cfg.auth_token {
+        return Ok(Some(format!("Bearer {t}")));
+    }
+    let Some(name) = &cfg.auth_token_env else {
+        return Ok(None);
+    };
+    let token = host.env(name);
+    let token = token.as_deref().map(str::trim).unwrap_or_default();
+    if token.is_empty() {
+        host.log(
+            LogLevel::Info,
+            &format!(
+                "auth_token_env {name} is unset or empty in the VM: batches are sent without a token"
+            ),
+        );
+        return Ok(None);
+    }
+    if !crate::config::is_token(token) {
+        return Err(format!(
+            "invalid snp filter configuration: the environment variable {name} (auth_token_env) must hold printable ASCII"
+        ));
+    }
+    Ok(Some(format!("Bearer {token}")))
+}
+
 fn drain_deadline(cfg: Option<&Config>) -> core::time::Duration {
     cfg.map_or(core::time::Duration::from_secs(5), |c| c.push_timeout)
 }
@@ -303,6 +335,7 @@ impl<H: Host> Root<H> {
             }
             _ => None,
         };
+        let bearer = bearer_of(host, &cfg)?;
         let source = match &cfg.source {
             Some(s) => s.clone(),
             None => node_property(host, &["id"])
@@ -359,6 +392,7 @@ impl<H: Host> Root<H> {
             cfg,
             metrics: Metrics::define(host),
             node_ns,
+            bearer,
         }));
         if !self.is_idle() {
             host.log(
@@ -416,7 +450,7 @@ impl<H: Host> Root<H> {
     fn send_due(&self, plugin: &Plugin, worker: &Worker, now: Instant) {
         let host = &*self.host;
         let cfg = &plugin.cfg;
-        let bearer = cfg.auth_token.as_ref().map(|t| format!("Bearer {t}"));
+        let bearer = plugin.bearer.as_deref();
         loop {
             let Ok(mut e) = worker.engine.try_borrow_mut() else {
                 return;
@@ -425,7 +459,7 @@ impl<H: Host> Root<H> {
                 return;
             };
             let mut metadata: Vec<(&str, &[u8])> = Vec::new();
-            if let Some(b) = &bearer {
+            if let Some(b) = bearer {
                 metadata.push(("authorization", b.as_bytes()));
             }
             let call = GrpcCall {

@@ -8,11 +8,13 @@
 //!   settled or at the ack deadline. Older senders get OK only when every mapping is
 //!   stored, `FAILED_PRECONDITION` at once when one is parked, `INVALID_ARGUMENT` naming
 //!   an invalid one (after the valid ones are stored), `UNAVAILABLE` at the deadline.
-//!   Union semantics make it idempotent.
-//!   Under `--namespace-policy peer`, a batch sent with a client certificate may carry only
-//!   the certificate's namespace: another is that mapping's REJECTED (`namespace_mismatch`)
-//!   or PERMISSION_DENIED, or is rewritten; a batch sent with the bearer token is not
-//!   checked (a node proxy or gateway carries many namespaces).
+//!   Union semantics make it idempotent. Under `--push-namespace-policy pod`, a batch whose
+//!   sender presents no credential may only carry its pod's namespace: each mapping outside
+//!   it is REJECTED (`namespace_denied`; PERMISSION_DENIED for older senders), the others
+//!   are stored. Under `--namespace-policy peer`, a batch sent with a client certificate
+//!   may carry only the certificate's namespace: another is that mapping's REJECTED
+//!   (`namespace_mismatch`) or PERMISSION_DENIED, or is rewritten. A batch sent with the
+//!   bearer token is not checked (a node proxy or gateway carries many namespaces).
 //! * `GetMappings` answers from the store's cache.
 //! * `WatchMappings` sends a `SNAPSHOT`, then `UPSERT`/`DELETE` events for the selected
 //!   mappings as the store reports them (this shim's writes and other writers' alike). A
@@ -38,7 +40,7 @@ use tonic::{Request, Response, Status};
 use super::registration::outcome_of;
 use super::{parked_status, pipeline_status, wait_durable, Shared};
 use crate::auth::{Action, Authenticated};
-use crate::identity::{Caller, NamespacePolicy, Peer};
+use crate::identity::{Caller, NamespacePolicy, Peer, PushPolicy};
 use crate::metrics::{Api, Outcome};
 use crate::pipeline::{Payload, Wait};
 use crate::store::{Change, Entry, Store};
@@ -79,12 +81,25 @@ fn validate_selector<S: Store>(
     Ok(())
 }
 
-/// An invalid mapping of a pushed batch.
+/// A mapping of a pushed batch that is not offered: invalid, or outside the namespaces its
+/// sender may write into.
 struct Invalid {
     reason: &'static str,
     message: String,
-    /// Refused by the namespace policy (PERMISSION_DENIED), not for its content.
+    /// Refused by a namespace policy (PERMISSION_DENIED), not for its content.
     denied: bool,
+}
+
+/// Reason of a mapping outside the sending pod's namespace (a result's `reason`, and the
+/// `snp_invalid_calls_total` label).
+const NAMESPACE_DENIED: &str = "namespace_denied";
+
+/// Whether the call carries a credential: a bearer token, or a client certificate the TLS
+/// layer verified. Only such a call is checked as a credential holder under
+/// `--push-namespace-policy pod`; any other is checked by its pod.
+fn presents_credential<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key("authorization")
+        || request.peer_certs().is_some_and(|c| !c.is_empty())
 }
 
 /// Validates one mapping (the `i`-th of its batch) and turns it into a key and its
@@ -201,22 +216,43 @@ impl<S: Store> MappingApi<S> {
         request: Request<PushMappingsRequest>,
     ) -> Result<PushMappingsResponse, Status> {
         let shared = &self.shared;
-        let by = shared.auth.check_request(Action::Push, &request)?;
+        // Under `--push-namespace-policy pod`, a sender without a credential (a sidecar) is
+        // checked by its pod instead of being refused; a credential, when presented, must
+        // be valid either way.
+        let pod_checked =
+            shared.identity.push_policy() == PushPolicy::Pod && !presents_credential(&request);
+        let by = if pod_checked {
+            None
+        } else {
+            Some(shared.auth.check_request(Action::Push, &request)?)
+        };
         // Under `peer`, a batch sent with a client certificate may only carry its own
         // namespace; one sent with the bearer token (a node proxy or gateway that carries
         // many namespaces) is not checked.
         let caller = match (shared.identity.policy(), by) {
-            (NamespacePolicy::Peer, Authenticated::Token) => None,
-            (NamespacePolicy::Peer, _) => shared.identity.caller(&Peer::of(&request))?,
+            (NamespacePolicy::Peer, Some(Authenticated::Token)) => None,
+            (NamespacePolicy::Peer, Some(_)) => shared.identity.caller(&Peer::of(&request))?,
             _ => None,
         };
+        let credentialed = !pod_checked && shared.auth.enabled();
+        let pod_scope = shared
+            .identity
+            .push_scope(request.remote_addr(), credentialed);
         let req = request.into_inner();
         let checked: Vec<Result<(MappingKey, AppSet), Invalid>> = req
             .mappings
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                validate_mapping(shared, i, m).and_then(|ok| scope(shared, caller.as_ref(), i, ok))
+                let valid = validate_mapping(shared, i, m)?;
+                if let Some(why) = pod_scope.denies(&m.namespace) {
+                    return Err(Invalid {
+                        reason: NAMESPACE_DENIED,
+                        message: format!("mappings[{i}]: {why}"),
+                        denied: true,
+                    });
+                }
+                scope(shared, caller.as_ref(), i, valid)
             })
             .collect();
         let mut unchanged = 0u32;
@@ -231,7 +267,11 @@ impl<S: Store> MappingApi<S> {
         }
         for bad in checked.iter().filter_map(|c| c.as_ref().err()) {
             shared.metrics.invalid(bad.reason);
-            tracing::debug!(batch = %req.batch_id, source = %req.source, error = %bad.message, "invalid mapping");
+            if bad.denied {
+                tracing::warn!(batch = %req.batch_id, source = %req.source, error = %bad.message, "mapping outside the sender's namespace");
+            } else {
+                tracing::debug!(batch = %req.batch_id, source = %req.source, error = %bad.message, "invalid mapping");
+            }
         }
         if offer.is_empty() {
             tracing::debug!(batch = %req.batch_id, source = %req.source, "batch already in the store");

@@ -12,11 +12,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "snp.tokenSecret" -}}
-{{- if .Values.auth.token.existingSecret -}}
-{{ .Values.auth.token.existingSecret }}
-{{- else if .Values.auth.token.create -}}
-snp-shim-token
-{{- end -}}
+{{ .Values.auth.token.secretName }}
 {{- end -}}
 
 {{/* Go duration-ish string ("20s", "1m") to seconds, for terminationGracePeriodSeconds. */}}
