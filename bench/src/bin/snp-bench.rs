@@ -25,6 +25,8 @@ enum Figure {
     Fig6,
     Fig7,
     Fig8,
+    /// Not in `all` (it takes `--outage` plus about a minute).
+    Fig9,
 }
 
 /// Runs snp's benchmark figures and prints their tables.
@@ -65,6 +67,9 @@ struct Cli {
     /// (over 8 minutes at the shim's default client-side rate limit).
     #[arg(long)]
     kube_full: bool,
+    /// Figure 9: how long the API server stays stopped (`--quick`: 60s).
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    outage: Duration,
 }
 
 fn machine() -> String {
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
         quick: cli.quick,
         cargo_bench: !cli.no_cargo_bench,
         kube_full: cli.kube_full,
+        outage: cli.outage,
     };
     for (what, p) in [("snp-shim (cargo build --release -p snp-shim)", &env.shim), ("snp-noop-server", &env.noop), ("the filter (scripts/build-filter.sh)", &env.filter_wasm), ("the wasm offer benchmark (cargo build --release --target wasm32-wasip1 -p snp-bench-wasm)", &env.bench_wasm)] {
         if !p.exists() {
@@ -223,6 +229,7 @@ fn main() -> ExitCode {
                 Figure::Fig6 => figures::fig6(&env).await,
                 Figure::Fig7 => figures::fig7(&env).await,
                 Figure::Fig8 => figures::fig8(&env).await,
+                Figure::Fig9 => figures::fig9(&env).await,
                 Figure::All => Ok(vec![]),
             }
         });

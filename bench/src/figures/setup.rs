@@ -212,6 +212,35 @@ impl ApiServer {
         }
     }
 
+    /// Stops it (`scripts/k8s-apiserver.sh stop`): an outage.
+    pub fn stop(&self) -> Result<()> {
+        self.script("stop")
+    }
+
+    /// Starts it again on the same port, certificates and data.
+    pub fn restart(&self) -> Result<()> {
+        self.script("start")
+    }
+
+    fn script(&self, what: &str) -> Result<()> {
+        let script = self.root.join("scripts/k8s-apiserver.sh");
+        let out = std::process::Command::new(&script)
+            .arg(what)
+            .arg(&self.dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("run {}", script.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} {what} failed:\n{}\n{}",
+                script.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Its process's memory.
     pub fn memory(&self) -> Result<Memory> {
         let pid: u32 = std::fs::read_to_string(self.dir.join("pid"))?
