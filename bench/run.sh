@@ -4,6 +4,8 @@
 #   bench/run.sh                  # all figures (about 6 minutes on 2 cores)
 #   bench/run.sh fig1 fig4        # some figures
 #   bench/run.sh --quick          # small sizes: checks the harness, not figures to publish
+#   bench/run.sh fig10            # not in "all": memory through a 10-minute API server
+#                                 # outage (--outage 10m; with --quick a 60 s one)
 #
 # Arguments go to `snp-bench` (see `target/release/snp-bench --help`). The output is
 # Markdown: each figure's tables with the ratio against its target and PASS/MISS, then a

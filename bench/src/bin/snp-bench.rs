@@ -28,6 +28,9 @@ enum Figure {
     /// The seed server as a peer (also `seed`).
     #[value(alias = "seed")]
     Fig9,
+    /// Memory through a long API server outage. Not in `all` (it takes `--outage` plus
+    /// about a minute).
+    Fig10,
 }
 
 /// Runs snp's benchmark figures and prints their tables.
@@ -68,6 +71,9 @@ struct Cli {
     /// (over 8 minutes at the shim's default client-side rate limit).
     #[arg(long)]
     kube_full: bool,
+    /// Figure 10: how long the API server stays stopped (`--quick`: 60s).
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    outage: Duration,
 }
 
 fn machine() -> String {
@@ -149,6 +155,7 @@ fn main() -> ExitCode {
         quick: cli.quick,
         cargo_bench: !cli.no_cargo_bench,
         kube_full: cli.kube_full,
+        outage: cli.outage,
     };
     let mut figs = cli.figures.clone();
     if figs.is_empty() || figs.contains(&Figure::All) {
@@ -166,8 +173,11 @@ fn main() -> ExitCode {
     }
     figs.sort();
     figs.dedup();
-    // Figure 9 alone needs only the shim (and Go, for its peer and the API server).
-    let needs_all = figs.iter().any(|f| *f != Figure::Fig9);
+    // Figures 9 and 10 alone need only the shim (and Go, for the seed peer and the API
+    // server).
+    let needs_all = figs
+        .iter()
+        .any(|f| !matches!(f, Figure::Fig9 | Figure::Fig10));
     for (what, p) in [
         ("snp-shim (cargo build --release -p snp-shim)", &env.shim),
         ("snp-noop-server", &env.noop),
@@ -241,6 +251,7 @@ fn main() -> ExitCode {
                 Figure::Fig7 => figures::fig7(&env).await,
                 Figure::Fig8 => figures::fig8(&env).await,
                 Figure::Fig9 => figures::fig9(&env).await,
+                Figure::Fig10 => figures::fig10(&env).await,
                 Figure::All => Ok(vec![]),
             }
         });

@@ -6,7 +6,7 @@
 //! Comparisons are ratios of two set-ups measured in the same run, alternated A/B/A/B
 //! (`rounds` times, `round` each) so that drift of a noisy machine hits both sides alike.
 //!
-//! One module per figure ([`fig1_ack_latency`] ... [`fig9_seed_peer`]); what they share is
+//! One module per figure ([`fig1_ack_latency`] ... [`fig10_outage`]); what they share is
 //! here (the work environment, verdicts, printing), in [`setup`] (the processes a figure
 //! starts) and in [`runs`] (load runs, A/B rotations and their tables).
 
@@ -23,6 +23,7 @@ pub mod fig5_core_engine;
 pub mod fig6_footprint;
 pub mod fig7_scaling;
 pub mod fig8_journal;
+pub mod fig10_outage;
 pub mod fig9_seed_peer;
 pub mod runs;
 pub mod setup;
@@ -35,6 +36,7 @@ pub use fig5_core_engine::fig5;
 pub use fig6_footprint::fig6;
 pub use fig7_scaling::fig7;
 pub use fig8_journal::fig8;
+pub use fig10_outage::fig10;
 pub use fig9_seed_peer::fig9;
 pub use setup::{ApiServer, Envoy, Filter, Shim, Upstreams};
 
@@ -67,6 +69,8 @@ pub struct Env {
     pub cargo_bench: bool,
     /// Figure 7: also the 100k growing-keys run against the API server.
     pub kube_full: bool,
+    /// Figure 9: how long the API server is stopped.
+    pub outage: Duration,
 }
 
 /// One checked (or reported) measure of a figure.

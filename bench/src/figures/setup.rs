@@ -204,6 +204,16 @@ impl ApiServer {
         }
     }
 
+    /// Stops it (`scripts/k8s-apiserver.sh stop`): an outage.
+    pub fn stop(&self) -> Result<()> {
+        Script::new(&self.root).stop(&self.dir)
+    }
+
+    /// Starts it again on the same port, certificates and data.
+    pub fn restart(&self) -> Result<()> {
+        Script::new(&self.root).start(&self.dir).map(drop)
+    }
+
     /// Its process's memory.
     pub fn memory(&self) -> Result<Memory> {
         let pid: u32 = std::fs::read_to_string(self.dir.join("pid"))?

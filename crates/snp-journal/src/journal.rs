@@ -4,27 +4,32 @@
 //!   there cost nothing: the caller only waits, if at all, for the `fdatasync` of the record
 //!   that carries them. New entries become one record on the writer's queue.
 //! * **Group commit.** The writer thread takes everything queued, writes it with one
-//!   `write`, calls `fdatasync` once, then wakes every caller whose record that covered.
-//!   Calls that arrive during an `fdatasync` form the next group, so the cost is one
-//!   `fdatasync` per group, not per call. The queue is bounded in bytes: when it is full,
-//!   appends wait for room.
+//!   `write`, and hands one `fdatasync` to a sync thread, which then wakes every caller
+//!   whose record that covered. Calls that arrive meanwhile form the next group, so the
+//!   cost is one `fdatasync` per group, not per call. Groups are pipelined: the writer
+//!   writes the next group while up to [`JournalConfig::syncs_in_flight`] earlier ones
+//!   sync, so a call waits for about one `fdatasync` (not for the one in progress and then
+//!   its own), and devices that overlap flushes are used. A sync that answers makes durable
+//!   every record written before it began, in whatever order the syncs answer. The queue
+//!   is bounded in bytes: when it is full, appends wait for room.
 //! * **Forget and compaction.** [`Journal::forget`] drops entries the store now holds from
 //!   the live set. When the segment is large against the live set (or the live set is
 //!   empty and the writer idle), the writer rotates: it writes the live set into a new
 //!   segment, syncs it and the directory, and deletes the older segments. The journal's
 //!   size therefore follows the entries not yet stored, not the number of calls.
-//! * **Failure.** If a write or an `fdatasync` fails, the group's callers get the error
-//!   (nothing was acknowledged), their entries leave the live set, and the next group
-//!   starts a new segment: bytes after a failed write are never trusted again.
+//! * **Failure.** If a write or an `fdatasync` fails, every caller still waiting gets the
+//!   error (nothing was acknowledged), the entries of records not yet durable leave the
+//!   live set, and the next group starts a new segment: bytes after a failed write are
+//!   never trusted again, and a later sync of that segment acknowledges nothing.
 //! * **Replay.** [`Journal::open`] locks the directory, reads every segment up to its
 //!   torn tail, rotates into a fresh segment holding the union, and returns it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -45,6 +50,10 @@ pub struct JournalConfig {
     /// After this long without appends, a segment that holds only forgotten entries is
     /// emptied (default 1 s).
     pub idle: Duration,
+    /// Groups whose `fdatasync` may be in flight at once (default 4, at least 1). The
+    /// writer writes the next group while earlier ones sync, so a caller waits for about
+    /// one `fdatasync`, not for the one in progress and then its own.
+    pub syncs_in_flight: usize,
 }
 
 impl Default for JournalConfig {
@@ -53,6 +62,7 @@ impl Default for JournalConfig {
             rotate_bytes: 4 << 20,
             max_queued_bytes: 8 << 20,
             idle: Duration::from_secs(1),
+            syncs_in_flight: 4,
         }
     }
 }
@@ -210,6 +220,13 @@ struct State {
     queue: Vec<u8>,
     /// `(sequence, entries)` of the queued records, for rollback on failure.
     queued: Vec<(u64, Vec<Entry>)>,
+    /// `(sequence, entries)` of records handed to the writer and not yet durable, oldest
+    /// first, all in the current segment: rolled back if a write or sync fails.
+    unsynced: VecDeque<(u64, Vec<Entry>)>,
+    /// Sync slots with an `fdatasync` in flight.
+    busy: Vec<bool>,
+    /// A segment whose write or sync failed: nothing more is acknowledged from it.
+    poisoned: Option<u64>,
     waiters: Vec<(u64, oneshot::Sender<Result<(), JournalError>>)>,
     closed: bool,
     /// The writer sleeps on `work`: only then does an append pay for a wake-up.
@@ -292,7 +309,69 @@ impl State {
     }
 }
 
+impl State {
+    /// A write or sync failed: records not yet durable lose their entries (they may or may
+    /// not be on disk; no caller was told they are), and every caller still waiting gets
+    /// the error, including one that also waits for a later record (its earlier entries
+    /// may be among those rolled back).
+    fn fail_unsynced(&mut self, e: &JournalError) {
+        let durable = self.durable;
+        let gone = std::mem::take(&mut self.unsynced);
+        for (seq, entries) in &gone {
+            if *seq > durable {
+                for en in entries {
+                    self.remove(&en.namespace, &en.interface, &en.application, Some(*seq));
+                }
+            }
+        }
+        for (_, tx) in drain_where(&mut self.waiters, |(need, _)| *need > durable) {
+            let _ = tx.send(Err(e.clone()));
+        }
+    }
+}
+
 impl Shared {
+    /// The sync of `slot` (records up to `last` of `segment`) answered.
+    fn synced(&self, slot: usize, segment: u64, last: u64, result: Result<(), JournalError>) {
+        let c = &self.counters;
+        let mut st = self.lock();
+        if let Some(b) = st.busy.get_mut(slot) {
+            *b = false;
+        }
+        if st.poisoned == Some(segment) {
+            // Its records were rolled back and their callers told when the segment failed;
+            // a later success on it proves nothing.
+        } else {
+            match result {
+                Ok(()) => {
+                    // Everything written before this sync began is durable: every record up
+                    // to `last`, whatever the order the syncs in flight answer in.
+                    st.durable = st.durable.max(last);
+                    let mut records = 0;
+                    while st.unsynced.front().is_some_and(|r| r.0 <= last) {
+                        st.unsynced.pop_front();
+                        records += 1;
+                    }
+                    c.records.fetch_add(records, Ordering::Relaxed);
+                    c.syncs.fetch_add(1, Ordering::Relaxed);
+                    let durable = st.durable;
+                    for (_, tx) in drain_where(&mut st.waiters, |(s, _)| *s <= durable) {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, records = st.unsynced.len(), "journal: write failed; calls waiting get an error and the next group starts a new segment");
+                    c.failures.fetch_add(1, Ordering::Relaxed);
+                    st.poisoned = Some(segment);
+                    st.fail_unsynced(&e);
+                }
+            }
+        }
+        if st.writer_waiting {
+            self.work.notify_one();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-changed in a way that
         // loses an acknowledgement: keep going with it.
@@ -428,6 +507,8 @@ impl Journal {
         let mut state = State::default();
         let replay = replay_into(dir, &mut state)?;
         state.next_seq = 1;
+        let slots = cfg.syncs_in_flight.max(1);
+        state.busy = vec![false; slots];
         let last = segments(dir)?.last().map_or(0, |(n, _)| *n);
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -444,8 +525,21 @@ impl Journal {
             segment_bytes: 0,
             needs_rotation: true,
             buf: Vec::new(),
+            sync_files: Vec::new(),
+            jobs: Vec::with_capacity(slots),
+            workers: Vec::with_capacity(slots),
             _lock: lock,
         };
+        for i in 0..slots {
+            let (tx, rx) = mpsc::channel();
+            let shared = Arc::clone(&shared);
+            let worker = std::thread::Builder::new()
+                .name(format!("snp-journal-sync-{i}"))
+                .spawn(move || sync_thread(shared, rx))
+                .map_err(io_err(dir, "starting a sync thread"))?;
+            writer.jobs.push(tx);
+            writer.workers.push(worker);
+        }
         // Start from a fresh segment holding what was recovered: the torn tail (if any)
         // is never appended to, and older segments are gone.
         writer.rotate()?;
@@ -667,6 +761,31 @@ enum Staged {
     Full,
 }
 
+/// A sync handed to a sync thread: `fdatasync` of `file`, then everything written up to
+/// record `last` is durable.
+struct Job {
+    slot: usize,
+    segment: u64,
+    last: u64,
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+/// What the writer does next.
+enum Step {
+    /// Write the queued group and hand its sync to the free `slot`.
+    Write {
+        slot: usize,
+        bytes: Vec<u8>,
+        /// Sequence of its last record.
+        last: u64,
+    },
+    /// Start a new segment from the live set (no sync in flight).
+    Rotate,
+    /// Closed, nothing queued or in flight.
+    Close,
+}
+
 struct Writer {
     dir: PathBuf,
     shared: Arc<Shared>,
@@ -675,136 +794,173 @@ struct Writer {
     segment_bytes: u64,
     needs_rotation: bool,
     buf: Vec<u8>,
+    /// One handle per sync slot on the current segment, opened before anything is written
+    /// to it, and never used by two syncs at once: each one reports every write-back error
+    /// of the segment (Linux reports such an error once per open file, so a shared handle
+    /// could let one sync see it and a concurrent one succeed).
+    sync_files: Vec<Arc<File>>,
+    jobs: Vec<mpsc::Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
     _lock: DirLock,
 }
 
 impl Writer {
     fn run(mut self) {
         loop {
-            let (bytes, records) = {
-                let mut st = self.shared.lock();
-                loop {
-                    if !st.queue.is_empty() {
-                        break;
+            match self.next_step() {
+                Step::Write { slot, bytes, last } => self.write_group(slot, bytes, last),
+                Step::Rotate => {
+                    if let Err(e) = self.rotate() {
+                        self.rotation_failed(&e);
                     }
-                    if st.closed {
-                        drop(st);
-                        // A clean stop leaves only the live entries on disk, so the next
-                        // start replays exactly what the store does not hold.
-                        if self.segment_bytes > MAGIC_LEN {
-                            if let Err(e) = self.rotate() {
-                                tracing::warn!(error = %e, "journal: final compaction failed");
-                            }
+                }
+                Step::Close => {
+                    // A clean stop leaves only the live entries on disk, so the next start
+                    // replays exactly what the store does not hold.
+                    if self.segment_bytes > MAGIC_LEN {
+                        if let Err(e) = self.rotate() {
+                            tracing::warn!(error = %e, "journal: final compaction failed");
                         }
-                        return;
                     }
-                    let idle = st
-                        .last_append
-                        .is_none_or(|t| t.elapsed() >= self.shared.cfg.idle);
-                    if idle && st.live_entries == 0 && self.segment_bytes > MAGIC_LEN {
-                        break;
+                    self.jobs.clear();
+                    for w in self.workers.drain(..) {
+                        let _ = w.join();
                     }
-                    st.writer_waiting = true;
-                    let (g, _) = self
-                        .shared
-                        .work
-                        .wait_timeout(st, self.shared.cfg.idle)
-                        .unwrap_or_else(|p| p.into_inner());
-                    st = g;
-                    st.writer_waiting = false;
+                    return;
                 }
-                std::mem::swap(&mut st.queue, &mut self.buf);
-                (
-                    std::mem::take(&mut self.buf),
-                    std::mem::take(&mut st.queued),
-                )
-            };
-            self.shared.room.notify_waiters();
-            if records.is_empty() {
-                // Idle with nothing live: empty the segment.
-                if let Err(e) = self.rotate() {
-                    tracing::warn!(error = %e, "journal: compaction failed");
-                }
-                continue;
             }
-            let result = self.write_group(&bytes);
-            self.finish(records, bytes, result);
         }
     }
 
-    fn write_group(&mut self, bytes: &[u8]) -> Result<(), JournalError> {
-        if self.needs_rotation || self.file.is_none() {
-            self.rotate()?;
-        }
-        let path = self.path(self.segment);
-        let file = self.file.as_mut().ok_or(JournalError::Closed)?;
-        file.write_all(bytes).map_err(io_err(&path, "writing"))?;
-        file.sync_data().map_err(io_err(&path, "syncing"))?;
-        self.segment_bytes += bytes.len() as u64;
-        Ok(())
-    }
-
-    fn finish(
-        &mut self,
-        records: Vec<(u64, Vec<Entry>)>,
-        mut bytes: Vec<u8>,
-        result: Result<(), JournalError>,
-    ) {
-        let c = &self.shared.counters;
-        let first = records.first().map_or(0, |r| r.0);
-        let last = records.last().map_or(0, |r| r.0);
-        let rotate = {
-            let mut st = self.shared.lock();
-            match &result {
-                Ok(()) => {
-                    st.durable = last;
-                    c.records.fetch_add(records.len() as u64, Ordering::Relaxed);
-                    c.syncs.fetch_add(1, Ordering::Relaxed);
-                    c.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    let done: Vec<_> = drain_where(&mut st.waiters, |(s, _)| *s <= last);
-                    for (_, tx) in done {
-                        let _ = tx.send(Ok(()));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, records = records.len(), "journal: write failed; those calls get an error and the next group starts a new segment");
-                    c.failures.fetch_add(1, Ordering::Relaxed);
-                    self.needs_rotation = true;
-                    for (seq, entries) in &records {
-                        for en in entries {
-                            st.remove(&en.namespace, &en.interface, &en.application, Some(*seq));
-                        }
-                    }
-                    // Later records are still queued and will be written after a rotation;
-                    // callers that waited on this group's records fail.
-                    st.durable = st.durable.max(last);
-                    let done: Vec<_> =
-                        drain_where(&mut st.waiters, |(s, _)| *s >= first && *s <= last);
-                    for (_, tx) in done {
-                        let _ = tx.send(Err(e.clone()));
-                    }
-                }
-            }
-            let cfg = &self.shared.cfg;
-            self.segment_bytes >= cfg.rotate_bytes
-                && self.segment_bytes >= 2 * st.live_bytes + MAGIC_LEN
-        };
-        c.segment_bytes.store(self.segment_bytes, Ordering::Relaxed);
-        bytes.clear();
-        self.buf = bytes;
-        if rotate && result.is_ok() {
-            if let Err(e) = self.rotate() {
-                tracing::warn!(error = %e, "journal: compaction failed; retried with the next group");
+    /// Waits until there is something to do: a group to write while a sync slot is free,
+    /// a compaction once no sync is in flight, or the end.
+    fn next_step(&mut self) -> Step {
+        let shared = Arc::clone(&self.shared);
+        let cfg = &shared.cfg;
+        let mut st = shared.lock();
+        loop {
+            if st.poisoned == Some(self.segment) {
                 self.needs_rotation = true;
             }
+            let syncing = st.busy.iter().any(|b| *b);
+            if !st.queue.is_empty() {
+                if self.needs_rotation {
+                    if !syncing {
+                        return Step::Rotate;
+                    }
+                } else if let Some(slot) = st.busy.iter().position(|b| !b) {
+                    st.busy[slot] = true;
+                    std::mem::swap(&mut st.queue, &mut self.buf);
+                    let queued = std::mem::take(&mut st.queued);
+                    let last = queued.last().map_or(0, |r| r.0);
+                    st.unsynced.extend(queued);
+                    drop(st);
+                    shared.room.notify_waiters();
+                    return Step::Write {
+                        slot,
+                        bytes: std::mem::take(&mut self.buf),
+                        last,
+                    };
+                }
+            } else if !syncing {
+                if st.closed {
+                    return Step::Close;
+                }
+                let idle = st.last_append.is_none_or(|t| t.elapsed() >= cfg.idle);
+                let emptied = idle && st.live_entries == 0 && self.segment_bytes > MAGIC_LEN;
+                let large = self.segment_bytes >= cfg.rotate_bytes
+                    && self.segment_bytes >= 2 * st.live_bytes + MAGIC_LEN;
+                if emptied || large || (self.needs_rotation && self.segment_bytes > MAGIC_LEN) {
+                    return Step::Rotate;
+                }
+            }
+            st.writer_waiting = true;
+            let (g, _) = shared
+                .work
+                .wait_timeout(st, cfg.idle)
+                .unwrap_or_else(|p| p.into_inner());
+            st = g;
+            st.writer_waiting = false;
         }
+    }
+
+    /// Writes a group with one `write` and hands its `fdatasync` to the sync thread of
+    /// `slot`; the writer goes on with the next group meanwhile.
+    fn write_group(&mut self, slot: usize, mut bytes: Vec<u8>, last: u64) {
+        let path = self.path(self.segment);
+        let written = match self.file.as_mut() {
+            Some(f) => f.write_all(&bytes).map_err(io_err(&path, "writing")),
+            None => Err(JournalError::Closed),
+        };
+        let len = bytes.len() as u64;
+        bytes.clear();
+        self.buf = bytes;
+        let c = &self.shared.counters;
+        let job = match written {
+            Ok(()) => {
+                self.segment_bytes += len;
+                c.bytes.fetch_add(len, Ordering::Relaxed);
+                c.segment_bytes.store(self.segment_bytes, Ordering::Relaxed);
+                let cfg = &self.shared.cfg;
+                if self.segment_bytes >= cfg.rotate_bytes {
+                    // Checked against the live set once the syncs in flight are done.
+                    let st = self.shared.lock();
+                    self.needs_rotation |= self.segment_bytes >= 2 * st.live_bytes + MAGIC_LEN;
+                }
+                Job {
+                    slot,
+                    segment: self.segment,
+                    last,
+                    file: Arc::clone(&self.sync_files[slot]),
+                    path,
+                }
+            }
+            Err(e) => {
+                self.needs_rotation = true;
+                self.shared.synced(slot, self.segment, last, Err(e));
+                return;
+            }
+        };
+        if let Err(mpsc::SendError(job)) = self.jobs[slot].send(job) {
+            self.needs_rotation = true;
+            self.shared
+                .synced(job.slot, job.segment, job.last, Err(JournalError::Closed));
+        }
+    }
+
+    /// A rotation failed: what is queued fails (nothing of it was acknowledged), and the
+    /// next group tries again.
+    fn rotation_failed(&mut self, e: &JournalError) {
+        tracing::warn!(error = %e, "journal: starting a new segment failed; queued calls get an error, the next group retries");
+        self.needs_rotation = true;
+        let mut st = self.shared.lock();
+        if st.queue.is_empty() {
+            // Nothing waits for it: retry after a pause instead of spinning.
+            let _ = self
+                .shared
+                .work
+                .wait_timeout(st, self.shared.cfg.idle)
+                .unwrap_or_else(|p| p.into_inner());
+            return;
+        }
+        st.queue.clear();
+        let queued = std::mem::take(&mut st.queued);
+        st.unsynced.extend(queued);
+        self.shared
+            .counters
+            .failures
+            .fetch_add(1, Ordering::Relaxed);
+        st.fail_unsynced(e);
+        drop(st);
+        self.shared.room.notify_waiters();
     }
 
     fn path(&self, n: u64) -> PathBuf {
         self.dir.join(segment_name(n))
     }
 
-    /// Starts a new segment holding the live set, then deletes the older ones.
+    /// Starts a new segment holding the live set, then deletes the older ones. Only with
+    /// no sync in flight.
     fn rotate(&mut self) -> Result<(), JournalError> {
         let snapshot = self.shared.lock().snapshot();
         let next = self.segment + 1;
@@ -815,12 +971,21 @@ impl Writer {
             .write(true)
             .open(&path)
             .map_err(io_err(&path, "creating a segment"))?;
+        let mut sync_files = Vec::with_capacity(self.jobs.len());
+        for _ in 0..self.jobs.len() {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_err(&path, "opening a segment for syncing"))?;
+            sync_files.push(Arc::new(f));
+        }
         file.write_all(record::MAGIC)
             .and_then(|()| file.write_all(&snapshot))
             .and_then(|()| file.sync_all())
             .map_err(io_err(&path, "writing a segment"))?;
         sync_dir(&self.dir)?;
         self.file = Some(file);
+        self.sync_files = sync_files;
         self.segment = next;
         self.segment_bytes = MAGIC_LEN + snapshot.len() as u64;
         self.needs_rotation = false;
@@ -843,6 +1008,14 @@ impl Writer {
             sync_dir(&self.dir)?;
         }
         Ok(())
+    }
+}
+
+/// A sync thread: `fdatasync`s what the writer hands it, and reports.
+fn sync_thread(shared: Arc<Shared>, jobs: mpsc::Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        let result = job.file.sync_data().map_err(io_err(&job.path, "syncing"));
+        shared.synced(job.slot, job.segment, job.last, result);
     }
 }
 
