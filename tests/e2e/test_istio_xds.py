@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, tool
-from envoy_harness import VM_FAILURE_MARKERS
+from envoy_harness import REGISTER_A, VM_FAILURE_MARKERS
 from grpc_java import assert_storm_ok, storm, storm_union
 from istio_xds import ISTIO_SHIM_CLUSTER, ISTIO_SHIM_STAT, SHIM_AUTHORITY, IstioSidecar, analyze, explain, report
 from shim_harness import shims, wait_until  # noqa: F401
@@ -29,6 +29,16 @@ ENVOYFILTER = ROOT / "deploy" / "istio" / "envoyfilter.yaml"
 NAMESPACE = "shop"  # the app pod's namespace in the harness
 LISTENER = "0.0.0.0_15051"
 ISTIO_ONLY = ("istio.alpn", "istio.metadata_exchange", "istio.stats")
+
+
+def raw_unary(ch: grpc.Channel, path: str, body: bytes) -> tuple[grpc.StatusCode, str]:
+    """A unary call with `path` as given (grpcio does not normalise it) and raw bytes."""
+    fn = ch.unary_unary(path, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    try:
+        fn(body, timeout=10)
+        return grpc.StatusCode.OK, ""
+    except grpc.RpcError as e:
+        return e.code(), e.details() or ""
 
 
 def patches() -> list[dict]:
@@ -46,7 +56,7 @@ def mutated(tmp_path, name: str, change) -> "Path":  # noqa: F821
 def test_istiod_applies_every_patch_to_a_1_31_sidecar(tmp_path):
     rep = report(tmp_path)
     print(explain(rep))
-    assert len(rep["patches"]) == len(patches()) == 7
+    assert len(rep["patches"]) == len(patches()) == 9
     assert rep["all_applied"], explain(rep)
     assert all(p["status"] == "applied" for p in rep["patches"]), explain(rep)
 
@@ -57,13 +67,33 @@ def test_istiod_applies_every_patch_to_a_1_31_sidecar(tmp_path):
     assert len(chain) > 2 and not set(chain) & set(ISTIO_ONLY), chain
     # Only that listener has it.
     assert [name for name, filters in rep["http_filters"].items() if "snp-filter" in filters] == [LISTENER]
-    # Every virtual host of route configuration "15051" starts with the two ack routes, then
+    # Every virtual host of route configuration "15051" starts with the two ack routes; the
+    # Service's and allow_any then have the registration route that enables the filter; then
     # Istio's own routes.
     vhosts = rep["routes"]["15051"]
-    assert len(vhosts) >= 2, vhosts  # the Service's and allow_any
+    register = {SHIM_AUTHORITY: "snp-register", "allow_any": "snp-register-passthrough"}
+    assert set(register) <= set(vhosts), vhosts
     for vh, routes in vhosts.items():
         assert set(routes[:2]) == {"snp-ack-dubbo", "snp-ack-admin"}, (vh, routes)
-        assert routes[2:] and not any(r.startswith("snp-") for r in routes[2:]), (vh, routes)
+        ours = [register[vh]] if vh in register else []
+        assert routes[2 : 2 + len(ours)] == ours, (vh, routes)
+        rest = routes[2 + len(ours) :]
+        assert rest and not any(r.startswith("snp-") for r in rest), (vh, routes)
+    # The filter is in the chain disabled; those two routes enable it, and send what it does not
+    # answer where Istio's route of their virtual host does.
+    lds = {l["name"]: l for l in json.loads((tmp_path / "lds.json").read_text())}
+    hcm = next(f["typed_config"] for fc in lds[LISTENER]["filter_chains"] for f in fc["filters"]
+               if f["typed_config"].get("@type", "").endswith(".HttpConnectionManager"))
+    snp = next(f for f in hcm["http_filters"] if f["name"] == "snp-filter")
+    assert snp.get("disabled") is True, snp
+    rds = json.loads((tmp_path / "rds.json").read_text())["15051"]
+    for vh in rds["virtual_hosts"]:
+        if vh["name"] not in register:
+            continue
+        ours, istio = vh["routes"][2], vh["routes"][3]
+        assert ours["route"]["cluster"] == istio["route"]["cluster"], (ours, istio)
+        on = ours["typed_per_filter_config"]["snp-filter"]
+        assert on["@type"].endswith("envoy.config.route.v3.FilterConfig") and not on.get("disabled"), on
     assert rep["ecds"] == ["snp-filter"]
     for name in ("snp_ack", "virtualOutbound", "virtualInbound", LISTENER):
         assert name in rep["listeners"], rep["listeners"]
@@ -82,7 +112,6 @@ def test_istiod_applies_every_patch_to_a_1_31_sidecar(tmp_path):
     assert json.loads(wasm["configuration"]["value"])["auth_token_env"] == "SNP_SHIM_TOKEN"
     assert "key_values" not in json.dumps(ecds), "no token value is written into the configuration"
     # The ack listener is the one envoy/envoy.yaml runs.
-    lds = {l["name"]: l for l in json.loads((tmp_path / "lds.json").read_text())}
     plain = {l["name"]: l for l in yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())["static_resources"]["listeners"]}
     assert lds["snp_ack"]["filter_chains"] == plain["snp_ack"]["filter_chains"]
 
@@ -124,7 +153,7 @@ def _misspelled_wasm_field(ps):
     [
         # With the filter in no listener, no listener asks for its ECDS resource (patch 1), and
         # istiod serves extension configurations only when asked.
-        ("wrong-port", _wrong_port, {i: ("not_applied", None) for i in (1, 2, 3, 4)}),
+        ("wrong-port", _wrong_port, {i: ("not_applied", None) for i in (1, 2, 3, 4, 5, 6)}),
         ("misspelled-sub-filter", _misspelled_sub_filter, {i: ("not_applied", None) for i in (1, 2)}),
         # istiod accepts the file and drops the unknown field without an error.
         ("misspelled-wasm-field", _misspelled_wasm_field, {1: ("altered", "allow_on_headers_stop_iteraton")}),
@@ -156,7 +185,7 @@ def test_istioctl_analyze_has_nothing_to_report(tmp_path):
 
 def test_a_sidecar_older_than_the_proxy_version_match_gets_no_patch(tmp_path):
     rep = report(tmp_path, proxy_version="1.26.4")
-    assert [p["status"] for p in rep["patches"]] == ["not_applied"] * 7, explain(rep)
+    assert [p["status"] for p in rep["patches"]] == ["not_applied"] * 9, explain(rep)
     assert not any(n.startswith("snp") for n in rep["listeners"] + rep["clusters"] + rep["ecds"])
     assert "snp-filter" not in rep["http_filters"][LISTENER]
     # The oldest version it matches gets them all.
@@ -210,6 +239,41 @@ def test_a_live_sidecar_fed_by_istiod_registers_both_flavours(protos, logs, shim
         assert stats.get("cluster.snp_shim.upstream_rq_total", 0) >= 1
         assert shim.metric("snp_calls_total", api="dubbo") == 0
         assert shim.metric("snp_calls_total", api="admin") == 0
+
+        # Other traffic on the port does not enter the filter: a lookup takes Istio's route to
+        # the shim, and the filter's counter of requests it passed stays 0.
+        code, _ = raw_unary(ch, "/snp.v1.MappingService/GetMappings", b"")
+        assert code != grpc.StatusCode.UNAVAILABLE, code
+        stats = sidecar.stats()
+        assert stats.get(f"{ISTIO_SHIM_STAT}.upstream_rq_total") == 1, stats
+        assert stats.get("wasmcustom.snp.requests.passed") == 0
+        # A path with the method name in another case is in the registration route's superset
+        # (so is one with a `%`, but the sidecar's path normalisation decodes `%41`): it enters
+        # the filter, which passes it untouched to the same destination (the shim knows no such
+        # method).
+        code, _ = raw_unary(ch, "/snp.v1.MappingService/RegisterServiceAppMappingLater", b"")
+        assert code == grpc.StatusCode.UNIMPLEMENTED, code
+        stats = sidecar.stats()
+        assert stats.get("wasmcustom.snp.requests.passed") == 1
+        assert stats.get(f"{ISTIO_SHIM_STAT}.upstream_rq_total") == 2
+        # Spellings of the registration path are refused by the filter itself (the shim gives the
+        # same answer; tests/e2e/test_identity_bypass.py), a query string is still the method.
+        body = protos.dubbo.ServiceMappingRequest(namespace=NAMESPACE, applicationName="q-provider", interfaceNames=["org.apache.dubbo.demo.QService"]).SerializeToString()
+        for path in [REGISTER_A.lower(), REGISTER_A + ";x=1", REGISTER_A.replace("/register", "//register", 1)]:
+            code, msg = raw_unary(ch, path, body)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "is not the exact registration path" in msg, (path, code, msg)
+        assert raw_unary(ch, REGISTER_A + "?x=1", body) == (grpc.StatusCode.OK, "")
+        # Istio's path normalisation (BASE) decodes `%2E` before routing: the filter then sees,
+        # and enforces, the registration path itself.
+        assert raw_unary(ch, REGISTER_A.replace(".", "%2E", 1), body) == (grpc.StatusCode.OK, "")
+        stats = sidecar.stats()
+        assert stats.get("wasmcustom.snp.registrations.invalid") == 3
+        assert stats.get("wasmcustom.snp.registrations.ok") == 405
+        assert stats.get("cluster.snp_ack.upstream_rq_total") == 405
+        assert stats.get(f"{ISTIO_SHIM_STAT}.upstream_rq_total") == 2
+        want["org.apache.dubbo.demo.QService"] = {"q-provider"}
+        expected = {(NAMESPACE, k): v for k, v in want.items()}
+        assert wait_until(lambda: shim.union_on_disk() == expected, timeout=30), shim.union_on_disk()
         log = sidecar.envoy.log()
         for marker in VM_FAILURE_MARKERS:
             assert marker not in log, marker

@@ -262,20 +262,26 @@ func judgeHTTPFilter(e *patchEffect, match map[string]any, op string, value map[
 	}
 }
 
-// judgeHTTPRoute: INSERT_FIRST without a vhost match puts the route at the head of every
-// virtual host of the route configuration (after other patches' routes, before Istio's own).
+// judgeHTTPRoute: INSERT_FIRST puts the route at the head of every virtual host of the route
+// configuration, or of the one that match.routeConfiguration.vhost.name names (after other
+// patches' routes, before Istio's own).
 func judgeHTTPRoute(e *patchEffect, match map[string]any, op string, value map[string]any, routes map[string]map[string]any) {
 	rm, _ := match["routeConfiguration"].(map[string]any)
 	name := strconv.Itoa(num(rm["portNumber"]))
 	if n := str(rm["name"]); n != "" {
 		name = n
 	}
+	vm, _ := rm["vhost"].(map[string]any)
+	vhost := str(vm["name"])
 	rc, ok := routes[name]
 	if !ok {
 		return
 	}
 	for _, vh := range list(rc["virtual_hosts"]) {
 		v := vh.(map[string]any)
+		if vhost != "" && str(v["name"]) != vhost {
+			continue
+		}
 		where := fmt.Sprintf("route configuration %s vhost %s", name, str(v["name"]))
 		rs := list(v["routes"])
 		at := -1

@@ -102,10 +102,10 @@ impl std::ops::DerefMut for Envoy {
 pub enum Filter {
     /// Not in the chain.
     Off,
-    /// In the chain, as `envoy/envoy.yaml` has it.
+    /// In the chain, as `envoy/envoy.yaml` has it: enabled only on the registration routes.
     On,
-    /// In the chain but enabled only on the registration routes.
-    RouteScoped,
+    /// In the chain and run on every stream (`envoy.yaml` before the route scoping).
+    Everywhere,
     /// In the chain, with HTTP/2 to the internal ack listener.
     AckH2,
 }
@@ -149,7 +149,7 @@ impl Envoy {
             app_grpc_port: up.app_grpc,
             app_http_port: free_port()?,
             bootstrap_wasm,
-            route_scoped: filter == Filter::RouteScoped,
+            unscoped: filter == Filter::Everywhere,
             ack_h2: filter == Filter::AckH2,
         };
         let envoy =

@@ -36,11 +36,16 @@ pub enum Counter {
     MappingsRejected,
     /// Calls answered FAILED_PRECONDITION (the shim refuses a mapping of theirs for good).
     RegistrationsRejected,
+    /// Requests that entered the filter but are not registrations, passed untouched. Where
+    /// the filter is enabled only on the registration routes (envoy/envoy.yaml, the Istio
+    /// EnvoyFilter), only the routes' superset for path spellings brings such requests
+    /// here: other traffic that does not enter the filter is not counted.
+    RequestsPassed,
 }
 
 impl Counter {
     /// Every counter, in definition order.
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 15] = [
         Counter::RegistrationsOk,
         Counter::RegistrationsInvalid,
         Counter::RegistrationsUnimplemented,
@@ -55,6 +60,7 @@ impl Counter {
         Counter::MappingsAcked,
         Counter::MappingsRejected,
         Counter::RegistrationsRejected,
+        Counter::RequestsPassed,
     ];
 
     /// The metric name.
@@ -74,6 +80,7 @@ impl Counter {
             Self::MappingsAcked => "snp.mappings.acked",
             Self::MappingsRejected => "snp.mappings.rejected",
             Self::RegistrationsRejected => "snp.registrations.rejected",
+            Self::RequestsPassed => "snp.requests.passed",
         }
     }
 

@@ -203,7 +203,10 @@ impl<H: Host> Stream<H> {
         };
         let flavour = match plugin.cfg.classify(&path) {
             Ok(Some(f)) => f,
-            Ok(None) => return Action::Continue,
+            Ok(None) => {
+                plugin.metrics.inc(host, Counter::RequestsPassed);
+                return Action::Continue;
+            }
             Err(r) => return self.reject(&plugin, &r),
         };
         // Everything needed later is read now: request headers can't be read afterwards.

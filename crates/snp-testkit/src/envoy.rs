@@ -33,11 +33,11 @@ pub struct EnvoySpec {
     pub app_http_port: u16,
     /// A singleton bootstrap wasm service: (`.wasm` path, its configuration string).
     pub bootstrap_wasm: Option<(String, String)>,
-    /// Run the snp filter only on the registration routes (Envoy's route-based filter
-    /// chain: the filter is `disabled` by default and enabled by a per-route
-    /// `FilterConfig` on the four registration routes), so other traffic never enters
-    /// the wasm VM. Not what `envoy/envoy.yaml` does: an alternative the benchmarks measure.
-    pub route_scoped: bool,
+    /// Run the snp filter on every stream, as `envoy/envoy.yaml` did before it enabled the
+    /// filter only on the registration routes (`disabled: true` in the chain, a per-route
+    /// `FilterConfig` enabling it): the filter's `disabled` flag is removed. An alternative
+    /// the benchmarks measure against the shipped configuration.
+    pub unscoped: bool,
     /// Talk HTTP/2 to the internal ack listener (cluster `snp_ack`). `envoy/envoy.yaml`
     /// does so since the benchmarks measured it; kept so that configs derived from an
     /// older `envoy.yaml` (HTTP/1.1, a cluster without protocol options) can be compared.
@@ -87,28 +87,15 @@ pub fn config(envoy_yaml: &str, spec: &EnvoySpec) -> Result<Value> {
     }
     if !spec.filter {
         *apps = nofilter.clone();
-    } else if spec.route_scoped {
+    } else {
         let snp = find(http_filters(apps), "snp")?;
-        snp["disabled"] = json!(true);
-        let routes = apps["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
-            ["virtual_hosts"][0]["routes"]
-            .as_array_mut()
-            .context("routes")?;
-        let mut enabled = 0;
-        for r in routes.iter_mut() {
-            let path = r["match"]["path"].as_str().unwrap_or("");
-            if path == snp_proto::PATH_FLAVOUR_A || path == snp_proto::PATH_FLAVOUR_B {
-                r["typed_per_filter_config"] = json!({
-                    "snp": {
-                        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-                        "config": {}
-                    }
-                });
-                enabled += 1;
-            }
+        if snp["disabled"] != json!(true) {
+            bail!("envoy.yaml: the snp filter is not disabled by default (enabled per route)");
         }
-        if enabled != 4 {
-            bail!("expected 4 registration routes in envoy.yaml, found {enabled}");
+        if spec.unscoped {
+            snp.as_object_mut()
+                .context("snp filter")?
+                .remove("disabled");
         }
     }
     if let Some(port) = spec.nofilter_port {
@@ -297,7 +284,7 @@ mod tests {
             app_grpc_port: 5,
             app_http_port: 6,
             bootstrap_wasm: Some(("/x/b.wasm".into(), "3".into())),
-            route_scoped: false,
+            unscoped: false,
             ack_h2: false,
         }
     }
@@ -338,6 +325,31 @@ mod tests {
             4
         );
         assert_eq!(c["bootstrap_extensions"].as_array().unwrap().len(), 2);
+        // As shipped, the filter runs only where a route enables it: the registration routes.
+        let snp = |c: &Value| {
+            let l = c["static_resources"]["listeners"].as_array().unwrap();
+            let apps = l.iter().find(|x| x["name"] == "apps").unwrap();
+            apps["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0].clone()
+        };
+        assert_eq!(snp(&c)["disabled"], true);
+        let routes = &apps["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0]["routes"];
+        let enabled: Vec<&Value> = routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r.get("typed_per_filter_config").is_some())
+            .collect();
+        assert_eq!(enabled.len(), 4, "{enabled:?}");
+        let unscoped = config(
+            &text,
+            &EnvoySpec {
+                unscoped: true,
+                ..spec(true)
+            },
+        )
+        .unwrap();
+        assert!(snp(&unscoped).get("disabled").is_none());
         let c = config(&text, &spec(false)).unwrap();
         let apps = c["static_resources"]["listeners"]
             .as_array()
