@@ -25,6 +25,8 @@ enum Figure {
     Fig6,
     Fig7,
     Fig8,
+    Fig9,
+    Fig10,
 }
 
 /// Runs snp's benchmark figures and prints their tables.
@@ -147,12 +149,6 @@ fn main() -> ExitCode {
         cargo_bench: !cli.no_cargo_bench,
         kube_full: cli.kube_full,
     };
-    for (what, p) in [("snp-shim (cargo build --release -p snp-shim)", &env.shim), ("snp-noop-server", &env.noop), ("the filter (scripts/build-filter.sh)", &env.filter_wasm), ("the wasm offer benchmark (cargo build --release --target wasm32-wasip1 -p snp-bench-wasm)", &env.bench_wasm)] {
-        if !p.exists() {
-            eprintln!("snp-bench: {} not found: build {what}", p.display());
-            return ExitCode::FAILURE;
-        }
-    }
     let mut figs = cli.figures.clone();
     if figs.is_empty() || figs.contains(&Figure::All) {
         figs = vec![
@@ -164,10 +160,43 @@ fn main() -> ExitCode {
             Figure::Fig6,
             Figure::Fig7,
             Figure::Fig8,
+            Figure::Fig9,
+            Figure::Fig10,
         ];
     }
     figs.sort();
     figs.dedup();
+    // What the chosen figures need: the filter for 1, 2, 5 and 6, the no-op server for
+    // 1, 2, 4 and 6, the offer benchmark's module for 5; the shim for all.
+    let any = |of: &[Figure]| figs.iter().any(|f| of.contains(f));
+    let needs = [
+        (
+            "snp-shim (cargo build --release -p snp-shim)",
+            &env.shim,
+            true,
+        ),
+        (
+            "snp-noop-server",
+            &env.noop,
+            any(&[Figure::Fig1, Figure::Fig2, Figure::Fig4, Figure::Fig6]),
+        ),
+        (
+            "the filter (scripts/build-filter.sh)",
+            &env.filter_wasm,
+            any(&[Figure::Fig1, Figure::Fig2, Figure::Fig5, Figure::Fig6]),
+        ),
+        (
+            "the wasm offer benchmark (cargo build --release --target wasm32-wasip1 -p snp-bench-wasm)",
+            &env.bench_wasm,
+            any(&[Figure::Fig5]),
+        ),
+    ];
+    for (what, p, needed) in needs {
+        if needed && !p.exists() {
+            eprintln!("snp-bench: {} not found: build {what}", p.display());
+            return ExitCode::FAILURE;
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -223,6 +252,8 @@ fn main() -> ExitCode {
                 Figure::Fig6 => figures::fig6(&env).await,
                 Figure::Fig7 => figures::fig7(&env).await,
                 Figure::Fig8 => figures::fig8(&env).await,
+                Figure::Fig9 => figures::fig9(&env).await,
+                Figure::Fig10 => figures::fig10(&env).await,
                 Figure::All => Ok(vec![]),
             }
         });

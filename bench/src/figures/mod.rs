@@ -6,7 +6,7 @@
 //! Comparisons are ratios of two set-ups measured in the same run, alternated A/B/A/B
 //! (`rounds` times, `round` each) so that drift of a noisy machine hits both sides alike.
 //!
-//! One module per figure ([`fig1_ack_latency`] ... [`fig8_journal`]); what they share is
+//! One module per figure ([`fig1_ack_latency`] ... [`fig10_large`]); what they share is
 //! here (the work environment, verdicts, printing), in [`setup`] (the processes a figure
 //! starts) and in [`runs`] (load runs, A/B rotations and their tables).
 
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::table::{verdict, Table};
 
+pub mod fig10_large;
 pub mod fig1_ack_latency;
 pub mod fig2_other_traffic;
 pub mod fig3_write_amplification;
@@ -23,9 +24,11 @@ pub mod fig5_core_engine;
 pub mod fig6_footprint;
 pub mod fig7_scaling;
 pub mod fig8_journal;
+pub mod fig9_cluster;
 pub mod runs;
 pub mod setup;
 
+pub use fig10_large::fig10;
 pub use fig1_ack_latency::fig1;
 pub use fig2_other_traffic::fig2;
 pub use fig3_write_amplification::fig3;
@@ -34,6 +37,7 @@ pub use fig5_core_engine::fig5;
 pub use fig6_footprint::fig6;
 pub use fig7_scaling::fig7;
 pub use fig8_journal::fig8;
+pub use fig9_cluster::fig9;
 pub use setup::{ApiServer, Envoy, Filter, Shim, Upstreams};
 
 /// Where everything is, and how long to measure.

@@ -501,75 +501,69 @@ impl Sim<'_> {
         self.push(now + us(d), Event::Resume { run });
     }
 
-    /// Runs key run `run` until it waits for an answer or a pause, or ends.
+    /// Takes key run `run` one round on: its next request, a pause, or its end.
     fn advance(&mut self, run: u64, now: Us) {
-        loop {
-            let Some(r) = self.runs.get_mut(&run) else {
-                return;
-            };
-            let node = &mut self.nodes[r.node as usize];
-            match r.step {
-                Step::Plan => {}
-                Step::Spread => {
-                    // Look again: another shim's object may have arrived by watch.
-                    if matches!(node.cache.plan(&r.key, &r.want, &self.ar), Plan::Nothing) {
-                        self.report.noop_skips += 1;
-                        return self.finish(run, KeyResult::Stored, now);
-                    }
-                    r.tries += 1;
-                    r.step = Step::Plan;
-                }
-                Step::Pause => {
-                    r.tries += 1;
-                    r.step = Step::Plan;
-                }
-                Step::Write { .. } | Step::Reread { .. } => return,
-            }
-            if r.tries > MAX_TRIES_PER_KEY {
-                self.report.contended += 1;
-                return self.finish(run, KeyResult::Transient, now);
-            }
-            match node.cache.plan(&r.key, &r.want, &self.ar) {
-                Plan::Nothing => {
-                    if r.tries == 0 {
-                        self.report.noop_skips += 1;
-                    }
+        let Some(r) = self.runs.get_mut(&run) else {
+            return;
+        };
+        let node = &mut self.nodes[r.node as usize];
+        match r.step {
+            Step::Plan => {}
+            Step::Spread => {
+                // Look again: another shim's object may have arrived by watch.
+                if matches!(node.cache.plan(&r.key, &r.want, &self.ar), Plan::Nothing) {
+                    self.report.noop_skips += 1;
                     return self.finish(run, KeyResult::Stored, now);
                 }
-                _ if r.tries == MAX_TRIES_PER_KEY => {
-                    self.report.contended += 1;
-                    return self.finish(run, KeyResult::Transient, now);
+                r.tries += 1;
+                r.step = Step::Plan;
+            }
+            Step::Pause => {
+                r.tries += 1;
+                r.step = Step::Plan;
+            }
+            Step::Write { .. } | Step::Reread { .. } => return,
+        }
+        match node.cache.plan(&r.key, &r.want, &self.ar) {
+            Plan::Nothing => {
+                if r.tries == 0 {
+                    self.report.noop_skips += 1;
                 }
-                Plan::NoName => {
-                    let result = KeyResult::Permanent {
-                        reason: "no_name".into(),
-                        message: format!("every candidate object name for {} is taken", r.key),
-                    };
-                    return self.finish(run, result, now);
-                }
-                Plan::Update { name, body } => {
-                    r.step = Step::Write {
-                        name,
-                        replace: true,
-                    };
-                    return self.send(run, Request::Replace(*body), now);
-                }
-                Plan::Create { .. } if r.tries == 0 && !self.c.create_spread.is_zero() => {
-                    r.step = Step::Spread;
-                    let d = spread_delay(self.c.create_spread, &mut node.rng);
-                    return self.pause(run, d, now);
-                }
-                Plan::Create { name } => {
-                    let Ok(body) = new_object(&self.ar, &name, &r.key, &r.want) else {
-                        return self.finish(run, KeyResult::Transient, now);
-                    };
+                self.finish(run, KeyResult::Stored, now);
+            }
+            _ if r.tries >= MAX_TRIES_PER_KEY => {
+                self.report.contended += 1;
+                self.finish(run, KeyResult::Transient, now);
+            }
+            Plan::NoName => {
+                let result = KeyResult::Permanent {
+                    reason: "no_name".into(),
+                    message: format!("every candidate object name for {} is taken", r.key),
+                };
+                self.finish(run, result, now);
+            }
+            Plan::Update { name, body } => {
+                r.step = Step::Write {
+                    name,
+                    replace: true,
+                };
+                self.send(run, Request::Replace(*body), now);
+            }
+            Plan::Create { .. } if r.tries == 0 && !self.c.create_spread.is_zero() => {
+                r.step = Step::Spread;
+                let d = spread_delay(self.c.create_spread, &mut node.rng);
+                self.pause(run, d, now);
+            }
+            Plan::Create { name } => match new_object(&self.ar, &name, &r.key, &r.want) {
+                Ok(body) => {
                     r.step = Step::Write {
                         name,
                         replace: false,
                     };
-                    return self.send(run, Request::Create(body), now);
+                    self.send(run, Request::Create(body), now);
                 }
-            }
+                Err(_) => self.finish(run, KeyResult::Transient, now),
+            },
         }
     }
 
@@ -787,5 +781,22 @@ mod tests {
         let r = simulate(&small(1, 500)).unwrap();
         assert_eq!(r.all_409s(), 0);
         assert_eq!(r.creates, 40);
+    }
+
+    /// The full-size cluster (`cargo test -p snp-store --release -- --ignored full_size`);
+    /// `bench/run.sh fig9` prints it with the other sizes.
+    #[test]
+    #[ignore = "a minute or more in a debug build"]
+    fn full_size() {
+        for spread in [0, 500] {
+            let c = Cluster {
+                create_spread: Duration::from_millis(spread),
+                ..Cluster::default()
+            };
+            let t = std::time::Instant::now();
+            let r = simulate(&c).unwrap();
+            println!("{spread} ms: {r:?} in {:?}", t.elapsed());
+            assert!(r.all_stored_ms.is_some());
+        }
     }
 }
