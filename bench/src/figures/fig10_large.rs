@@ -25,29 +25,6 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// Samples the RSS of `pid` every 100 ms while `run` runs; returns its result and the
-/// highest sample (the kernel's `VmHWM` is reported too).
-async fn sampled<T>(pid: u32, run: impl std::future::Future<Output = T>) -> (T, u64) {
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let sampler = tokio::spawn(async move {
-        let mut peak = 0u64;
-        loop {
-            if let Ok(m) = crate::procs::memory(pid) {
-                peak = peak.max(m.rss);
-            }
-            tokio::select! {
-                _ = &mut stop_rx => break,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
-        peak
-    });
-    let out = run.await;
-    let _ = stop_tx.send(());
-    let peak = sampler.await.unwrap_or(0);
-    (out, peak)
-}
-
 /// Opens `WatchMappings` on `namespace` and times its first message (the snapshot).
 async fn snapshot(addr: &str, namespace: &str) -> Result<(Duration, usize, usize)> {
     let ch = crate::rawgrpc::connect(addr).await?;
@@ -100,7 +77,7 @@ pub async fn fig10(env: &Env) -> Result<Vec<Verdict>> {
         seed: 1,
     };
     let cfg1 = storm(&shim, phase(1), None, Duration::from_secs(900));
-    let (r1, peak1) = sampled(pid, load::run(&cfg1)).await;
+    let (r1, peak1) = sampled(pid, Duration::from_millis(100), load::run(&cfg1)).await;
     let r1: LoadReport = r1?;
     check_complete("figure 10: phase 1", &r1)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -108,7 +85,7 @@ pub async fn fig10(env: &Env) -> Result<Vec<Verdict>> {
     let mut cfg2 = storm(&shim, phase(pods), None, Duration::from_secs(900));
     // Same keys, same application: nothing new to converge on; no watch needed.
     cfg2.converge_shims.clear();
-    let (r2, peak2) = sampled(pid, load::run(&cfg2)).await;
+    let (r2, peak2) = sampled(pid, Duration::from_millis(100), load::run(&cfg2)).await;
     let r2: LoadReport = r2?;
     check_complete("figure 10: phase 2", &r2)?;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -29,6 +29,26 @@ fn ms(v: Option<u64>) -> String {
     v.map_or("never".into(), |ms| fmt_dur(Duration::from_millis(ms)))
 }
 
+/// The columns of the model's tables.
+fn model_table() -> Table {
+    Table::new(&[
+        "nodes",
+        "create spread",
+        "registrations",
+        "shim batches",
+        "API writes (POST + PUT)",
+        "writes / key",
+        "409 Conflict",
+        "409 AlreadyExists",
+        "GETs",
+        "no-op skips",
+        "keys given up (retried)",
+        "every mapping stored at",
+        "last registration at",
+        "simulated in",
+    ])
+}
+
 /// Figure 9.
 pub async fn fig9(env: &Env) -> Result<Vec<Verdict>> {
     section("Figure 9: a cluster, simulated (the store's merge engine on a virtual clock)");
@@ -48,22 +68,7 @@ pub async fn fig9(env: &Env) -> Result<Vec<Verdict>> {
         fmt_int(u64::from(base.interfaces)),
         Duration::from_millis(base.over_ms),
     );
-    let mut t = Table::new(&[
-        "nodes",
-        "create spread",
-        "registrations",
-        "shim batches",
-        "API writes (POST + PUT)",
-        "writes / key",
-        "409 Conflict",
-        "409 AlreadyExists",
-        "GETs",
-        "no-op skips",
-        "keys given up (retried)",
-        "every mapping stored at",
-        "last registration at",
-        "simulated in",
-    ]);
+    let mut t = model_table();
     let row = |t: &mut Table, c: &Cluster, r: &ClusterReport, wall: Duration| {
         t.row([
             fmt_int(u64::from(c.nodes)),
@@ -94,22 +99,7 @@ pub async fn fig9(env: &Env) -> Result<Vec<Verdict>> {
         by_nodes.push((c, r));
     }
     print_table("As nodes grow (default --kube-create-spread 500ms):", &t);
-    let mut s = Table::new(&[
-        "nodes",
-        "create spread",
-        "registrations",
-        "shim batches",
-        "API writes (POST + PUT)",
-        "writes / key",
-        "409 Conflict",
-        "409 AlreadyExists",
-        "GETs",
-        "no-op skips",
-        "keys given up (retried)",
-        "every mapping stored at",
-        "last registration at",
-        "simulated in",
-    ]);
+    let mut s = model_table();
     let mut by_spread = Vec::new();
     for spread in [0u64, 500, 2_000] {
         let c = Cluster {

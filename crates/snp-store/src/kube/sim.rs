@@ -782,21 +782,4 @@ mod tests {
         assert_eq!(r.all_409s(), 0);
         assert_eq!(r.creates, 40);
     }
-
-    /// The full-size cluster (`cargo test -p snp-store --release -- --ignored full_size`);
-    /// `bench/run.sh fig9` prints it with the other sizes.
-    #[test]
-    #[ignore = "a minute or more in a debug build"]
-    fn full_size() {
-        for spread in [0, 500] {
-            let c = Cluster {
-                create_spread: Duration::from_millis(spread),
-                ..Cluster::default()
-            };
-            let t = std::time::Instant::now();
-            let r = simulate(&c).unwrap();
-            println!("{spread} ms: {r:?} in {:?}", t.elapsed());
-            assert!(r.all_stored_ms.is_some());
-        }
-    }
 }
