@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds what the benchmarks need and runs every figure of BENCHMARKS.md in one run.
 #
-#   bench/run.sh                  # all figures (about 6 minutes on 2 cores)
+#   bench/run.sh                  # all figures (about 17 minutes on 2 cores; figures 9 and 10 take 11)
 #   bench/run.sh fig1 fig4        # some figures
 #   bench/run.sh --quick          # small sizes: checks the harness, not figures to publish
 #   bench/run.sh fig10            # not in "all": memory through a 10-minute API server

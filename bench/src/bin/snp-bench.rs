@@ -31,6 +31,10 @@ enum Figure {
     /// Memory through a long API server outage. Not in `all` (it takes `--outage` plus
     /// about a minute).
     Fig10,
+    /// A cluster, simulated: the store's merge engine on a virtual clock, 10 to 1,000 nodes.
+    Fig11,
+    /// One shim, large: 100,000 keys and 1,000,000 registrations.
+    Fig12,
 }
 
 /// Runs snp's benchmark figures and prints their tables.
@@ -169,28 +173,39 @@ fn main() -> ExitCode {
             Figure::Fig7,
             Figure::Fig8,
             Figure::Fig9,
+            Figure::Fig11,
+            Figure::Fig12,
         ];
     }
     figs.sort();
     figs.dedup();
-    // Figures 9 and 10 alone need only the shim (and Go, for the seed peer and the API
-    // server).
-    let needs_all = figs
-        .iter()
-        .any(|f| !matches!(f, Figure::Fig9 | Figure::Fig10));
-    for (what, p) in [
-        ("snp-shim (cargo build --release -p snp-shim)", &env.shim),
-        ("snp-noop-server", &env.noop),
-        ("the filter (scripts/build-filter.sh)", &env.filter_wasm),
+    // What the chosen figures need: the filter for 1, 2, 5 and 6, the no-op server for
+    // 1, 2, 4 and 6, the offer benchmark's module for 5; the shim for all.
+    let any = |of: &[Figure]| figs.iter().any(|f| of.contains(f));
+    let needs = [
+        (
+            "snp-shim (cargo build --release -p snp-shim)",
+            &env.shim,
+            true,
+        ),
+        (
+            "snp-noop-server",
+            &env.noop,
+            any(&[Figure::Fig1, Figure::Fig2, Figure::Fig4, Figure::Fig6]),
+        ),
+        (
+            "the filter (scripts/build-filter.sh)",
+            &env.filter_wasm,
+            any(&[Figure::Fig1, Figure::Fig2, Figure::Fig5, Figure::Fig6]),
+        ),
         (
             "the wasm offer benchmark (cargo build --release --target wasm32-wasip1 -p snp-bench-wasm)",
             &env.bench_wasm,
+            any(&[Figure::Fig5]),
         ),
-    ]
-    .into_iter()
-    .take(if needs_all { 4 } else { 1 })
-    {
-        if !p.exists() {
+    ];
+    for (what, p, needed) in needs {
+        if needed && !p.exists() {
             eprintln!("snp-bench: {} not found: build {what}", p.display());
             return ExitCode::FAILURE;
         }
@@ -252,6 +267,8 @@ fn main() -> ExitCode {
                 Figure::Fig8 => figures::fig8(&env).await,
                 Figure::Fig9 => figures::fig9(&env).await,
                 Figure::Fig10 => figures::fig10(&env).await,
+                Figure::Fig11 => figures::fig11(&env).await,
+                Figure::Fig12 => figures::fig12(&env).await,
                 Figure::All => Ok(vec![]),
             }
         });

@@ -140,23 +140,8 @@ pub async fn fig6(env: &Env) -> Result<Vec<Verdict>> {
     let keys = r.keys();
     let cfg = storm(&shim, r, None, Duration::from_secs(120));
     let pid = shim.proc.pid();
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let sampler = tokio::spawn(async move {
-        let mut peak = 0u64;
-        loop {
-            if let Ok(m) = crate::procs::memory(pid) {
-                peak = peak.max(m.rss);
-            }
-            tokio::select! {
-                _ = stop_rx.changed() => break,
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            }
-        }
-        peak
-    });
-    let report = load::run(&cfg).await?;
-    let _ = stop_tx.send(true);
-    let peak = sampler.await.unwrap_or(0);
+    let (report, peak) = sampled(pid, Duration::from_millis(20), load::run(&cfg)).await;
+    let report = report?;
     let after = crate::procs::memory(shim.proc.pid())?;
     check_complete("figure 6: storm", &report)?;
     let mut st = Table::new(&["process", "state", "VmRSS", "VmHWM (peak)"]);

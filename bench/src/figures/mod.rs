@@ -6,7 +6,7 @@
 //! Comparisons are ratios of two set-ups measured in the same run, alternated A/B/A/B
 //! (`rounds` times, `round` each) so that drift of a noisy machine hits both sides alike.
 //!
-//! One module per figure ([`fig1_ack_latency`] ... [`fig10_outage`]); what they share is
+//! One module per figure ([`fig1_ack_latency`] ... [`fig12_large`]); what they share is
 //! here (the work environment, verdicts, printing), in [`setup`] (the processes a figure
 //! starts) and in [`runs`] (load runs, A/B rotations and their tables).
 
@@ -24,6 +24,8 @@ pub mod fig6_footprint;
 pub mod fig7_scaling;
 pub mod fig8_journal;
 pub mod fig10_outage;
+pub mod fig11_cluster;
+pub mod fig12_large;
 pub mod fig9_seed_peer;
 pub mod runs;
 pub mod setup;
@@ -37,6 +39,8 @@ pub use fig6_footprint::fig6;
 pub use fig7_scaling::fig7;
 pub use fig8_journal::fig8;
 pub use fig10_outage::fig10;
+pub use fig11_cluster::fig11;
+pub use fig12_large::fig12;
 pub use fig9_seed_peer::fig9;
 pub use setup::{ApiServer, Envoy, Filter, Shim, Upstreams};
 

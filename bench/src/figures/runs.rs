@@ -226,3 +226,30 @@ pub(crate) fn check_complete(what: &str, report: &LoadReport) -> Result<()> {
     }
     Ok(())
 }
+
+/// Samples the RSS of `pid` every `every` while `run` runs; returns its result and the
+/// highest sample.
+pub(crate) async fn sampled<T>(
+    pid: u32,
+    every: Duration,
+    run: impl std::future::Future<Output = T>,
+) -> (T, u64) {
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0u64;
+        loop {
+            if let Ok(m) = crate::procs::memory(pid) {
+                peak = peak.max(m.rss);
+            }
+            tokio::select! {
+                _ = &mut stop_rx => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+        peak
+    });
+    let out = run.await;
+    let _ = stop_tx.send(());
+    let peak = sampler.await.unwrap_or(0);
+    (out, peak)
+}

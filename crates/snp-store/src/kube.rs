@@ -41,6 +41,7 @@
 
 mod cache;
 mod limit;
+pub mod sim;
 
 use std::path::PathBuf;
 use std::pin::pin;
@@ -104,6 +105,20 @@ const CHANGE_BUFFER: usize = 4096;
 /// taken off at random so that writers that collided don't collide again.
 fn conflict_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(50), Duration::from_secs(2), 6).with_jitter(0.5)
+}
+
+/// The pause after the `conflicts`-th 409 Conflict of a key (see [`conflict_backoff`]).
+fn conflict_pause(conflicts: usize, rng: &mut dyn snp_core::Rng) -> Duration {
+    let failures = u32::try_from(conflicts.saturating_sub(1)).unwrap_or(u32::MAX);
+    conflict_backoff().delay_with_jitter(failures, rng)
+}
+
+/// A uniform random delay in `(0, spread]` before creating a new key's object (a backoff
+/// that is all jitter).
+fn spread_delay(spread: Duration, rng: &mut dyn snp_core::Rng) -> Duration {
+    Backoff::new(spread, spread, 0)
+        .with_jitter(1.0)
+        .delay_with_jitter(0, rng)
 }
 
 /// How often the API server is probed while the watch is down, so readiness comes back
@@ -541,15 +556,12 @@ impl Inner {
     /// A uniform random delay in `(0, create_spread]` (a backoff that is all jitter).
     fn spread(&self) -> Duration {
         let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-        Backoff::new(self.create_spread, self.create_spread, 0)
-            .with_jitter(1.0)
-            .delay_with_jitter(0, &mut *rng)
+        spread_delay(self.create_spread, &mut *rng)
     }
 
     fn pause(&self, conflicts: usize) -> Duration {
-        let failures = u32::try_from(conflicts.saturating_sub(1)).unwrap_or(u32::MAX);
         let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-        conflict_backoff().delay_with_jitter(failures, &mut *rng)
+        conflict_pause(conflicts, &mut *rng)
     }
 }
 
