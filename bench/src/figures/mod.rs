@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use crate::table::{verdict, Table};
 
+pub mod fig10_outage;
+pub mod fig11_cluster;
+pub mod fig12_large;
 pub mod fig1_ack_latency;
 pub mod fig2_other_traffic;
 pub mod fig3_write_amplification;
@@ -23,13 +26,13 @@ pub mod fig5_core_engine;
 pub mod fig6_footprint;
 pub mod fig7_scaling;
 pub mod fig8_journal;
-pub mod fig10_outage;
-pub mod fig11_cluster;
-pub mod fig12_large;
 pub mod fig9_seed_peer;
 pub mod runs;
 pub mod setup;
 
+pub use fig10_outage::fig10;
+pub use fig11_cluster::fig11;
+pub use fig12_large::fig12;
 pub use fig1_ack_latency::fig1;
 pub use fig2_other_traffic::fig2;
 pub use fig3_write_amplification::fig3;
@@ -38,9 +41,6 @@ pub use fig5_core_engine::fig5;
 pub use fig6_footprint::fig6;
 pub use fig7_scaling::fig7;
 pub use fig8_journal::fig8;
-pub use fig10_outage::fig10;
-pub use fig11_cluster::fig11;
-pub use fig12_large::fig12;
 pub use fig9_seed_peer::fig9;
 pub use setup::{ApiServer, Envoy, Filter, Shim, Upstreams};
 

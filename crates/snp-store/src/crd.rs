@@ -147,8 +147,7 @@ mod tests {
             "org.apache.dubbo.demo.DemoService"
         );
         assert_eq!(
-            json["metadata"]["annotations"][ANNOTATION_APP_COUNT],
-            "2",
+            json["metadata"]["annotations"][ANNOTATION_APP_COUNT], "2",
             "the count kubectl shows"
         );
         assert_eq!(key_of(&obj), Some(key));
