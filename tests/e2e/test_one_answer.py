@@ -1,11 +1,11 @@
-"""Issue 13, "one validation, one answer": for every malformed registration call, the filter
-(in Envoy) and the shim (called directly) give the same answer: the same HTTP status, the
-same gRPC status and the same message. Both run `snp_core::request`.
+"""One validation, one answer: for every malformed registration call, the filter (in Envoy)
+and the shim (called directly) give the same answer: the same HTTP status, the same gRPC
+status and the same message. Both run `snp_core::request`.
 
 The table is sent with curl over HTTP/2 (prior knowledge), byte for byte, and with grpcio
-where a message can be sent through a real gRPC client. grpc-java is added by the
-`istiojava` work: add a client to CLIENTS (a function `(target, path, case) -> Answer`).
-"""
+where a message can be sent through a real gRPC client. grpc-java's table, of what its
+generated code can send (well-formed frames, valid UTF-8), is in test_grpc_java.py
+(`test_bad_input_gets_one_answer_from_shim_and_filter`)."""
 
 from __future__ import annotations
 
