@@ -251,7 +251,8 @@ def register_request(protos, namespace: str, app: str, interfaces: list[str]):
 def raw_call(target: str, path: str, body: bytes, headers: dict | None = None, tls: dict | None = None, allow_reset: bool = False, interface: str | None = None) -> dict:
     """Sends `body` as-is (no framing added) as a gRPC request over HTTP/2 with curl, so
     that malformed frames can be sent. Returns {"http", "headers", "body"}; headers hold
-    trailers too (curl reports HTTP/2 trailers with the headers)."""
+    trailers too (curl reports HTTP/2 trailers with the headers). `tls`: {"ca"} and, for a
+    client certificate, {"cert", "key"}; `interface`: the source address to bind."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
@@ -259,10 +260,13 @@ def raw_call(target: str, path: str, body: bytes, headers: dict | None = None, t
         bfile.write_bytes(body)
         hdrs = {"content-type": "application/grpc", "te": "trailers", **(headers or {})}
         scheme = "https" if tls else "http"
-        args = ["curl", "-sS", "--max-time", "10", "-X", "POST", "--data-binary", f"@{bfile}", "-D", str(hfile), "-o", str(ofile)]
+        # --path-as-is: `/./` and `/../` segments reach the server as written.
+        args = ["curl", "-sS", "--path-as-is", "--max-time", "10", "-X", "POST", "--data-binary", f"@{bfile}", "-D", str(hfile), "-o", str(ofile)]
         args += ["--http2"] if tls else ["--http2-prior-knowledge"]
         if tls:
-            args += ["--cacert", str(tls["ca"]), "--cert", str(tls["cert"]), "--key", str(tls["key"])]
+            args += ["--cacert", str(tls["ca"])]
+            if tls.get("cert"):  # without one: a TLS client that presents no certificate
+                args += ["--cert", str(tls["cert"]), "--key", str(tls["key"])]
         if interface:
             # The client's source address (issue 13: a call "from" a pod's address).
             args += ["--interface", interface]
