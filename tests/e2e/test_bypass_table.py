@@ -97,11 +97,16 @@ class Row:
 class Table:
     """Runs the attempts of one policy and records a row for each."""
 
-    def __init__(self, protos, rows: list[Row], policy: str, refusal: str):
+    def __init__(self, protos, rows: list[Row], policy: str, refusal: str, tmp: Path):
         """`refusal`: what the policy answers a call on the registration paths from a caller
-        it does not let in."""
+        it does not let in. Writes the policy's token file (`token_file`, holding `token`)."""
         self.protos, self.rows, self.policy, self.refusal = protos, rows, policy, refusal
         self.n = 0
+        # (namespace, interface) of every call the policy accepted.
+        self.accepted: set[tuple[str, str]] = set()
+        self.token = f"{policy}-one"
+        self.token_file = tmp / f"{policy}.token"
+        self.token_file.write_text(self.token + "\n")
 
     def iface(self, forged: bool) -> str:
         self.n += 1
@@ -132,6 +137,30 @@ class Table:
         cred = client.name + (f", token {token}" if token else "") + "".join(f", {k}: {v}" for k, v in (headers or {}).items())
         self.rows.append(Row(self.policy, attempt, shown_path(path), ns, cred, want, got, msg))
         return got, msg
+
+    def ok(self, attempt: str, client: Client, path: str, token: str | None = None) -> None:
+        """A legitimate call into `shop`: a positive control."""
+        iface = self.iface(forged=False)
+        self.row(attempt, client, path, "shop", want=OK, token=token, iface=iface)
+        self.accepted.add(("shop", iface))
+
+    def opening(self, client: Client, token: str | None = None) -> None:
+        """Both positive controls (a registration and a batch from `client`, with `token`),
+        then the attempts every policy has, from `client` without the token."""
+        self.ok("positive control", client, REGISTER_A, token)
+        self.ok("positive control", client, PUSH, token)
+        self.common(client, FORGED_NS)
+
+    def rotation(self, poller: Client, stale: list[tuple[Client, str]]) -> str:
+        """Rotates the token (polling a batch of `poller` with the new one), then sends the old
+        one from each (client, path) of `stale`. Returns the new token."""
+        old, new, iface = self.token, f"{self.policy}-two", f"org.{self.policy}.Rotated"
+        rotate(self.token_file, new, lambda: self.row("rotation (poll)", poller, PUSH, "shop", want=OK, token=new, iface=iface)[0] == OK)
+        self.accepted.add(("shop", iface))
+        self.token = new
+        for client, path in stale:
+            self.row("stale token after rotation", client, path, FORGED_NS, want=UNAUTHENTICATED, token=old)
+        return new
 
     def common(self, client: Client, ns: str) -> None:
         """Query strings, path variants and the forged ack header: calls from `client`
@@ -191,95 +220,66 @@ def kube_stored(api) -> set[tuple[str, str]]:
 
 def test_every_bypass_attempt_is_refused_in_every_policy(protos, apiserver, shims, tmp_path):
     rows: list[Row] = []
-    accepted: dict[str, set[tuple[str, str]]] = {}
-
-    def expect_ok(t: Table, attempt: str, client: Client, path: str, ns: str, token: str | None = None) -> None:
-        iface = t.iface(forged=False)
-        t.row(attempt, client, path, ns, want=OK, token=token, iface=iface)
-        accepted.setdefault(t.policy, set()).add((ns, iface))
 
     # --- trust, with a token for every write ----------------------------------------------
-    token_file = tmp_path / "trust.token"
-    token_file.write_text("trust-one\n")
-    shim = shims("--namespace-policy=trust", f"--auth-token-file={token_file}", "--auth-scope=all").wait_ready()
-    t = Table(protos, rows, "trust", refusal=UNAUTHENTICATED)
+    trust = Table(protos, rows, "trust", refusal=UNAUTHENTICATED, tmp=tmp_path)
+    shim = shims("--namespace-policy=trust", f"--auth-token-file={trust.token_file}", "--auth-scope=all").wait_ready()
     anyone = Client(shim.target, "no credential")
-    expect_ok(t, "positive control", anyone, REGISTER_A, "shop", token="trust-one")
-    expect_ok(t, "positive control", anyone, PUSH, "shop", token="trust-one")
-    t.common(anyone, FORGED_NS)
+    trust.opening(anyone, token=trust.token)
     for path in (REGISTER_A, REGISTER_B, PUSH):
-        t.row("no identity", anyone, path, FORGED_NS, want=UNAUTHENTICATED)
-        t.row("wrong token", anyone, path, FORGED_NS, want=UNAUTHENTICATED, token="trust-guess")
-    rotate(token_file, "trust-two", lambda: t.row("rotation (poll)", anyone, PUSH, "shop", want=OK, token="trust-two",
-                                                  iface="org.trust.Rotated")[0] == OK)
-    accepted["trust"].add(("shop", "org.trust.Rotated"))
-    for path in (REGISTER_A, PUSH):
-        t.row("stale token after rotation", anyone, path, FORGED_NS, want=UNAUTHENTICATED, token="trust-one")
-    expect_ok(t, "positive control (after)", anyone, REGISTER_B, "shop", token="trust-two")
+        trust.row("no identity", anyone, path, FORGED_NS, want=UNAUTHENTICATED)
+        trust.row("wrong token", anyone, path, FORGED_NS, want=UNAUTHENTICATED, token="trust-guess")
+    new = trust.rotation(anyone, stale=[(anyone, REGISTER_A), (anyone, PUSH)])
+    trust.ok("positive control (after)", anyone, REGISTER_B, token=new)
     trust_shim = shim
 
     # --- pod, on the real kube-apiserver ----------------------------------------------------
     make_pod(apiserver, "shop", "cart", POD_IP)
-    token_file = tmp_path / "pod.token"
-    token_file.write_text("pod-one\n")
+    pod_policy = Table(protos, rows, "pod", refusal=DENIED, tmp=tmp_path)
     shim = shims(
         "--namespace-policy=pod", "--on-mismatch=reject", "--push-namespace-policy=pod", f"--node-name={NODE}",
-        f"--auth-token-file={token_file}", kubeconfig=apiserver.kubeconfig,
+        f"--auth-token-file={pod_policy.token_file}", kubeconfig=apiserver.kubeconfig,
     ).wait_ready()
-    t = Table(protos, rows, "pod", refusal=DENIED)
     pod = Client(shim.target, f"pod shop/cart at {POD_IP}", src=POD_IP)
     stranger = Client(shim.target, f"no pod at {NO_POD_IP}", src=NO_POD_IP)
     # The pod reflector may need a moment after the shim is ready.
     probe = register_request(protos, "shop", "cart", ["org.pod.Probe"]).SerializeToString()
     assert wait_until(lambda: pod.call(REGISTER_A, probe)[0] == OK, timeout=30), "the shim never attributed the pod"
-    accepted["pod"] = {("shop", "org.pod.Probe")}
-    expect_ok(t, "positive control", pod, REGISTER_A, "shop")
-    expect_ok(t, "positive control", pod, PUSH, "shop")
-    t.common(pod, FORGED_NS)
+    pod_policy.accepted.add(("shop", "org.pod.Probe"))
+    pod_policy.opening(pod)
     for path in (REGISTER_A, REGISTER_B, PUSH):
-        t.row("forged namespace", pod, path, FORGED_NS, want=DENIED)
-        t.row("no identity", stranger, path, "shop", want=DENIED)
+        pod_policy.row("forged namespace", pod, path, FORGED_NS, want=DENIED)
+        pod_policy.row("no identity", stranger, path, "shop", want=DENIED)
     for who in (pod, stranger):
-        t.row("wrong token", who, PUSH, FORGED_NS, want=UNAUTHENTICATED, token="pod-guess")
-    rotate(token_file, "pod-two", lambda: t.row("rotation (poll)", stranger, PUSH, "shop", want=OK, token="pod-two",
-                                                iface="org.pod.Rotated")[0] == OK)
-    accepted["pod"].add(("shop", "org.pod.Rotated"))
-    for who in (pod, stranger):
-        t.row("stale token after rotation", who, PUSH, FORGED_NS, want=UNAUTHENTICATED, token="pod-one")
-    expect_ok(t, "positive control (after)", pod, REGISTER_B, "shop")
+        pod_policy.row("wrong token", who, PUSH, FORGED_NS, want=UNAUTHENTICATED, token="pod-guess")
+    pod_policy.rotation(stranger, stale=[(pod, PUSH), (stranger, PUSH)])
+    pod_policy.ok("positive control (after)", pod, REGISTER_B)
     pod_shim = shim
 
     # --- peer, mutual TLS -------------------------------------------------------------------
     certs = certificates(tmp_path / "certs")
-    token_file = tmp_path / "peer.token"
-    token_file.write_text("peer-one\n")
+    peer = Table(protos, rows, "peer", refusal=DENIED, tmp=tmp_path)
     shim = shims(
         f"--tls-cert={certs['server']}", f"--tls-key={certs['server.key']}", f"--tls-client-ca={certs['ca']}",
-        "--namespace-policy=peer", "--on-mismatch=reject", f"--auth-token-file={token_file}",
+        "--namespace-policy=peer", "--on-mismatch=reject", f"--auth-token-file={peer.token_file}",
     ).wait_ready()
-    t = Table(protos, rows, "peer", refusal=DENIED)
 
     def tls_client(name: str | None) -> Client:
         tls = {"ca": certs["ca"], **({"cert": certs[name], "key": certs[f"{name}.key"]} if name else {})}
         return Client(shim.target, f"certificate ns/{name}" if name else "TLS, no certificate", tls=tls)
 
     shop, payments, anonymous = tls_client("shop"), tls_client("payments"), tls_client(None)
-    expect_ok(t, "positive control", shop, REGISTER_A, "shop")
-    expect_ok(t, "positive control", shop, PUSH, "shop")
-    t.common(shop, FORGED_NS)
+    peer.opening(shop)
     for path in (REGISTER_A, REGISTER_B, PUSH):
-        t.row("forged namespace", shop, path, FORGED_NS, want=DENIED)
-        t.row("certificate of another namespace", payments, path, "shop", want=DENIED)
+        peer.row("forged namespace", shop, path, FORGED_NS, want=DENIED)
+        peer.row("certificate of another namespace", payments, path, "shop", want=DENIED)
     for path in (REGISTER_A, REGISTER_B):
-        t.row("no identity", anonymous, path, "shop", want=DENIED)
+        peer.row("no identity", anonymous, path, "shop", want=DENIED)
     # PushMappings without a certificate needs the token.
-    t.row("no identity", anonymous, PUSH, "shop", want=UNAUTHENTICATED)
-    t.row("wrong token", anonymous, PUSH, FORGED_NS, want=UNAUTHENTICATED, token="peer-guess")
-    rotate(token_file, "peer-two", lambda: t.row("rotation (poll)", anonymous, PUSH, "shop", want=OK, token="peer-two",
-                                                 iface="org.peer.Rotated")[0] == OK)
-    accepted["peer"].add(("shop", "org.peer.Rotated"))
-    t.row("stale token after rotation", anonymous, PUSH, FORGED_NS, want=UNAUTHENTICATED, token="peer-one")
-    expect_ok(t, "positive control (after)", shop, REGISTER_B, "shop")
+    peer.row("no identity", anonymous, PUSH, "shop", want=UNAUTHENTICATED)
+    peer.row("wrong token", anonymous, PUSH, FORGED_NS, want=UNAUTHENTICATED, token="peer-guess")
+    peer.rotation(anonymous, stale=[(anonymous, PUSH)])
+    peer.ok("positive control (after)", shop, REGISTER_B)
     peer_shim = shim
 
     # --- the table --------------------------------------------------------------------------
@@ -312,9 +312,9 @@ def test_every_bypass_attempt_is_refused_in_every_policy(protos, apiserver, shim
     # --- the stores, after all rows: exactly the accepted calls -----------------------------
     # The refused calls were answered before the last accepted one, so once that one is
     # stored, anything of theirs would be too.
-    for policy, s in (("trust", trust_shim), ("peer", peer_shim)):
-        assert wait_until(lambda: accepted[policy] <= set(s.union_on_disk()), timeout=30), (policy, s.union_on_disk())
-        assert set(s.union_on_disk()) == accepted[policy], policy
-    assert wait_until(lambda: accepted["pod"] <= kube_stored(apiserver), timeout=30), kube_stored(apiserver)
-    assert kube_stored(apiserver) == accepted["pod"]
+    for table, s in ((trust, trust_shim), (peer, peer_shim)):
+        assert wait_until(lambda: table.accepted <= set(s.union_on_disk()), timeout=30), (table.policy, s.union_on_disk())
+        assert set(s.union_on_disk()) == table.accepted, table.policy
+    assert wait_until(lambda: pod_policy.accepted <= kube_stored(apiserver), timeout=30), kube_stored(apiserver)
+    assert kube_stored(apiserver) == pod_policy.accepted
     assert pod_shim.alive()
