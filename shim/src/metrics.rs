@@ -311,7 +311,13 @@ impl Metrics {
         );
         // Series that dashboards and alerts expect exist from the start, at zero.
         for api in [Api::Dubbo, Api::Admin, Api::Push] {
-            for result in [Outcome::Ok, Outcome::Invalid, Outcome::Error] {
+            for result in [
+                Outcome::Ok,
+                Outcome::Invalid,
+                Outcome::Unauthenticated,
+                Outcome::Overloaded,
+                Outcome::Error,
+            ] {
                 drop(m.calls.get_or_create(&CallLabels { api, result }));
             }
         }
