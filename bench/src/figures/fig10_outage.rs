@@ -527,7 +527,7 @@ pub async fn fig10(env: &Env) -> Result<Vec<Verdict>> {
     print_table("Verdict:", &s);
     Ok(vec![
         Verdict::check(
-            "9. RSS through the outage, immediate / durable shim (last vs first minute)",
+            "10. RSS through the outage, immediate / durable shim (last vs first minute)",
             format!("within {:.0} %", FLAT * 100.0),
             format!(
                 "{:+.1} % ({} -> {}) / {:+.1} % ({} -> {})",
@@ -541,13 +541,13 @@ pub async fn fig10(env: &Env) -> Result<Vec<Verdict>> {
             flat_imm && flat_dur,
         ),
         Verdict::check(
-            "9. waiters during the outage",
+            "10. waiters during the outage",
             "<= callers in flight",
             format!("max {max_waiters} (callers waiting: max {max_callers})"),
             waiters_bounded,
         ),
         Verdict::check(
-            "9. acknowledged mappings stored after the restart",
+            "10. acknowledged mappings stored after the restart",
             "all",
             format!("{} within {:.1} s", want.entries(), drained.as_secs_f64()),
             stored_all && journal_after == 0.0,

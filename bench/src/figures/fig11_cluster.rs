@@ -234,13 +234,13 @@ pub async fn fig11(env: &Env) -> Result<Vec<Verdict>> {
     };
     let growth = ratio(last.writes() as f64, first.writes() as f64);
     v.push(Verdict::check(
-        "9. model: API writes at 1,000 nodes / at 10 nodes",
+        "11. model: API writes at 1,000 nodes / at 10 nodes",
         "grows with keys, not nodes (<= 2x)",
         format!("{growth:.2}x ({} -> {})", first.writes(), last.writes()),
         growth <= 2.0,
     ));
     v.push(Verdict::check(
-        "9. model: every mapping stored at 1,000 nodes (virtual time)",
+        "11. model: every mapping stored at 1,000 nodes (virtual time)",
         "at most 10 s after the last registration",
         format!(
             "at {}; last registration at {}",
@@ -251,7 +251,7 @@ pub async fn fig11(env: &Env) -> Result<Vec<Verdict>> {
             .is_some_and(|s| s <= last.last_call_ms + 10_000),
     ));
     v.push(Verdict::info(
-        "9. model: 409s at 1,000 nodes by --kube-create-spread 0 / 500ms / 2s",
+        "11. model: 409s at 1,000 nodes by --kube-create-spread 0 / 500ms / 2s",
         by_spread
             .iter()
             .map(|(_, r)| r.all_409s().to_string())
@@ -261,7 +261,7 @@ pub async fn fig11(env: &Env) -> Result<Vec<Verdict>> {
     for (shims, spread, mw, rw, m409, r409) in verdict_rows {
         let wr = ratio(mw, rw);
         v.push(Verdict::check(
-            format!("9. model / real API writes, {shims} shims, spread {spread} ms"),
+            format!("11. model / real API writes, {shims} shims, spread {spread} ms"),
             "0.67-1.5",
             format!("{wr:.2} ({mw:.1} / {rw}); 409s {m409:.1} / {r409}"),
             (0.67..=1.5).contains(&wr),

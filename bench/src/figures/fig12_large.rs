@@ -231,7 +231,7 @@ pub async fn fig12(env: &Env) -> Result<Vec<Verdict>> {
     let mut v = vec![
         Verdict::info(
             format!(
-                "10. shim RSS: empty / {} keys at rest / peak through {} registrations",
+                "12. shim RSS: empty / {} keys at rest / peak through {} registrations",
                 fmt_int(keys as u64),
                 fmt_int(r2.ok)
             ),
@@ -244,7 +244,7 @@ pub async fn fig12(env: &Env) -> Result<Vec<Verdict>> {
         ),
         Verdict::check(
             format!(
-                "10. WatchMappings snapshot of {} keys: one message",
+                "12. WatchMappings snapshot of {} keys: one message",
                 fmt_int(snap_n as u64)
             ),
             "fits gRPC's default 4 MiB decode limit",
@@ -252,7 +252,7 @@ pub async fn fig12(env: &Env) -> Result<Vec<Verdict>> {
             snap_bytes < DEFAULT_DECODE_LIMIT,
         ),
         Verdict::info(
-            "10. 100,000 keys through the API server at --kube-qps 20 (extrapolated)",
+            "12. 100,000 keys through the API server at --kube-qps 20 (extrapolated)",
             format!(
                 "{} ({:.1} keys/s measured over {} keys; limit off: {:.1} keys/s)",
                 fmt_dur(extrapolated),
@@ -264,7 +264,7 @@ pub async fn fig12(env: &Env) -> Result<Vec<Verdict>> {
     ];
     let rate_ok = rates[0].1 >= 18.0;
     v.push(Verdict::check(
-        "10. keys / s at --kube-qps 20",
+        "12. keys / s at --kube-qps 20",
         "the client-side limit dominates (>= 18/s, i.e. >= 0.9 of the limit)",
         format!("{:.1}", rates[0].1),
         rate_ok,
