@@ -460,15 +460,20 @@ mod tests {
         assert_eq!(PodIndex::field_selector("n1"), "spec.nodeName=n1");
     }
 
-    #[test]
-    fn the_pod_policy_rejects_or_rewrites() {
-        let idx: Arc<dyn CallerResolver> = Arc::new(index(vec![pod(
+    /// One running pod, `shop/cart`, at 127.0.0.2.
+    fn shop_at_127_0_0_2() -> Arc<dyn CallerResolver> {
+        Arc::new(index(vec![pod(
             "shop",
             "cart",
             "127.0.0.2",
             false,
             "Running",
-        )]));
+        )]))
+    }
+
+    #[test]
+    fn the_pod_policy_rejects_or_rewrites() {
+        let idx = shop_at_127_0_0_2();
         let reg = |ns: &str| Registration {
             namespace: ns.into(),
             application: "app".into(),
@@ -511,13 +516,7 @@ mod tests {
 
     #[test]
     fn a_batch_without_a_credential_is_scoped_to_its_pod() {
-        let idx: Arc<dyn CallerResolver> = Arc::new(index(vec![pod(
-            "shop",
-            "cart",
-            "127.0.0.2",
-            false,
-            "Running",
-        )]));
+        let idx = shop_at_127_0_0_2();
         let from = |ip: &str| Some(SocketAddr::new(ip.parse().unwrap(), 4000));
         let trust = Identity::trust();
         assert_eq!(trust.push_policy(), PushPolicy::Trust);

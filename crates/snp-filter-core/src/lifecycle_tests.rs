@@ -40,16 +40,7 @@ struct Envoy {
 
 impl Envoy {
     fn new(config: &str) -> Self {
-        let host = Rc::new(MockHost::new(ROOT));
-        let mut root = Root::new(ROOT, Rc::clone(&host));
-        host.state.borrow_mut().config = config.as_bytes().to_vec();
-        assert!(root.on_configure(), "{:?}", host.state.borrow().logs);
-        Self {
-            host,
-            root,
-            streams: BTreeMap::new(),
-            next: 10,
-        }
+        Self::with_env(config, &[])
     }
 
     /// Like [`Envoy::new`], with environment variables in the VM.
