@@ -205,9 +205,10 @@ struct Counters {
     segment_bytes: AtomicU64,
 }
 
-/// `namespace -> interface -> [(application, sequence of its record)]`: nested so that
-/// lookups borrow `&str` and allocate nothing.
-type Live = HashMap<String, HashMap<String, Vec<(String, u64)>>>;
+/// `namespace -> interface -> application -> sequence of its record`: nested so that
+/// lookups borrow `&str` and allocate nothing, and hashed at every level because one key
+/// may hold thousands of applications.
+type Live = HashMap<String, HashMap<String, HashMap<String, u64>>>;
 
 #[derive(Default)]
 struct State {
@@ -237,12 +238,7 @@ struct State {
 
 impl State {
     fn lookup(&self, ns: &str, iface: &str, app: &str) -> Option<u64> {
-        self.live
-            .get(ns)?
-            .get(iface)?
-            .iter()
-            .find(|(a, _)| a == app)
-            .map(|(_, s)| *s)
+        self.live.get(ns)?.get(iface)?.get(app).copied()
     }
 
     fn insert(&mut self, e: &Entry, seq: u64) {
@@ -252,11 +248,11 @@ impl State {
             .or_default()
             .entry(e.interface.clone())
             .or_default();
-        if let Some(slot) = apps.iter_mut().find(|(a, _)| *a == e.application) {
-            slot.1 = slot.1.max(seq);
+        if let Some(slot) = apps.get_mut(e.application.as_str()) {
+            *slot = (*slot).max(seq);
             return;
         }
-        apps.push((e.application.clone(), seq));
+        apps.insert(e.application.clone(), seq);
         self.live_entries += 1;
         self.live_bytes += record::entry_len(e) as u64;
     }
@@ -269,13 +265,10 @@ impl State {
         let Some(apps) = ifaces.get_mut(iface) else {
             return false;
         };
-        let Some(pos) = apps
-            .iter()
-            .position(|(a, s)| a == app && only_seq.is_none_or(|q| q == *s))
-        else {
+        if !apps.get(app).is_some_and(|s| only_seq.is_none_or(|q| q == *s)) {
             return false;
-        };
-        apps.swap_remove(pos);
+        }
+        apps.remove(app);
         self.live_entries -= 1;
         self.live_bytes = self
             .live_bytes
@@ -657,7 +650,10 @@ impl Journal {
             st.queued.push((seq, new));
             st.last_append = Some(Instant::now());
             need = seq;
-            if st.writer_waiting {
+            // Wake the writer only if it can write now: with every sync slot busy, the
+            // sync that answers first wakes it, and this record goes in that group. Waking
+            // it for each append during a sync only costs it a context switch per call.
+            if st.writer_waiting && st.busy.iter().any(|b| !b) {
                 shared.work.notify_one();
             }
             Appended::Written
