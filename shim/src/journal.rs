@@ -338,6 +338,15 @@ impl Collector for JournalCollector {
             let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
             c.encode(m)?;
         }
+        // Divided by the syncs, the disk's flush latency: what an immediate OK waits for.
+        let c = ConstCounter::new(s.sync_nanos as f64 / 1e9);
+        let m = encoder.encode_descriptor(
+            "snp_journal_sync_seconds",
+            "Time spent in the journal's fdatasyncs",
+            None,
+            c.metric_type(),
+        )?;
+        c.encode(m)?;
         let gauges = [
             (
                 "snp_journal_live_entries",

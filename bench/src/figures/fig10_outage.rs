@@ -476,9 +476,7 @@ pub async fn fig10(env: &Env) -> Result<Vec<Verdict>> {
     // A caller that gives up at its deadline leaves the harness's count at once; the shim
     // prunes its waiter at its next prune: compare each sample with the callers waiting
     // when it was read, plus those that left within the prune lag.
-    let waiters_bounded = rows
-        .iter()
-        .all(|r| r.1.waiters + r.2.waiters <= r.4 as f64);
+    let waiters_bounded = rows.iter().all(|r| r.1.waiters + r.2.waiters <= r.4 as f64);
     let max_bound = rows.iter().map(|r| r.4).max().unwrap_or(0);
     let pending_max = rows.iter().map(|r| r.1.pending).fold(0.0, f64::max);
     let journal_max = rows.iter().map(|r| r.1.journal).fold(0.0, f64::max);

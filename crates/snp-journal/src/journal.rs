@@ -140,6 +140,9 @@ pub struct Stats {
     pub records: u64,
     /// Groups written (one `fdatasync` each).
     pub syncs: u64,
+    /// Time spent in `fdatasync`, all syncs (nanoseconds): divided by `syncs`, the disk's
+    /// flush latency, which bounds how fast a caller gets its OK.
+    pub sync_nanos: u64,
     /// Record bytes written (snapshots of rotations included).
     pub bytes: u64,
     /// Rotations (compactions).
@@ -199,6 +202,7 @@ struct Shared {
 struct Counters {
     records: AtomicU64,
     syncs: AtomicU64,
+    sync_nanos: AtomicU64,
     bytes: AtomicU64,
     rotations: AtomicU64,
     failures: AtomicU64,
@@ -265,7 +269,10 @@ impl State {
         let Some(apps) = ifaces.get_mut(iface) else {
             return false;
         };
-        if !apps.get(app).is_some_and(|s| only_seq.is_none_or(|q| q == *s)) {
+        if !apps
+            .get(app)
+            .is_some_and(|s| only_seq.is_none_or(|q| q == *s))
+        {
             return false;
         }
         apps.remove(app);
@@ -731,6 +738,7 @@ impl Journal {
         Stats {
             records: c.records.load(Ordering::Relaxed),
             syncs: c.syncs.load(Ordering::Relaxed),
+            sync_nanos: c.sync_nanos.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
             rotations: c.rotations.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
@@ -1010,7 +1018,13 @@ impl Writer {
 /// A sync thread: `fdatasync`s what the writer hands it, and reports.
 fn sync_thread(shared: Arc<Shared>, jobs: mpsc::Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
+        let started = Instant::now();
         let result = job.file.sync_data().map_err(io_err(&job.path, "syncing"));
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        shared
+            .counters
+            .sync_nanos
+            .fetch_add(took, Ordering::Relaxed);
         shared.synced(job.slot, job.segment, job.last, result);
     }
 }
