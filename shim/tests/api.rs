@@ -789,6 +789,66 @@ async fn a_full_pending_set_gives_resource_exhausted() {
 }
 
 #[tokio::test]
+async fn a_push_with_results_is_answered_per_key_when_the_pending_set_is_full() {
+    use snp_proto::api::mapping_result::Status as ResultStatus;
+    let tmp = tempfile::tempdir().unwrap();
+    let shim = start(
+        tmp.path(),
+        &[
+            "--max-pending-keys=2",
+            "--debounce-first-check=30s",
+            "--debounce-max=30s",
+            "--debounce-after=30s",
+            "--ack-timeout=500ms",
+        ],
+    )
+    .await;
+    dubbo(shim.grpc_addr)
+        .await
+        .register_service_app_mapping(dubbo_req("default", "a", &["com.One", "com.Two"]))
+        .await
+        .unwrap();
+    // A known key and a new one the full pending set has no room for: the call is not
+    // refused as a whole; the known key joins its pending write, the new one is answered
+    // PENDING with why, so the sender retries only it.
+    let answer = api(shim.grpc_addr)
+        .await
+        .push_mappings(PushMappingsRequest {
+            batch_id: "t/full".into(),
+            source: "test".into(),
+            mappings: vec![
+                mapping("default", "com.One", &["c"]),
+                mapping("default", "com.Three", &["c"]),
+            ],
+            want_results: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.results.len(), 2, "{answer:?}");
+    let known = &answer.results[0];
+    assert_eq!(known.status, ResultStatus::Pending as i32, "{known:?}");
+    assert_eq!(known.reason, "", "{known:?}");
+    let refused = &answer.results[1];
+    assert_eq!(refused.status, ResultStatus::Pending as i32, "{refused:?}");
+    assert_eq!(refused.reason, "overloaded", "{refused:?}");
+    assert!(
+        refused.message.contains("com.Three") && refused.message.contains("too many pending"),
+        "{refused:?}"
+    );
+    assert_eq!(metric(shim.http_addr, "snp_pending_keys", &[]).await, 2.0);
+    // Shutdown flushes what was accepted: the known key with its new application.
+    assert!(shim.stop().await.unwrap().drained);
+    assert_eq!(
+        on_disk(tmp.path()),
+        mappings(&[
+            ("default", "com.One", &["a", "c"]),
+            ("default", "com.Two", &["a"])
+        ])
+    );
+}
+
+#[tokio::test]
 async fn bearer_token_guards_push_and_optionally_registrations() {
     let tmp = tempfile::tempdir().unwrap();
     let token_file = tmp.path().join("token");

@@ -21,7 +21,7 @@
 //!   watcher that falls behind the store's change channel gets a fresh `SNAPSHOT` instead
 //!   of a gap. Each stream is fed through a bounded channel.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use snp_core::validate::{validate_application, validate_interface, validate_namespace, Field};
@@ -42,7 +42,7 @@ use super::{parked_status, pipeline_status, wait_durable, Shared};
 use crate::auth::{Action, Authenticated};
 use crate::identity::{Caller, NamespacePolicy, Peer, PushPolicy};
 use crate::metrics::{Api, Outcome};
-use crate::pipeline::{Payload, Wait};
+use crate::pipeline::{Payload, PipelineError, Wait};
 use crate::store::{Change, Entry, Store};
 
 /// Events buffered per watch stream before the stream waits for its client.
@@ -93,6 +93,8 @@ struct Invalid {
 /// Reason of a mapping outside the sending pod's namespace (a result's `reason`, and the
 /// `snp_invalid_calls_total` label).
 const NAMESPACE_DENIED: &str = "namespace_denied";
+/// Reason of a PENDING result whose key found no room in the shim (retry later).
+const OVERLOADED: &str = "overloaded";
 
 /// Whether the call carries a credential: a bearer token, or a client certificate the TLS
 /// layer verified. Only such a call is checked as a credential holder under
@@ -257,6 +259,8 @@ impl<S: Store> MappingApi<S> {
             .collect();
         let mut unchanged = 0u32;
         let mut offer = Mappings::new();
+        // Keys the pipeline had no room for: answered PENDING with why.
+        let mut refused: HashMap<MappingKey, String> = HashMap::new();
         for (key, apps) in checked.iter().flatten() {
             let one: Mappings = std::iter::once((key.clone(), apps.clone())).collect();
             if shared.store.contains_all(&one) {
@@ -282,19 +286,45 @@ impl<S: Store> MappingApi<S> {
             } else {
                 Wait::Stored
             };
-            let accepted = shared
+            let accepted = match shared
                 .pipeline
-                .offer_with(Payload::Batch(offer), wait)
+                .offer_with(Payload::Batch(offer.clone()), wait)
                 .await
-                .map_err(pipeline_status)?;
+            {
+                Ok(a) => vec![a],
+                // A limit one key hit (the pending set is full, or the key holds too many
+                // applications) must not refuse the batch's other keys: offer them one by
+                // one, and answer the refused ones PENDING (the sender retries them).
+                Err(PipelineError::Full(_)) if req.want_results => {
+                    let mut accepted = Vec::new();
+                    for (key, apps) in offer.iter() {
+                        let mut one = Mappings::new();
+                        one.insert_set(key.clone(), apps);
+                        match shared.pipeline.offer_with(Payload::Batch(one), wait).await {
+                            Ok(a) => accepted.push(a),
+                            Err(PipelineError::Full(e)) => {
+                                refused.insert(key.clone(), e.to_string());
+                            }
+                            Err(e) => return Err(pipeline_status(e)),
+                        }
+                    }
+                    accepted
+                }
+                Err(e) => return Err(pipeline_status(e)),
+            };
             if !req.want_results {
-                if let Some(p) = accepted.parked.first() {
+                if let Some(p) = accepted.iter().find_map(|a| a.parked.first()) {
                     return Err(parked_status(p));
                 }
             }
-            if let Some(done) = accepted.durable {
-                // With results, the deadline answers the rest as PENDING.
-                wait_durable(shared, done, req.want_results).await?;
+            // With results, the deadline answers the rest as PENDING. The waits run at
+            // once, so the call waits one deadline in all.
+            let waits = accepted
+                .into_iter()
+                .filter_map(|a| a.durable)
+                .map(|done| wait_durable(shared, done, req.want_results));
+            for waited in futures::future::join_all(waits).await {
+                waited?;
             }
         }
         if !req.want_results {
@@ -313,7 +343,9 @@ impl<S: Store> MappingApi<S> {
                 Err(bad) => result(ResultStatus::Rejected, bad.reason, bad.message),
                 Ok((key, apps)) => {
                     let one: Mappings = std::iter::once((key.clone(), apps)).collect();
-                    if shared.store.contains_all(&one) {
+                    if let Some(why) = refused.get(&key) {
+                        result(ResultStatus::Pending, OVERLOADED, format!("{key}: {why}"))
+                    } else if shared.store.contains_all(&one) {
                         stored += 1;
                         result(ResultStatus::Stored, "", String::new())
                     } else if let Some(p) = shared.pipeline.parked().get(&key) {
