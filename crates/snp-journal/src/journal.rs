@@ -294,7 +294,7 @@ impl State {
         let mut chunk: Vec<(&str, &str, &str)> = Vec::new();
         for (ns, ifaces) in &self.live {
             for (iface, apps) in ifaces {
-                for (app, _) in apps {
+                for app in apps.keys() {
                     chunk.push((ns, iface, app));
                     if chunk.len() == 4096 {
                         record::encode(&mut out, chunk.drain(..));
@@ -723,7 +723,7 @@ impl Journal {
         let mut out = Vec::with_capacity(st.live_entries as usize);
         for (ns, ifaces) in &st.live {
             for (iface, apps) in ifaces {
-                for (app, _) in apps {
+                for app in apps.keys() {
                     out.push(Entry::new(ns, iface, app));
                 }
             }
