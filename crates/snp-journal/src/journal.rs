@@ -269,9 +269,9 @@ impl State {
         let Some(apps) = ifaces.get_mut(iface) else {
             return false;
         };
-        if !apps
+        if apps
             .get(app)
-            .is_some_and(|s| only_seq.is_none_or(|q| q == *s))
+            .is_none_or(|s| only_seq.is_some_and(|q| q != *s))
         {
             return false;
         }
