@@ -526,7 +526,7 @@ fn load_file(cache: &mut Cache, path: &Path, dir_ns: &str) {
             continue;
         }
         let key = MappingKey::new(namespace.clone(), object.spec.interface_name.clone());
-        if cache.index.iter().any(|(k, _)| *k == key) {
+        if cache.index.contains_key(&key) {
             tracing::warn!(%key, file = %path.display(), "two objects hold one interface; their applications are merged, the preferred one is updated");
         }
         let apps = crd::apps_of(&object);
@@ -551,8 +551,8 @@ pub fn read_dir_mappings(dir: &Path) -> Result<Mappings, StoreError> {
     let cache = load(dir, false)?;
     Ok(cache
         .index
-        .iter()
-        .filter_map(|(k, _)| Some((k.clone(), cache.index.entry(k)?.apps)))
+        .keys()
+        .filter_map(|k| Some((k.clone(), cache.index.entry(k)?.apps)))
         .collect())
 }
 
@@ -562,8 +562,8 @@ pub fn read_dir_files(dir: &Path) -> Result<HashMap<MappingKey, PathBuf>, StoreE
     let cache = load(dir, false)?;
     Ok(cache
         .index
-        .iter()
-        .filter_map(|(k, _)| {
+        .keys()
+        .filter_map(|k| {
             let (_, held) = cache.index.target(k)?;
             Some((k.clone(), held.payload.path.clone()))
         })
