@@ -10,8 +10,8 @@
 //! * by name `(namespace, object name)`: which interface occupies a name, so the writer
 //!   knows which candidate names are free.
 //!
-//! Each object carries a payload of the store's own (the Kubernetes store keeps the object
-//! as the server returned it, the embedded store its typed object and file). Everything
+//! Each object carries a payload of the store's own (the Kubernetes store keeps the
+//! server's JSON of the object, the embedded store its file and generation). Everything
 //! here is pure (no I/O), so the naming and update rules are unit-tested.
 
 use std::collections::{BTreeMap, HashMap};

@@ -14,8 +14,8 @@ use crate::index::{Held, MappingIndex};
 use crate::{Change, Entry};
 
 /// The cache proper: the shared index, holding each object as the server returned it
-/// (without `managedFields`), kept for the replace body so labels, annotations and unknown
-/// fields survive a union update.
+/// (as a [`Body`]), kept for the replace body so labels, annotations and unknown fields
+/// survive a union update.
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
     index: MappingIndex<Body>,
