@@ -20,6 +20,8 @@
 //!
 //! The store is union-only and keeps every object in memory, in the shared
 //! [`MappingIndex`]: lookups, `contains_all` and no-op detection never touch the disk.
+//! Its own objects are held as their mapping, file and generation and rebuilt when
+//! written; a manifest another writer made is held whole, so a rewrite keeps its fields.
 //! Each key of a batch is written on its own: one key's failure is its own
 //! [`KeyOutcome`], and the other keys are still written. The revision of an object is its
 //! `metadata.generation`, bumped on every write (an API server ignores a generation in a
@@ -82,11 +84,17 @@ struct Inner {
     _lock: snp_journal::DirLock,
 }
 
-/// One object as the embedded store keeps it: the typed object and its file.
+/// One object as the embedded store keeps it: its file and generation, and the object
+/// itself only when it is not exactly what this store writes (a manifest of the seed or of
+/// another tool, whose other labels, annotations and fields a rewrite keeps). The store's
+/// own objects are rebuilt from the index (name, key, applications) when written: a typed
+/// object with its metadata maps would cost about 2 KiB a key.
 #[derive(Debug, Clone)]
 pub struct Stored {
-    object: MappingObject,
     path: PathBuf,
+    /// `metadata.generation` (0 when the manifest has none).
+    generation: i64,
+    foreign: Option<Box<MappingObject>>,
 }
 
 #[derive(Default)]
@@ -136,7 +144,9 @@ impl EmbeddedStore {
         let lock = snp_journal::DirLock::acquire(&cfg.dir)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let dir = cfg.dir.clone();
-        let cache = tokio::task::spawn_blocking(move || load(&dir, true))
+        let ar = crd::api_resource(&cfg.group, &cfg.version);
+        let load_ar = ar.clone();
+        let cache = tokio::task::spawn_blocking(move || load(&dir, &load_ar, true))
             .await
             .map_err(|e| StoreError::Unavailable(format!("loading the embedded store: {e}")))??;
         metrics.request(Verb::List, RequestResult::Ok);
@@ -149,7 +159,7 @@ impl EmbeddedStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 dir: cfg.dir,
-                ar: crd::api_resource(&cfg.group, &cfg.version),
+                ar,
                 cache: RwLock::new(cache),
                 write: Mutex::new(()),
                 changes,
@@ -272,7 +282,7 @@ impl Inner {
                     report.keys.push((w.key, KeyOutcome::failed(e)));
                     continue;
                 }
-                let rv = w.stored.object.metadata.generation.unwrap_or(0).to_string();
+                let rv = w.stored.generation.to_string();
                 changes.extend(cache.index.upsert(
                     &w.key.namespace,
                     &w.name,
@@ -319,11 +329,17 @@ impl Inner {
                     .ok_or_else(|| StoreError::NoName(format!("no file name is free for {key}")))?;
             }
             drop(cache);
-            stored.object.spec.application_names = all.as_slice().to_vec();
-            crd::set_app_count(&mut stored.object.metadata, all.len());
-            stored.object.metadata.generation =
-                Some(stored.object.metadata.generation.unwrap_or(0) + 1);
-            let result = write_object(&stored.object, &stored.path);
+            stored.generation += 1;
+            let object = match stored.foreign.as_mut() {
+                Some(object) => {
+                    object.spec.application_names = all.as_slice().to_vec();
+                    crd::set_app_count(&mut object.metadata, all.len());
+                    object.metadata.generation = Some(stored.generation);
+                    &**object
+                }
+                None => &self.own_object(&name, key, &all, stored.generation),
+            };
+            let result = write_object(object, &stored.path);
             self.count(Verb::Update, &result);
             result?;
             dirs.insert(parent_of(&stored.path, &ns_dir));
@@ -341,8 +357,7 @@ impl Inner {
             .ok_or_else(|| StoreError::NoName(format!("no object name is free for {key}")))?;
         drop(cache);
         let path = ns_dir.join(file_name(&name));
-        let mut object = crd::new_object(&self.ar, &name, key, apps);
-        object.metadata.generation = Some(1);
+        let object = self.own_object(&name, key, apps, 1);
         if !ns_dir.is_dir() {
             fs::create_dir_all(&ns_dir)?;
             fsync_dir(&self.dir)?;
@@ -354,10 +369,25 @@ impl Inner {
         Ok(Some(Written {
             key: key.clone(),
             name,
-            stored: Stored { object, path },
+            stored: Stored {
+                path,
+                generation: 1,
+                foreign: None,
+            },
             apps: apps.clone(),
             created: true,
         }))
+    }
+
+    /// The object this store writes for `key -> apps` under `name`.
+    fn own_object(
+        &self,
+        name: &str,
+        key: &MappingKey,
+        apps: &AppSet,
+        generation: i64,
+    ) -> MappingObject {
+        own_object(&self.ar, name, key, apps, generation)
     }
 
     fn count(&self, verb: Verb, result: &Result<(), StoreError>) {
@@ -376,6 +406,20 @@ fn free_path(cache: &Cache, ns_dir: &Path, name: &str) -> Option<PathBuf> {
         .into_iter()
         .map(|f| ns_dir.join(f))
         .find(|p| !cache.multi_doc.contains(p))
+}
+
+/// The object the store writes for `key -> apps` under `name`: [`crd::new_object`] with its
+/// generation.
+fn own_object(
+    ar: &ApiResource,
+    name: &str,
+    key: &MappingKey,
+    apps: &AppSet,
+    generation: i64,
+) -> MappingObject {
+    let mut object = crd::new_object(ar, name, key, apps);
+    object.metadata.generation = Some(generation);
+    object
 }
 
 fn parent_of(path: &Path, fallback: &Path) -> PathBuf {
@@ -435,7 +479,7 @@ fn is_manifest(path: &Path) -> bool {
 /// a bad file must not keep the shim from starting. With `clean`, temporary files left by
 /// an interrupted write are removed (only the store itself may do that: a reader running
 /// beside a live store would delete its writes in progress).
-fn load(dir: &Path, clean: bool) -> Result<Cache, StoreError> {
+fn load(dir: &Path, ar: &ApiResource, clean: bool) -> Result<Cache, StoreError> {
     fs::create_dir_all(dir)?;
     let mut cache = Cache::default();
     let mut ns_dirs: Vec<PathBuf> = fs::read_dir(dir)?
@@ -472,13 +516,21 @@ fn load(dir: &Path, clean: bool) -> Result<Cache, StoreError> {
             if !path.is_file() || !is_manifest(&path) {
                 continue;
             }
-            load_file(&mut cache, &path, &dir_ns);
+            load_file(&mut cache, &path, &dir_ns, ar);
         }
     }
     Ok(cache)
 }
 
-fn load_file(cache: &mut Cache, path: &Path, dir_ns: &str) {
+/// Whether two objects serialise the same.
+fn same_object(a: &MappingObject, b: &MappingObject) -> bool {
+    match (serde_json::to_value(a), serde_json::to_value(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn load_file(cache: &mut Cache, path: &Path, dir_ns: &str, ar: &ApiResource) {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
@@ -526,44 +578,50 @@ fn load_file(cache: &mut Cache, path: &Path, dir_ns: &str) {
             continue;
         }
         let key = MappingKey::new(namespace.clone(), object.spec.interface_name.clone());
-        if cache.index.iter().any(|(k, _)| *k == key) {
+        if cache.index.contains_key(&key) {
             tracing::warn!(%key, file = %path.display(), "two objects hold one interface; their applications are merged, the preferred one is updated");
         }
         let apps = crd::apps_of(&object);
-        let rv = object.metadata.generation.unwrap_or(0).to_string();
+        let generation = object.metadata.generation.unwrap_or(0);
+        // Kept whole only if a rewrite could not rebuild it exactly.
+        let own = same_object(&object, &own_object(ar, &name, &key, &apps, generation));
+        let stored = Stored {
+            path: path.to_path_buf(),
+            generation,
+            foreign: (!own).then(|| Box::new(object)),
+        };
         let spec = (!key.interface.is_empty()).then(|| (key.interface.clone(), apps));
-        cache.index.upsert(
-            &namespace,
-            &name,
-            spec,
-            rv,
-            Stored {
-                object,
-                path: path.to_path_buf(),
-            },
-        );
+        cache
+            .index
+            .upsert(&namespace, &name, spec, generation.to_string(), stored);
     }
+}
+
+/// The default group and version: what a reader that only wants the mappings compares
+/// objects with (an object of another group is then kept whole, which changes nothing).
+fn default_resource() -> ApiResource {
+    crd::api_resource(crd::DEFAULT_GROUP, crd::DEFAULT_VERSION)
 }
 
 /// Test and tool helper: every `(namespace, interface) -> apps` held in the manifests under
 /// `dir`, read from disk as a restart would (read-only: safe beside a running store).
 pub fn read_dir_mappings(dir: &Path) -> Result<Mappings, StoreError> {
-    let cache = load(dir, false)?;
+    let cache = load(dir, &default_resource(), false)?;
     Ok(cache
         .index
-        .iter()
-        .filter_map(|(k, _)| Some((k.clone(), cache.index.entry(k)?.apps)))
+        .keys()
+        .filter_map(|k| Some((k.clone(), cache.index.entry(k)?.apps)))
         .collect())
 }
 
 /// The file of every object, keyed by mapping (the preferred object's, when several hold
 /// one interface), for tests and tools.
 pub fn read_dir_files(dir: &Path) -> Result<HashMap<MappingKey, PathBuf>, StoreError> {
-    let cache = load(dir, false)?;
+    let cache = load(dir, &default_resource(), false)?;
     Ok(cache
         .index
-        .iter()
-        .filter_map(|(k, _)| {
+        .keys()
+        .filter_map(|k| {
             let (_, held) = cache.index.target(k)?;
             Some((k.clone(), held.payload.path.clone()))
         })
@@ -699,6 +757,60 @@ mod tests {
             fs::read_to_string(ns.join("broken.yaml")).unwrap(),
             "{{{ not yaml"
         );
+    }
+
+    #[tokio::test]
+    async fn rewrites_keep_what_other_writers_put_in_a_manifest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ns = tmp.path().join("default");
+        fs::create_dir_all(&ns).unwrap();
+        fs::write(
+            ns.join("com-a.yaml"),
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: ServiceNameMapping\nmetadata:\n  name: com-a\n  namespace: default\n  generation: 3\n  labels:\n    team: pay\n  annotations:\n    owner: ops\nspec:\n  interfaceName: com.A\n  applicationNames:\n  - a\n",
+        )
+        .unwrap();
+        let store = EmbeddedStore::open(cfg(tmp.path()), ()).await.unwrap();
+        store
+            .merge(&batch(&[
+                ("default", "com.A", &["b"]),
+                ("default", "com.B", &["c"]),
+            ]))
+            .await
+            .unwrap();
+        let a = fs::read_to_string(ns.join("com-a.yaml")).unwrap();
+        for want in ["team: pay", "owner: ops", "generation: 4", "- a\n  - b"] {
+            assert!(a.contains(want), "{want} in {a}");
+        }
+        // The store's own object, rewritten after a restart, is what a store that never
+        // stopped writes.
+        drop(store);
+        let store = EmbeddedStore::open(cfg(tmp.path()), ()).await.unwrap();
+        // Only the other writer's object is kept whole.
+        let kept = |store: &EmbeddedStore, i: &str| {
+            let cache = store.inner.cache.read().unwrap();
+            let (_, held) = cache.index.target(&MappingKey::new("default", i)).unwrap();
+            held.payload.foreign.is_some()
+        };
+        assert!(kept(&store, "com.A") && !kept(&store, "com.B"));
+        store
+            .merge(&batch(&[("default", "com.B", &["d"])]))
+            .await
+            .unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let fresh = EmbeddedStore::open(cfg(other.path()), ()).await.unwrap();
+        fresh
+            .merge(&batch(&[("default", "com.B", &["c"])]))
+            .await
+            .unwrap();
+        fresh
+            .merge(&batch(&[("default", "com.B", &["d"])]))
+            .await
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(ns.join("com-b.yaml")).unwrap(),
+            fs::read_to_string(other.path().join("default/com-b.yaml")).unwrap()
+        );
+        assert_eq!(store.get("default", &[])[1].1.revision, "2");
     }
 
     #[tokio::test]

@@ -10,8 +10,8 @@
 //! * by name `(namespace, object name)`: which interface occupies a name, so the writer
 //!   knows which candidate names are free.
 //!
-//! Each object carries a payload of the store's own (the Kubernetes store keeps the object
-//! as the server returned it, the embedded store its typed object and file). Everything
+//! Each object carries a payload of the store's own (the Kubernetes store keeps the
+//! server's JSON of the object, the embedded store its file and generation). Everything
 //! here is pure (no I/O), so the naming and update rules are unit-tested.
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,10 +40,78 @@ enum Occupant {
     Unreadable,
 }
 
+/// The objects holding one key, by name, sorted. Almost always exactly one: a `Vec` sized to
+/// its content, where a `BTreeMap` would allocate a node of eleven object slots per key
+/// (about 6 KiB a key with the stores' payloads).
+#[derive(Debug, Clone)]
+pub struct Objects<T>(Vec<(Box<str>, Held<T>)>);
+
+impl<T> Default for Objects<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T> Objects<T> {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| (**n).cmp(name))
+    }
+
+    /// Object `name`.
+    pub fn get(&self, name: &str) -> Option<&Held<T>> {
+        self.position(name).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Object `name`, with its name.
+    fn get_key_value(&self, name: &str) -> Option<(&str, &Held<T>)> {
+        self.position(name)
+            .ok()
+            .map(|i| (&*self.0[i].0, &self.0[i].1))
+    }
+
+    /// Adds or replaces object `name`, growing by exactly one slot when it is new.
+    fn insert(&mut self, name: &str, held: Held<T>) {
+        match self.position(name) {
+            Ok(i) => self.0[i].1 = held,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (name.into(), held));
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.position(name) {
+            self.0.remove(i);
+            self.0.shrink_to_fit();
+        }
+    }
+
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is no object.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The objects with their names, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Held<T>)> {
+        self.0.iter().map(|(n, h)| (&**n, h))
+    }
+
+    /// The objects, by name.
+    pub fn values(&self) -> impl Iterator<Item = &Held<T>> {
+        self.0.iter().map(|(_, h)| h)
+    }
+}
+
 /// The index. See the module docs.
 #[derive(Debug)]
 pub struct MappingIndex<T> {
-    keys: BTreeMap<MappingKey, BTreeMap<String, Held<T>>>,
+    keys: BTreeMap<MappingKey, Objects<T>>,
     names: HashMap<(String, String), Occupant>,
 }
 
@@ -92,7 +160,6 @@ impl<T> MappingIndex<T> {
             .iter()
             .find_map(|n| objs.get_key_value(n.as_str()))
             .or_else(|| objs.iter().next())
-            .map(|(n, h)| (n.as_str(), h))
     }
 
     /// Whether object `name` of `namespace` exists.
@@ -183,9 +250,14 @@ impl<T> MappingIndex<T> {
         self.keys.is_empty()
     }
 
-    /// Every key with its objects.
-    pub fn iter(&self) -> impl Iterator<Item = (&MappingKey, &BTreeMap<String, Held<T>>)> {
-        self.keys.iter()
+    /// Every key, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &MappingKey> {
+        self.keys.keys()
+    }
+
+    /// Whether some object holds `key`.
+    pub fn contains_key(&self, key: &MappingKey) -> bool {
+        self.keys.contains_key(key)
     }
 
     /// Adds or replaces object `name` of `namespace` unless the index already has this or
@@ -227,7 +299,7 @@ impl<T> MappingIndex<T> {
                 self.keys
                     .entry(MappingKey::new(namespace, iface))
                     .or_default()
-                    .insert(name.to_owned(), Held { payload, apps, rv });
+                    .insert(name, Held { payload, apps, rv });
             }
             None => {
                 tracing::warn!(%namespace, %name, "ServiceNameMapping without a readable spec.interfaceName; its name is treated as taken");

@@ -393,6 +393,10 @@ impl KubeStore {
                         Err(e) => return Err(inner.fail(&key, e)),
                     }
                 }
+                Plan::Refresh { name } => {
+                    tracing::warn!(%key, %name, "the cached object cannot be read back; re-reading it");
+                    inner.refresh(&api, &key, &name).await?;
+                }
                 Plan::Create { .. } if tries == 0 && !inner.create_spread.is_zero() => {
                     let pause = inner.spread();
                     tracing::debug!(%key, ?pause, "new key: spreading the create");

@@ -14,11 +14,35 @@ use crate::index::{Held, MappingIndex};
 use crate::{Change, Entry};
 
 /// The cache proper: the shared index, holding each object as the server returned it
-/// (without `managedFields`), kept for the replace body so labels, annotations and unknown
-/// fields survive a union update.
+/// (as a [`Body`]), kept for the replace body so labels, annotations and unknown fields
+/// survive a union update.
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
-    index: MappingIndex<DynamicObject>,
+    index: MappingIndex<Body>,
+}
+
+/// An object as the cache holds it: the server's JSON without `managedFields` and without
+/// `spec.applicationNames` (the index holds the names), parsed again only to build a
+/// replace body. A parsed `DynamicObject`, with its metadata and data maps, takes about
+/// 3 KiB; its JSON about half a KiB.
+#[derive(Debug, Clone)]
+pub(crate) struct Body(Box<str>);
+
+impl Body {
+    fn of(obj: &DynamicObject) -> Self {
+        let mut obj = obj.clone();
+        obj.metadata.managed_fields = None;
+        if let Some(spec) = obj.data.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("applicationNames");
+        }
+        // Serialising a `DynamicObject` cannot fail (its maps have string keys); if it
+        // did, the empty body would not parse and the writer would re-read the object.
+        Self(serde_json::to_string(&obj).unwrap_or_default().into())
+    }
+
+    fn object(&self) -> Option<DynamicObject> {
+        serde_json::from_str(&self.0).ok()
+    }
 }
 
 /// What the writer should do for a key, decided from the cache.
@@ -33,6 +57,8 @@ pub(crate) enum Plan {
     },
     /// Create a new object named `name`.
     Create { name: String },
+    /// The cached copy of object `name` cannot be read back: re-read it from the server.
+    Refresh { name: String },
     /// Every candidate name is held by another interface (an 80-bit hash collision).
     NoName,
 }
@@ -56,17 +82,18 @@ pub(crate) fn read_spec(obj: &DynamicObject) -> Option<(String, AppSet)> {
 /// The replace body that adds `want` to `held`: the cached object with the union of its
 /// names and `want` as `spec.applicationNames` (sorted, deduplicated), its
 /// `resourceVersion` kept, so a stale cache gets 409 instead of losing another writer's
-/// names. Every other field is left as it was. `None` if the object already holds `want`.
+/// names. Every other field is left as it was. `Ok(None)` if the object already holds
+/// `want`, `Err(())` if the cached copy cannot be read back.
 pub(crate) fn union_body(
-    held: &Held<DynamicObject>,
+    held: &Held<Body>,
     want: &AppSet,
     ar: &ApiResource,
-) -> Option<DynamicObject> {
+) -> Result<Option<DynamicObject>, ()> {
     let mut apps = held.apps.clone();
     if apps.union(want) == 0 {
-        return None;
+        return Ok(None);
     }
-    let mut body = held.payload.clone();
+    let mut body = held.payload.object().ok_or(())?;
     body.types = Some(TypeMeta {
         api_version: ar.api_version.clone(),
         kind: ar.kind.clone(),
@@ -79,9 +106,9 @@ pub(crate) fn union_body(
         Some(spec) => {
             spec.insert("applicationNames".to_owned(), names);
         }
-        None => return None,
+        None => return Ok(None),
     }
-    Some(body)
+    Ok(Some(body))
 }
 
 impl Cache {
@@ -97,13 +124,16 @@ impl Cache {
         }
         if let Some((name, held)) = self.index.target(key) {
             return match union_body(held, want, ar) {
-                Some(body) => Plan::Update {
+                Ok(Some(body)) => Plan::Update {
                     name: name.to_owned(),
                     body: Box::new(body),
                 },
                 // The target holds `want` but the key is not complete without it: can't
                 // happen (the target is one of the key's objects); write nothing.
-                None => Plan::Nothing,
+                Ok(None) => Plan::Nothing,
+                Err(()) => Plan::Refresh {
+                    name: name.to_owned(),
+                },
             };
         }
         match self.choose_name(key) {
@@ -145,15 +175,13 @@ impl Cache {
 
     /// Adds or replaces an object (from the watch or a write response) unless the cache
     /// already has a newer version of it. Returns the changes it made visible.
-    pub fn apply(&mut self, mut obj: DynamicObject) -> Vec<Change> {
-        let (Some(ns), Some(name)) = (obj.metadata.namespace.clone(), obj.metadata.name.clone())
-        else {
+    pub fn apply(&mut self, obj: DynamicObject) -> Vec<Change> {
+        let (Some(ns), Some(name)) = (&obj.metadata.namespace, &obj.metadata.name) else {
             return Vec::new();
         };
         let rv = obj.metadata.resource_version.clone().unwrap_or_default();
-        obj.metadata.managed_fields = None;
         let spec = read_spec(&obj);
-        self.index.upsert(&ns, &name, spec, rv, obj)
+        self.index.upsert(ns, name, spec, rv, Body::of(&obj))
     }
 
     /// Removes object `name` of `namespace` unless the cache holds a version newer than
@@ -288,6 +316,8 @@ mod tests {
             .into(),
         );
         seed.data["spec"]["extra"] = json!("kept");
+        seed.metadata.annotations = Some([("owner".to_owned(), "ops".to_owned())].into());
+        seed.metadata.managed_fields = Some(vec![Default::default()]);
         c.apply(seed);
         let k = MappingKey::new("ns", "org.apache.dubbo.demo.DemoService");
         assert_eq!(c.plan(&k, &set(&["a"]), &ar()), Plan::Nothing);
@@ -303,8 +333,36 @@ mod tests {
             v["metadata"]["labels"]["interface"],
             "org.apache.dubbo.demo.DemoService"
         );
+        assert_eq!(v["metadata"]["annotations"]["owner"], "ops");
+        assert_eq!(v["metadata"]["annotations"][crd::ANNOTATION_APP_COUNT], "2");
+        assert!(v["metadata"].get("managedFields").is_none(), "{v}");
         assert_eq!(v["apiVersion"], "extensions.istio.io/v1alpha1");
         assert_eq!(v["kind"], "ServiceNameMapping");
+    }
+
+    #[test]
+    fn a_cached_copy_that_cannot_be_read_back_is_re_read() {
+        let mut c = Cache::default();
+        c.index.upsert(
+            "ns",
+            "com-x",
+            Some(("com.X".into(), set(&["a"]))),
+            "1".into(),
+            Body("".into()),
+        );
+        let k = MappingKey::new("ns", "com.X");
+        assert_eq!(c.plan(&k, &set(&["a"]), &ar()), Plan::Nothing);
+        assert_eq!(
+            c.plan(&k, &set(&["b"]), &ar()),
+            Plan::Refresh {
+                name: "com-x".into()
+            }
+        );
+        c.apply(obj("ns", "com-x", "com.X", &["a"], "2"));
+        assert!(matches!(
+            c.plan(&k, &set(&["b"]), &ar()),
+            Plan::Update { .. }
+        ));
     }
 
     #[test]

@@ -549,6 +549,13 @@ impl Sim<'_> {
                 };
                 self.send(run, Request::Replace(*body), now);
             }
+            Plan::Refresh { name } => {
+                r.step = Step::Reread {
+                    name: name.clone(),
+                    pause: false,
+                };
+                self.send(run, Request::Get(name), now);
+            }
             Plan::Create { .. } if r.tries == 0 && !self.c.create_spread.is_zero() => {
                 r.step = Step::Spread;
                 let d = spread_delay(self.c.create_spread, &mut node.rng);
