@@ -40,7 +40,7 @@ use tonic::{Request, Response, Status};
 use super::registration::outcome_of;
 use super::{parked_status, pipeline_status, wait_durable, Shared};
 use crate::auth::{Action, Authenticated};
-use crate::identity::{Caller, NamespacePolicy, Peer, PushPolicy};
+use crate::identity::{Caller, NamespacePolicy, Peer, PushPolicy, PushScope};
 use crate::metrics::{Api, Outcome};
 use crate::pipeline::{Payload, PipelineError, Wait};
 use crate::store::{Change, Entry, Store};
@@ -158,29 +158,78 @@ fn validate_mapping<S: Store>(
     ))
 }
 
-/// Applies the namespace policy to one valid mapping (the `i`-th) of a batch from `caller`
-/// (`None`: not checked). A mismatch is that mapping's outcome, never the batch's.
-fn scope<S: Store>(
-    shared: &Shared<S>,
-    caller: Option<&Caller>,
-    i: usize,
-    (key, apps): (MappingKey, AppSet),
-) -> Result<(MappingKey, AppSet), Invalid> {
-    let Some(caller) = caller else {
-        return Ok((key, apps));
-    };
-    let mut namespace = key.namespace.clone();
-    match shared.identity.enforce_namespace(caller, &mut namespace) {
-        Ok(None) => Ok((key, apps)),
-        Ok(Some(from)) => {
-            tracing::info!(from = %from, to = %namespace, interface = %key.interface, "mapping namespace rewritten to the caller's");
-            Ok((MappingKey::new(namespace, key.interface), apps))
+/// Which namespaces one `PushMappings` batch may write into, decided once per call from
+/// its credential, its pod and its certificate; then applied to each mapping on its own, so
+/// a mapping outside them is that mapping's outcome, never the batch's.
+struct PushGate {
+    /// `--push-namespace-policy pod` for a sender without a credential: its pod's
+    /// namespace only (`Any` otherwise).
+    pod: PushScope,
+    /// Under `--namespace-policy peer`, a sender with a client certificate: the namespace
+    /// of its SPIFFE ID, with the policy's reject or rewrite (`None`: not checked).
+    caller: Option<Caller>,
+}
+
+impl PushGate {
+    /// The gate of `request`; `Err` when its credential is invalid or, under `peer`, its
+    /// certificate names no caller.
+    fn of<S: Store, T>(shared: &Shared<S>, request: &Request<T>) -> Result<Self, Status> {
+        // Under `--push-namespace-policy pod`, a sender without a credential (a sidecar) is
+        // checked by its pod instead of being refused; a credential, when presented, must
+        // be valid either way.
+        let pod_checked =
+            shared.identity.push_policy() == PushPolicy::Pod && !presents_credential(request);
+        let by = if pod_checked {
+            None
+        } else {
+            Some(shared.auth.check_request(Action::Push, request)?)
+        };
+        // Under `peer`, a batch sent with a client certificate may only carry its own
+        // namespace; one sent with the bearer token (a node proxy or gateway that carries
+        // many namespaces) is not checked.
+        let caller = match (shared.identity.policy(), by) {
+            (NamespacePolicy::Peer, Some(Authenticated::Token)) => None,
+            (NamespacePolicy::Peer, Some(_)) => shared.identity.caller(&Peer::of(request))?,
+            _ => None,
+        };
+        let credentialed = !pod_checked && shared.auth.enabled();
+        let pod = shared
+            .identity
+            .push_scope(request.remote_addr(), credentialed);
+        Ok(Self { pod, caller })
+    }
+
+    /// Lets the valid `i`-th mapping through, rewritten to the caller's namespace if the
+    /// policy says so, or refuses it.
+    fn admit<S: Store>(
+        &self,
+        shared: &Shared<S>,
+        i: usize,
+        (key, apps): (MappingKey, AppSet),
+    ) -> Result<(MappingKey, AppSet), Invalid> {
+        if let Some(why) = self.pod.denies(&key.namespace) {
+            return Err(Invalid {
+                reason: NAMESPACE_DENIED,
+                message: format!("mappings[{i}]: {why}"),
+                denied: true,
+            });
         }
-        Err(status) => Err(Invalid {
-            reason: "namespace_mismatch",
-            message: format!("mappings[{i}]: {}", status.message()),
-            denied: true,
-        }),
+        let Some(caller) = &self.caller else {
+            return Ok((key, apps));
+        };
+        let mut namespace = key.namespace.clone();
+        match shared.identity.enforce_namespace(caller, &mut namespace) {
+            Ok(None) => Ok((key, apps)),
+            Ok(Some(from)) => {
+                tracing::info!(from = %from, to = %namespace, interface = %key.interface, "mapping namespace rewritten to the caller's");
+                Ok((MappingKey::new(namespace, key.interface), apps))
+            }
+            Err(status) => Err(Invalid {
+                reason: "namespace_mismatch",
+                message: format!("mappings[{i}]: {}", status.message()),
+                denied: true,
+            }),
+        }
     }
 }
 
@@ -218,44 +267,13 @@ impl<S: Store> MappingApi<S> {
         request: Request<PushMappingsRequest>,
     ) -> Result<PushMappingsResponse, Status> {
         let shared = &self.shared;
-        // Under `--push-namespace-policy pod`, a sender without a credential (a sidecar) is
-        // checked by its pod instead of being refused; a credential, when presented, must
-        // be valid either way.
-        let pod_checked =
-            shared.identity.push_policy() == PushPolicy::Pod && !presents_credential(&request);
-        let by = if pod_checked {
-            None
-        } else {
-            Some(shared.auth.check_request(Action::Push, &request)?)
-        };
-        // Under `peer`, a batch sent with a client certificate may only carry its own
-        // namespace; one sent with the bearer token (a node proxy or gateway that carries
-        // many namespaces) is not checked.
-        let caller = match (shared.identity.policy(), by) {
-            (NamespacePolicy::Peer, Some(Authenticated::Token)) => None,
-            (NamespacePolicy::Peer, Some(_)) => shared.identity.caller(&Peer::of(&request))?,
-            _ => None,
-        };
-        let credentialed = !pod_checked && shared.auth.enabled();
-        let pod_scope = shared
-            .identity
-            .push_scope(request.remote_addr(), credentialed);
+        let gate = PushGate::of(shared, &request)?;
         let req = request.into_inner();
         let checked: Vec<Result<(MappingKey, AppSet), Invalid>> = req
             .mappings
             .iter()
             .enumerate()
-            .map(|(i, m)| {
-                let valid = validate_mapping(shared, i, m)?;
-                if let Some(why) = pod_scope.denies(&m.namespace) {
-                    return Err(Invalid {
-                        reason: NAMESPACE_DENIED,
-                        message: format!("mappings[{i}]: {why}"),
-                        denied: true,
-                    });
-                }
-                scope(shared, caller.as_ref(), i, valid)
-            })
+            .map(|(i, m)| gate.admit(shared, i, validate_mapping(shared, i, m)?))
             .collect();
         let mut unchanged = 0u32;
         let mut offer = Mappings::new();
