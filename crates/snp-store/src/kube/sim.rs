@@ -5,8 +5,8 @@
 //! [`Cache`] and its write plan ([`Cache::plan`], [`cache::union_body`], the shared index
 //! and name chooser), the merge loop of [`KubeStore`](super::KubeStore) step by step (union
 //! update with the cached `resourceVersion`; on 409 Conflict a GET, a jittered pause and
-//! another round; the create spread, then a second look; on 409 AlreadyExists a GET and
-//! another round; at most `MAX_TRIES_PER_KEY` requests per key and merge, eight keys of a
+//! another round; the create spread and the update spread, each then a second look; on
+//! 409 AlreadyExists a GET and another round; at most `MAX_TRIES_PER_KEY` requests per key and merge, eight keys of a
 //! batch at once), and the client-side token bucket (`--kube-qps`, `--kube-burst`).
 //!
 //! The API server model keeps a `resourceVersion` per object from one counter, answers a
@@ -79,6 +79,8 @@ pub struct Cluster {
     pub burst: u32,
     /// `--kube-create-spread` of every shim.
     pub create_spread: Duration,
+    /// `--kube-update-spread` of every shim.
+    pub update_spread: Duration,
     /// Pod `p` runs on node `p % nodes` (as the benchmark's load generator spreads pods
     /// over shims) instead of a node picked at random.
     pub round_robin: bool,
@@ -105,6 +107,7 @@ impl Default for Cluster {
             qps: 20.0,
             burst: 40,
             create_spread: Duration::from_millis(500),
+            update_spread: Duration::from_millis(500),
             round_robin: false,
             seed: 0x5eed,
         }
@@ -205,7 +208,7 @@ enum Event {
         run: u64,
         reply: Reply,
     },
-    /// Key run `run` wakes from a pause (conflict backoff or create spread).
+    /// Key run `run` wakes from a pause (conflict backoff, create or update spread).
     Resume {
         run: u64,
     },
@@ -227,7 +230,7 @@ enum Step {
     Reread { name: String, pause: bool },
     /// Paused after a conflict: the next round follows.
     Pause,
-    /// Paused before a create: look again.
+    /// Paused before a create or an update: look again.
     Spread,
 }
 
@@ -238,6 +241,8 @@ struct KeyRun {
     want: AppSet,
     tries: u32,
     conflicts: usize,
+    /// Whether the update spread may still be waited (before the key's first replace).
+    may_spread_update: bool,
     step: Step,
 }
 
@@ -365,6 +370,7 @@ impl Sim<'_> {
                     want,
                     tries: 0,
                     conflicts: 0,
+                    may_spread_update: !self.c.update_spread.is_zero(),
                     step: Step::Plan,
                 },
             );
@@ -542,7 +548,24 @@ impl Sim<'_> {
                 };
                 self.finish(run, result, now);
             }
+            Plan::Update { ref name, ref body }
+                if r.may_spread_update
+                    && !node.cache.last_written_by_us(
+                        NAMESPACE,
+                        name,
+                        body.metadata
+                            .resource_version
+                            .as_deref()
+                            .unwrap_or_default(),
+                    ) =>
+            {
+                r.may_spread_update = false;
+                r.step = Step::Spread;
+                let d = spread_delay(self.c.update_spread, &mut node.rng);
+                self.pause(run, d, now);
+            }
             Plan::Update { name, body } => {
+                r.may_spread_update = false;
                 r.step = Step::Write {
                     name,
                     replace: true,
@@ -575,7 +598,7 @@ impl Sim<'_> {
         let step = std::mem::replace(&mut r.step, Step::Plan);
         match (step, reply) {
             (Step::Write { .. }, Reply::Object(obj)) => {
-                node.cache.apply(obj);
+                node.cache.apply_own(obj);
                 r.tries += 1;
             }
             (Step::Write { name, replace }, Reply::Conflict | Reply::AlreadyExists) => {
@@ -742,6 +765,7 @@ mod tests {
             interfaces: 40,
             over_ms: 5_000,
             create_spread: Duration::from_millis(spread_ms),
+            update_spread: Duration::from_millis(spread_ms),
             ..Cluster::default()
         }
     }
@@ -774,6 +798,30 @@ mod tests {
             "{none:?} {spread:?}"
         );
         assert!(spread.all_stored_ms.is_some());
+    }
+
+    #[test]
+    fn racing_updates_meet_409s_that_the_update_spread_removes() {
+        // Every node flushes the same keys at once, each with its own applications: one
+        // node creates each object and the others all add theirs.
+        let burst = |update_ms| Cluster {
+            over_ms: 100,
+            apps: 10,
+            interfaces: 10,
+            interfaces_per_app: 10,
+            update_spread: Duration::from_millis(update_ms),
+            round_robin: true,
+            ..small(10, 500)
+        };
+        let none = simulate(&burst(0)).unwrap();
+        let spread = simulate(&burst(2_000)).unwrap();
+        assert_eq!(none.mappings, 100);
+        assert!(none.conflicts > 20, "{none:?}");
+        assert!(spread.conflicts * 4 < none.conflicts, "{none:?} {spread:?}");
+        assert!(spread.updates < none.updates, "{none:?} {spread:?}");
+        assert!(spread.all_stored_ms.is_some() && none.all_stored_ms.is_some());
+        // Each object needs one create and nine updates, whoever writes them.
+        assert!(spread.writes() >= 100, "{spread:?}");
     }
 
     #[test]
