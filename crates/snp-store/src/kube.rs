@@ -383,14 +383,9 @@ impl KubeStore {
                 }
                 Plan::Update { ref name, ref body }
                     if may_spread_update
-                        && !inner.read().last_written_by_us(
-                            &key.namespace,
-                            name,
-                            body.metadata
-                                .resource_version
-                                .as_deref()
-                                .unwrap_or_default(),
-                        ) =>
+                        && inner
+                            .read()
+                            .updates_another_writers(&key.namespace, name, body) =>
                 {
                     may_spread_update = false;
                     let pause = inner.spread(inner.update_spread);

@@ -183,6 +183,22 @@ impl Cache {
             .is_some_and(|own| own == rv)
     }
 
+    /// Whether an update of object `name` with `body` (from [`Cache::plan`]) would replace
+    /// a version another writer wrote: the case for the update spread.
+    pub fn updates_another_writers(
+        &self,
+        namespace: &str,
+        name: &str,
+        body: &DynamicObject,
+    ) -> bool {
+        let rv = body
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default();
+        !self.last_written_by_us(namespace, name, rv)
+    }
+
     /// Removes object `name` of `namespace` unless the cache holds a version newer than
     /// `rv` (a delete event for an object that was re-created since).
     pub fn remove(&mut self, namespace: &str, name: &str, rv: Option<&str>) -> Vec<Change> {

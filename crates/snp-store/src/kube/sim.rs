@@ -550,14 +550,7 @@ impl Sim<'_> {
             }
             Plan::Update { ref name, ref body }
                 if r.may_spread_update
-                    && !node.cache.last_written_by_us(
-                        NAMESPACE,
-                        name,
-                        body.metadata
-                            .resource_version
-                            .as_deref()
-                            .unwrap_or_default(),
-                    ) =>
+                    && node.cache.updates_another_writers(NAMESPACE, name, body) =>
             {
                 r.may_spread_update = false;
                 r.step = Step::Spread;
