@@ -25,12 +25,14 @@
 //!   holds this interface, union-update it, else take the next candidate.
 //!
 //! Shims on many nodes flush the same keys at about the same time in a rollout. Before a
-//! key's first create, and before its first update of an object another writer wrote
+//! key's first create, or else before its first update of an object another writer wrote
 //! last, a merge waits a random spread (`create_spread`, `update_spread`) and plans again
 //! from the cache: the first writer to wake writes, and the others see its object through
 //! the watch and either find every application they would add there (nothing is sent)
 //! or update from its fresh `resourceVersion`, instead of all writing at once and all but
-//! one getting 409.
+//! one getting 409. Writers that still collide (their wake-ups closer than the watch's
+//! delay) spread once more after their first 409 and take the winner's version from the
+//! watch, with a GET only if it has not arrived.
 //!
 //! Each successful write is put in the cache at once (the watch brings the same
 //! resourceVersion later and is ignored), so merging the same batch again sends nothing.
@@ -416,10 +418,16 @@ impl KubeStore {
                         Err(ApiError::Conflict) => {
                             conflicts += 1;
                             inner.metrics.conflict();
-                            tracing::debug!(%key, %name, conflicts, "409 Conflict; re-reading");
-                            inner.refresh(&api, &key, &name).await?;
-                            let pause = inner.pause(conflicts);
-                            tokio::time::sleep(pause).await;
+                            let stale = body.metadata.resource_version.as_deref();
+                            inner
+                                .after_conflict(
+                                    &api,
+                                    &key,
+                                    &name,
+                                    Some(stale.unwrap_or_default()),
+                                    conflicts,
+                                )
+                                .await?;
                         }
                         Err(ApiError::NotFound { .. }) => {
                             // Deleted meanwhile: forget it; the next round creates.
@@ -429,6 +437,9 @@ impl KubeStore {
                     }
                 }
                 Plan::Create { .. } if tries == 0 && !inner.create_spread.is_zero() => {
+                    // One spread before a key's first write: this one already sets the
+                    // writers apart for the update that may follow.
+                    may_spread_update = false;
                     let pause = inner.spread(inner.create_spread);
                     tracing::debug!(%key, ?pause, "new key: spreading the create");
                     tokio::time::sleep(pause).await;
@@ -462,8 +473,9 @@ impl KubeStore {
                             // updates it (same interface) or takes the next candidate.
                             conflicts += 1;
                             inner.metrics.conflict();
-                            tracing::debug!(%key, %name, "409 AlreadyExists; re-reading");
-                            inner.refresh(&api, &key, &name).await?;
+                            inner
+                                .after_conflict(&api, &key, &name, None, conflicts)
+                                .await?;
                         }
                         Err(ApiError::NotFound { detail, namespace }) => {
                             // A create gets 404 when the namespace does not exist (for
@@ -539,6 +551,36 @@ impl Inner {
             Ok(Some(obj)) => self.absorb(obj),
             Ok(None) => self.forget(&key.namespace, name),
             Err(e) => return Err(self.fail(key, e)),
+        }
+        Ok(())
+    }
+
+    /// After a 409 on object `name` of `key` (`stale`: the version an update was refused
+    /// for; `None` after AlreadyExists). On the key's first 409, with an update spread:
+    /// other writers are writing the object right now, so wait a random spread and take
+    /// the winner's version from the watch cache if it has arrived. Otherwise (or if the
+    /// watch has not brought it) re-read the object with a GET, and after a Conflict pause
+    /// a jittered backoff.
+    async fn after_conflict(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &MappingKey,
+        name: &str,
+        stale: Option<&str>,
+        conflicts: usize,
+    ) -> Result<(), KeyFail> {
+        if conflicts == 1 && !self.update_spread.is_zero() {
+            let pause = self.spread(self.update_spread);
+            tracing::debug!(%key, %name, ?pause, "409; spreading the retry");
+            tokio::time::sleep(pause).await;
+            if self.read().moved_past(key, name, stale) {
+                return Ok(());
+            }
+        }
+        tracing::debug!(%key, %name, conflicts, "409; re-reading");
+        self.refresh(api, key, name).await?;
+        if stale.is_some() {
+            tokio::time::sleep(self.pause(conflicts)).await;
         }
         Ok(())
     }

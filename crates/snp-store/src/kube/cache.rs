@@ -199,6 +199,16 @@ impl Cache {
         !self.last_written_by_us(namespace, name, rv)
     }
 
+    /// Whether the cache has learnt something about object `name` of `key` since a write
+    /// of it was refused with 409: after a Conflict (`stale`: the refused version) it
+    /// holds another version or none; after AlreadyExists (`None`) the name is taken.
+    pub fn moved_past(&self, key: &MappingKey, name: &str, stale: Option<&str>) -> bool {
+        match stale {
+            Some(stale) => self.index.held(key, name).is_none_or(|h| h.rv != stale),
+            None => self.index.is_taken(&key.namespace, name),
+        }
+    }
+
     /// Removes object `name` of `namespace` unless the cache holds a version newer than
     /// `rv` (a delete event for an object that was re-created since).
     pub fn remove(&mut self, namespace: &str, name: &str, rv: Option<&str>) -> Vec<Change> {
@@ -405,6 +415,22 @@ mod tests {
         c.apply_own(obj("ns", "y", "com.Y", &["a"], "5"));
         c.replace_all(vec![obj("ns", "z", "com.Z", &["a"], "6")]);
         assert!(c.own.is_empty());
+    }
+
+    #[test]
+    fn moved_past_tells_whether_the_watch_has_brought_news_since_a_409() {
+        let mut c = Cache::default();
+        let k = MappingKey::new("ns", "com.X");
+        // AlreadyExists: news once the name is taken.
+        assert!(!c.moved_past(&k, "x", None));
+        c.apply(obj("ns", "x", "com.X", &["a"], "1"));
+        assert!(c.moved_past(&k, "x", None));
+        // Conflict on version 1: news once another version (or none) is cached.
+        assert!(!c.moved_past(&k, "x", Some("1")));
+        c.apply(obj("ns", "x", "com.X", &["a", "b"], "2"));
+        assert!(c.moved_past(&k, "x", Some("1")));
+        c.remove("ns", "x", None);
+        assert!(c.moved_past(&k, "x", Some("2")));
     }
 
     #[test]
