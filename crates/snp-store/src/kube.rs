@@ -101,7 +101,10 @@ pub struct KubeStoreConfig {
     /// delay up to this long and look again: shims that all add applications to the same
     /// object take turns, each updating from the last one's version (or finding its
     /// applications already there), instead of all PUTting the same `resourceVersion`.
-    /// Objects this writer wrote last are updated at once. Zero disables.
+    /// Objects this writer wrote last are updated at once, and a key that has just waited
+    /// the create spread does not wait again. After a key's first 409 the merge waits it
+    /// again and takes the winner's version from the watch cache (a GET only if it has not
+    /// arrived). Zero disables.
     pub update_spread: Duration,
 }
 
