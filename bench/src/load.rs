@@ -586,8 +586,13 @@ type Outcome = (
     Instant,
 );
 
+/// The target (of `targets`) that pod `index` registers with: pods are spread round-robin.
+pub fn target_of(index: usize, targets: usize) -> usize {
+    index % targets.max(1)
+}
+
 fn pick(channels: &[Vec<Channel>], n: usize) -> &Channel {
-    let t = &channels[n % channels.len()];
+    let t = &channels[target_of(n, channels.len())];
     &t[(n / channels.len()) % t.len()]
 }
 

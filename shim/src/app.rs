@@ -452,15 +452,7 @@ impl Context {
             }
             StoreChoice::Kubernetes => {
                 let location = format!("{}/{}", self.args.crd.crd_group, self.args.crd.crd_version);
-                let cfg = KubeStoreConfig {
-                    kubeconfig: self.args.kubeconfig.clone(),
-                    group: self.args.crd.crd_group.clone(),
-                    version: self.args.crd.crd_version.clone(),
-                    qps: self.args.kube_qps,
-                    burst: self.args.kube_burst,
-                    writer: self.args.node_name.clone(),
-                    create_spread: self.args.kube_create_spread,
-                };
+                let cfg = kube_store_config(&self.args);
                 let mut shutdown = self.shutdown.clone();
                 let store = tokio::select! {
                     s = connect_kube(cfg, self.metrics.clone()) => s,
@@ -659,6 +651,20 @@ impl Context {
     }
 }
 
+/// The Kubernetes store's settings (also the client of the pod reflector).
+pub fn kube_store_config(args: &ServeArgs) -> KubeStoreConfig {
+    KubeStoreConfig {
+        kubeconfig: args.kubeconfig.clone(),
+        group: args.crd.crd_group.clone(),
+        version: args.crd.crd_version.clone(),
+        qps: args.kube_qps,
+        burst: args.kube_burst,
+        writer: args.node_name.clone(),
+        create_spread: args.kube_create_spread,
+        update_spread: args.kube_update_spread,
+    }
+}
+
 /// The namespace policies of the registration API and of `PushMappings`. `pod` (either)
 /// starts one reflector over this node's pods (`--node-name`), with the store's Kubernetes
 /// client settings; it ends at shutdown. `peer` needs nothing but the client certificates
@@ -679,15 +685,7 @@ async fn identity_of(
         }
         _ => {}
     }
-    let cfg = KubeStoreConfig {
-        kubeconfig: args.kubeconfig.clone(),
-        group: args.crd.crd_group.clone(),
-        version: args.crd.crd_version.clone(),
-        qps: args.kube_qps,
-        burst: args.kube_burst,
-        writer: args.node_name.clone(),
-        create_spread: args.kube_create_spread,
-    };
+    let cfg = kube_store_config(args);
     let client = crate::store::kube::client(&cfg).await?;
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(client);
     let (reader, writer) = reflector::store();

@@ -122,6 +122,18 @@ pub struct ServeArgs {
     /// the others see it, instead of all POSTing and all but one getting 409. 0 disables.
     #[arg(long, env = "SNP_KUBE_CREATE_SPREAD", value_parser = humantime::parse_duration, default_value = "500ms")]
     pub kube_create_spread: Duration,
+    /// Before adding applications to an object that another writer (another node's shim)
+    /// wrote last, a shim waits a random delay up to this long and checks its watch cache
+    /// again. When every node's shim adds its applications to the same object at once,
+    /// they take turns: each updates from the previous one's version, or finds its
+    /// applications already there and writes nothing, instead of all updating the same
+    /// version and all but one getting 409. Objects this shim wrote last are updated at
+    /// once, and a key that has just waited the create spread does not wait again. After
+    /// a key's first 409 it waits the spread again and takes the winning version from its
+    /// watch cache, re-reading the object only if the watch has not brought it. 0
+    /// disables.
+    #[arg(long, env = "SNP_KUBE_UPDATE_SPREAD", value_parser = humantime::parse_duration, default_value = "500ms")]
+    pub kube_update_spread: Duration,
     /// Client-side burst of Kubernetes API requests above --kube-qps.
     #[arg(long, env = "SNP_KUBE_BURST", default_value_t = 40)]
     pub kube_burst: u32,

@@ -194,6 +194,9 @@ async fn eight_shim_processes_converge_on_the_exact_union() {
                     "--debounce-first-check=5ms",
                     "--debounce-after=5ms",
                     "--debounce-max=20ms",
+                    // This test drives the 409 path; the update spread, which lets the
+                    // shims take turns instead, has its own test (kube_spread).
+                    "--kube-update-spread=0",
                 ],
             )
         })

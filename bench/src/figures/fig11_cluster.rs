@@ -33,7 +33,7 @@ fn ms(v: Option<u64>) -> String {
 fn model_table() -> Table {
     Table::new(&[
         "nodes",
-        "create spread",
+        "create / update spread",
         "registrations",
         "shim batches",
         "API writes (POST + PUT)",
@@ -55,7 +55,7 @@ pub async fn fig11(env: &Env) -> Result<Vec<Verdict>> {
     let base = Cluster::default();
     let pods = if env.quick { 5_000 } else { base.pods };
     println!(
-        "Every node runs the shim's engine with the I/O replaced (`snp_store::kube::sim`): the core's Debouncer with the shim's settings, the Kubernetes store's cache, write plan and union body (`Cache::plan`, `union_body`, the index), its merge loop (union update with resourceVersion; on 409 a GET and a jittered pause; the create spread, then a second look) and its client-side token bucket (--kube-qps {} --kube-burst {}). The API server model keeps a resourceVersion per object, answers 409 Conflict to a stale update and 409 AlreadyExists to a racing create, serves at most {} requests/s (queued beyond), takes {} ms per request, and delivers each write to every node's watch after {}-{} ms. Rollout: {} pods of {} applications ({} interfaces each, consecutive, so each of the {} interfaces has 2 applications) start uniformly within {:?} onto an empty store, one namespace; a pod registers straight into its node's shim. Times are virtual.\n",
+        "Every node runs the shim's engine with the I/O replaced (`snp_store::kube::sim`): the core's Debouncer with the shim's settings, the Kubernetes store's cache, write plan and union body (`Cache::plan`, `union_body`, the index), its merge loop (union update with resourceVersion; on 409 a GET and a jittered pause; the create spread and the update spread, each then a second look) and its client-side token bucket (--kube-qps {} --kube-burst {}). The API server model keeps a resourceVersion per object, answers 409 Conflict to a stale update and 409 AlreadyExists to a racing create, serves at most {} requests/s (queued beyond), takes {} ms per request, and delivers each write to every node's watch after {}-{} ms. Rollout: {} pods of {} applications ({} interfaces each, consecutive, so each of the {} interfaces has 2 applications) start uniformly within {:?} onto an empty store, one namespace; a pod registers straight into its node's shim. Times are virtual.\n",
         base.qps,
         base.burst,
         base.server_qps,
@@ -72,7 +72,11 @@ pub async fn fig11(env: &Env) -> Result<Vec<Verdict>> {
     let row = |t: &mut Table, c: &Cluster, r: &ClusterReport, wall: Duration| {
         t.row([
             fmt_int(u64::from(c.nodes)),
-            format!("{:?}", c.create_spread),
+            if c.create_spread == c.update_spread {
+                format!("{:?}", c.create_spread)
+            } else {
+                format!("{:?} / {:?}", c.create_spread, c.update_spread)
+            },
             fmt_int(r.calls),
             fmt_int(r.batches),
             fmt_int(r.writes()),
@@ -98,13 +102,17 @@ pub async fn fig11(env: &Env) -> Result<Vec<Verdict>> {
         row(&mut t, &c, &r, wall);
         by_nodes.push((c, r));
     }
-    print_table("As nodes grow (default --kube-create-spread 500ms):", &t);
+    print_table(
+        "As nodes grow (default --kube-create-spread and --kube-update-spread 500ms):",
+        &t,
+    );
     let mut s = model_table();
     let mut by_spread = Vec::new();
     for spread in [0u64, 500, 2_000] {
         let c = Cluster {
             pods,
             create_spread: Duration::from_millis(spread),
+            update_spread: Duration::from_millis(spread),
             ..base.clone()
         };
         let (r, wall) = model(c.clone()).await?;
@@ -113,7 +121,7 @@ pub async fn fig11(env: &Env) -> Result<Vec<Verdict>> {
     }
     print_table(
         &format!(
-            "--kube-create-spread at {} nodes:",
+            "--kube-create-spread and --kube-update-spread (both) at {} nodes:",
             fmt_int(u64::from(base.nodes))
         ),
         &s,
@@ -123,13 +131,13 @@ pub async fn fig11(env: &Env) -> Result<Vec<Verdict>> {
     let (rpods, rifaces) = if env.quick { (50, 4) } else { (200, 10) };
     let jitter = Duration::from_secs(3);
     println!(
-        "Model against the real API server (`scripts/k8s-apiserver.sh`), the rollout of figure 3: {rpods} pods x {rifaces} interfaces of one application, one namespace, pods starting within {jitter:?}, spread round-robin over the shims (`snp-shim --store kubernetes`, default flags but the create spread). The real side counts the API server's own `apiserver_request_total`; the model is the mean of 5 seeds with {} ms per request and a {}-{} ms watch, like a local API server. Convergence: from the first registration until every mapping is stored (real: seen through every shim's `WatchMappings`).\n",
+        "Model against the real API server (`scripts/k8s-apiserver.sh`), the rollout of figure 3: {rpods} pods x {rifaces} interfaces of one application, one namespace, pods starting within {jitter:?}, spread round-robin over the shims (`snp-shim --store kubernetes`, default flags but the create and update spreads). The real side counts the API server's own `apiserver_request_total`; the model is the mean of 5 seeds with {} ms per request and a {}-{} ms watch, like a local API server. Convergence: from the first registration until every mapping is stored (real: seen through every shim's `WatchMappings`).\n",
         5, 5, 10
     );
     let api = ApiServer::start(env, "fig11-apiserver").await?;
     let mut cmp = Table::new(&[
         "shims",
-        "create spread",
+        "create / update spread",
         "writes: model / real",
         "409 Conflict: model / real",
         "409 AlreadyExists: model / real",
@@ -138,7 +146,8 @@ pub async fn fig11(env: &Env) -> Result<Vec<Verdict>> {
     ]);
     let mut verdict_rows = Vec::new();
     for (shims, spread) in [(4usize, 500u64), (8, 0), (8, 500), (8, 2_000)] {
-        let spread_flag = format!("--kube-create-spread={spread}ms");
+        let create_flag = format!("--kube-create-spread={spread}ms");
+        let update_flag = format!("--kube-update-spread={spread}ms");
         let mut procs = Vec::new();
         for i in 0..shims {
             procs.push(
@@ -146,7 +155,7 @@ pub async fn fig11(env: &Env) -> Result<Vec<Verdict>> {
                     env,
                     &format!("fig11-shim-{shims}-{spread}-{i}"),
                     Some(&api.shim_kubeconfig),
-                    &[&spread_flag],
+                    &[&create_flag, &update_flag],
                 )
                 .await?,
             );
@@ -189,6 +198,7 @@ pub async fn fig11(env: &Env) -> Result<Vec<Verdict>> {
                 watch_ms: 5,
                 server_qps: 0.0,
                 create_spread: Duration::from_millis(spread),
+                update_spread: Duration::from_millis(spread),
                 round_robin: true,
                 seed: 1 + seed,
                 ..base.clone()
@@ -251,7 +261,7 @@ pub async fn fig11(env: &Env) -> Result<Vec<Verdict>> {
             .is_some_and(|s| s <= last.last_call_ms + 10_000),
     ));
     v.push(Verdict::info(
-        "11. model: 409s at 1,000 nodes by --kube-create-spread 0 / 500ms / 2s",
+        "11. model: 409s at 1,000 nodes by create and update spread 0 / 500ms / 2s",
         by_spread
             .iter()
             .map(|(_, r)| r.all_409s().to_string())

@@ -162,6 +162,11 @@ impl<T> MappingIndex<T> {
             .or_else(|| objs.iter().next())
     }
 
+    /// Object `name` of `key`, if the index holds it under that key.
+    pub fn held(&self, key: &MappingKey, name: &str) -> Option<&Held<T>> {
+        self.keys.get(key)?.get(name)
+    }
+
     /// Whether object `name` of `namespace` exists.
     pub fn is_taken(&self, namespace: &str, name: &str) -> bool {
         self.names

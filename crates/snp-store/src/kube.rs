@@ -24,6 +24,16 @@
 //!   free or already holds this interface. On 409 AlreadyExists: `GET` the name; if it
 //!   holds this interface, union-update it, else take the next candidate.
 //!
+//! Shims on many nodes flush the same keys at about the same time in a rollout. Before a
+//! key's first create, or else before its first update of an object another writer wrote
+//! last, a merge waits a random spread (`create_spread`, `update_spread`) and plans again
+//! from the cache: the first writer to wake writes, and the others see its object through
+//! the watch and either find every application they would add there (nothing is sent)
+//! or update from its fresh `resourceVersion`, instead of all writing at once and all but
+//! one getting 409. Writers that still collide (their wake-ups closer than the watch's
+//! delay) spread once more after their first 409 and take the winner's version from the
+//! watch, with a GET only if it has not arrived.
+//!
 //! Each successful write is put in the cache at once (the watch brings the same
 //! resourceVersion later and is ignored), so merging the same batch again sends nothing.
 //! Every request except the watch takes a token from a client-side rate limiter
@@ -87,6 +97,15 @@ pub struct KubeStoreConfig {
     /// once, the first to wake creates it and the others see it through their watch
     /// instead of all POSTing (and all but one getting 409). Zero disables.
     pub create_spread: Duration,
+    /// Before the first update of an object that another writer wrote last, wait a random
+    /// delay up to this long and look again: shims that all add applications to the same
+    /// object take turns, each updating from the last one's version (or finding its
+    /// applications already there), instead of all PUTting the same `resourceVersion`.
+    /// Objects this writer wrote last are updated at once, and a key that has just waited
+    /// the create spread does not wait again. After a key's first 409 the merge waits it
+    /// again and takes the winner's version from the watch cache (a GET only if it has not
+    /// arrived). Zero disables.
+    pub update_spread: Duration,
 }
 
 /// Keys of one batch written at the same time.
@@ -113,8 +132,8 @@ fn conflict_pause(conflicts: usize, rng: &mut dyn snp_core::Rng) -> Duration {
     conflict_backoff().delay_with_jitter(failures, rng)
 }
 
-/// A uniform random delay in `(0, spread]` before creating a new key's object (a backoff
-/// that is all jitter).
+/// A uniform random delay in `(0, spread]` before a key's first create or update (a
+/// backoff that is all jitter).
 fn spread_delay(spread: Duration, rng: &mut dyn snp_core::Rng) -> Duration {
     Backoff::new(spread, spread, 0)
         .with_jitter(1.0)
@@ -193,6 +212,7 @@ struct Inner {
     post: PostParams,
     rng: Mutex<SplitMix64>,
     create_spread: Duration,
+    update_spread: Duration,
 }
 
 /// How one API request failed.
@@ -318,6 +338,7 @@ impl KubeStore {
             },
             rng: Mutex::new(SplitMix64::new(seed(&cfg.writer))),
             create_spread: cfg.create_spread,
+            update_spread: cfg.update_spread,
         });
         let task = tokio::spawn(watch_loop(inner.clone()));
         let store = Self {
@@ -346,6 +367,8 @@ impl KubeStore {
             Api::namespaced_with(inner.client.clone(), &key.namespace, &inner.ar);
         let mut done = Done::Unchanged;
         let mut conflicts = 0usize;
+        // The update spread is waited at most once, before the key's first PUT.
+        let mut may_spread_update = !inner.update_spread.is_zero();
         for tries in 0..=MAX_TRIES_PER_KEY {
             let plan = inner.read().plan(&key, &want, &inner.ar);
             match plan {
@@ -363,7 +386,24 @@ impl KubeStore {
                     tracing::error!(%key, error = %e, "cannot name the object");
                     return Err(KeyFail::Key(e));
                 }
+                Plan::Update { ref name, ref body }
+                    if may_spread_update
+                        && inner
+                            .read()
+                            .updates_another_writers(&key.namespace, name, body) =>
+                {
+                    may_spread_update = false;
+                    let pause = inner.spread(inner.update_spread);
+                    tracing::debug!(%key, %name, ?pause, "another writer's object: spreading the update");
+                    tokio::time::sleep(pause).await;
+                    // Look again: other shims' updates may have arrived by watch.
+                    if let Plan::Nothing = inner.read().plan(&key, &want, &inner.ar) {
+                        inner.metrics.noop_skips(1);
+                        return Ok((done, conflicts));
+                    }
+                }
                 Plan::Update { name, body } => {
+                    may_spread_update = false;
                     let op = format!("update of ServiceNameMapping {}/{name}", key.namespace);
                     match inner
                         .call(
@@ -375,16 +415,22 @@ impl KubeStore {
                         .await
                     {
                         Ok(obj) => {
-                            inner.absorb(obj);
+                            inner.absorb_own(obj);
                             done = Done::Updated;
                         }
                         Err(ApiError::Conflict) => {
                             conflicts += 1;
                             inner.metrics.conflict();
-                            tracing::debug!(%key, %name, conflicts, "409 Conflict; re-reading");
-                            inner.refresh(&api, &key, &name).await?;
-                            let pause = inner.pause(conflicts);
-                            tokio::time::sleep(pause).await;
+                            let stale = body.metadata.resource_version.as_deref();
+                            inner
+                                .after_conflict(
+                                    &api,
+                                    &key,
+                                    &name,
+                                    Some(stale.unwrap_or_default()),
+                                    conflicts,
+                                )
+                                .await?;
                         }
                         Err(ApiError::NotFound { .. }) => {
                             // Deleted meanwhile: forget it; the next round creates.
@@ -398,7 +444,10 @@ impl KubeStore {
                     inner.refresh(&api, &key, &name).await?;
                 }
                 Plan::Create { .. } if tries == 0 && !inner.create_spread.is_zero() => {
-                    let pause = inner.spread();
+                    // One spread before a key's first write: this one already sets the
+                    // writers apart for the update that may follow.
+                    may_spread_update = false;
+                    let pause = inner.spread(inner.create_spread);
                     tracing::debug!(%key, ?pause, "new key: spreading the create");
                     tokio::time::sleep(pause).await;
                     // Look again: another shim's object may have arrived by watch.
@@ -422,7 +471,7 @@ impl KubeStore {
                         .await
                     {
                         Ok(obj) => {
-                            inner.absorb(obj);
+                            inner.absorb_own(obj);
                             done = Done::Created;
                         }
                         Err(ApiError::AlreadyExists) => {
@@ -431,8 +480,9 @@ impl KubeStore {
                             // updates it (same interface) or takes the next candidate.
                             conflicts += 1;
                             inner.metrics.conflict();
-                            tracing::debug!(%key, %name, "409 AlreadyExists; re-reading");
-                            inner.refresh(&api, &key, &name).await?;
+                            inner
+                                .after_conflict(&api, &key, &name, None, conflicts)
+                                .await?;
                         }
                         Err(ApiError::NotFound { detail, namespace }) => {
                             // A create gets 404 when the namespace does not exist (for
@@ -482,6 +532,12 @@ impl Inner {
         self.publish(changes);
     }
 
+    /// Puts the server's answer to this writer's own write into the cache.
+    fn absorb_own(&self, obj: DynamicObject) {
+        let changes = self.write().apply_own(obj);
+        self.publish(changes);
+    }
+
     fn forget(&self, namespace: &str, name: &str) {
         let changes = self.write().remove(namespace, name, None);
         self.publish(changes);
@@ -502,6 +558,36 @@ impl Inner {
             Ok(Some(obj)) => self.absorb(obj),
             Ok(None) => self.forget(&key.namespace, name),
             Err(e) => return Err(self.fail(key, e)),
+        }
+        Ok(())
+    }
+
+    /// After a 409 on object `name` of `key` (`stale`: the version an update was refused
+    /// for; `None` after AlreadyExists). On the key's first 409, with an update spread:
+    /// other writers are writing the object right now, so wait a random spread and take
+    /// the winner's version from the watch cache if it has arrived. Otherwise (or if the
+    /// watch has not brought it) re-read the object with a GET, and after a Conflict pause
+    /// a jittered backoff.
+    async fn after_conflict(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &MappingKey,
+        name: &str,
+        stale: Option<&str>,
+        conflicts: usize,
+    ) -> Result<(), KeyFail> {
+        if conflicts == 1 && !self.update_spread.is_zero() {
+            let pause = self.spread(self.update_spread);
+            tracing::debug!(%key, %name, ?pause, "409; spreading the retry");
+            tokio::time::sleep(pause).await;
+            if self.read().moved_past(key, name, stale) {
+                return Ok(());
+            }
+        }
+        tracing::debug!(%key, %name, conflicts, "409; re-reading");
+        self.refresh(api, key, name).await?;
+        if stale.is_some() {
+            tokio::time::sleep(self.pause(conflicts)).await;
         }
         Ok(())
     }
@@ -557,10 +643,10 @@ impl Inner {
         }
     }
 
-    /// A uniform random delay in `(0, create_spread]` (a backoff that is all jitter).
-    fn spread(&self) -> Duration {
+    /// A uniform random delay in `(0, spread]` (a backoff that is all jitter).
+    fn spread(&self, spread: Duration) -> Duration {
         let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-        spread_delay(self.create_spread, &mut *rng)
+        spread_delay(spread, &mut *rng)
     }
 
     fn pause(&self, conflicts: usize) -> Duration {

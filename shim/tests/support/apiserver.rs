@@ -323,6 +323,7 @@ pub fn store_config(writer: &str, group: &str) -> KubeStoreConfig {
         writer: writer.to_owned(),
         // Store-level tests drive the race between writers themselves.
         create_spread: std::time::Duration::ZERO,
+        update_spread: std::time::Duration::ZERO,
     }
 }
 

@@ -4,6 +4,8 @@
 //!
 //! Everything here is pure (no I/O), so the naming and update rules are unit-tested.
 
+use std::collections::HashMap;
+
 use ::kube::api::{DynamicObject, TypeMeta};
 use ::kube::core::ApiResource;
 use serde_json::Value;
@@ -19,6 +21,10 @@ use crate::{Change, Entry};
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
     index: MappingIndex<Body>,
+    /// The `resourceVersion` of this writer's last write of each object, by namespace and
+    /// name: while the cached version is that one, nobody else has written the object
+    /// since (see [`Cache::last_written_by_us`]).
+    own: HashMap<(String, String), String>,
 }
 
 /// An object as the cache holds it: the server's JSON without `managedFields` and without
@@ -184,10 +190,61 @@ impl Cache {
         self.index.upsert(ns, name, spec, rv, Body::of(&obj))
     }
 
+    /// [`Cache::apply`] for the answer to this writer's own create or replace: remembers
+    /// its `resourceVersion` as ours.
+    pub fn apply_own(&mut self, obj: DynamicObject) -> Vec<Change> {
+        if let (Some(ns), Some(name), Some(rv)) = (
+            &obj.metadata.namespace,
+            &obj.metadata.name,
+            &obj.metadata.resource_version,
+        ) {
+            self.own.insert((ns.clone(), name.clone()), rv.clone());
+        }
+        self.apply(obj)
+    }
+
+    /// Whether version `rv` of object `name` is the one this writer wrote last: nobody
+    /// else has changed the object since, as far as the watch has told.
+    pub fn last_written_by_us(&self, namespace: &str, name: &str, rv: &str) -> bool {
+        self.own
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .is_some_and(|own| own == rv)
+    }
+
+    /// Whether an update of object `name` with `body` (from [`Cache::plan`]) would replace
+    /// a version another writer wrote: the case for the update spread.
+    pub fn updates_another_writers(
+        &self,
+        namespace: &str,
+        name: &str,
+        body: &DynamicObject,
+    ) -> bool {
+        let rv = body
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default();
+        !self.last_written_by_us(namespace, name, rv)
+    }
+
+    /// Whether the cache has learnt something about object `name` of `key` since a write
+    /// of it was refused with 409: after a Conflict (`stale`: the refused version) it
+    /// holds another version or none; after AlreadyExists (`None`) the name is taken.
+    pub fn moved_past(&self, key: &MappingKey, name: &str, stale: Option<&str>) -> bool {
+        match stale {
+            Some(stale) => self.index.held(key, name).is_none_or(|h| h.rv != stale),
+            None => self.index.is_taken(&key.namespace, name),
+        }
+    }
+
     /// Removes object `name` of `namespace` unless the cache holds a version newer than
     /// `rv` (a delete event for an object that was re-created since).
     pub fn remove(&mut self, namespace: &str, name: &str, rv: Option<&str>) -> Vec<Change> {
-        self.index.remove(namespace, name, rv)
+        let changes = self.index.remove(namespace, name, rv);
+        if !self.index.is_taken(namespace, name) {
+            self.own.remove(&(namespace.to_owned(), name.to_owned()));
+        }
+        changes
     }
 
     /// Replaces the whole content with a fresh list (after the watch (re)started) and
@@ -197,7 +254,10 @@ impl Cache {
         for obj in objs {
             fresh.apply(obj);
         }
-        self.index.replace_all(fresh.index)
+        let changes = self.index.replace_all(fresh.index);
+        let index = &self.index;
+        self.own.retain(|(ns, name), _| index.is_taken(ns, name));
+        changes
     }
 
     #[cfg(test)]
@@ -391,6 +451,44 @@ mod tests {
             .unwrap()
             .remove("applicationNames");
         assert_eq!(read_spec(&o), Some(("com.X".into(), AppSet::new())));
+    }
+
+    #[test]
+    fn own_writes_are_known_until_another_writer_changes_the_object() {
+        let mut c = Cache::default();
+        c.apply(obj("ns", "x", "com.X", &["a"], "1"));
+        assert!(!c.last_written_by_us("ns", "x", "1"));
+        c.apply_own(obj("ns", "x", "com.X", &["a", "b"], "2"));
+        assert!(c.last_written_by_us("ns", "x", "2"));
+        // The watch echoing our own write changes nothing.
+        c.apply(obj("ns", "x", "com.X", &["a", "b"], "2"));
+        assert!(c.last_written_by_us("ns", "x", "2"));
+        // Another writer's version is not ours.
+        c.apply(obj("ns", "x", "com.X", &["a", "b", "c"], "3"));
+        assert!(!c.last_written_by_us("ns", "x", "3"));
+        // A deleted object forgets it; so does a re-list without it.
+        c.apply_own(obj("ns", "x", "com.X", &["a", "b", "c", "d"], "4"));
+        c.remove("ns", "x", None);
+        assert!(!c.last_written_by_us("ns", "x", "4"));
+        c.apply_own(obj("ns", "y", "com.Y", &["a"], "5"));
+        c.replace_all(vec![obj("ns", "z", "com.Z", &["a"], "6")]);
+        assert!(c.own.is_empty());
+    }
+
+    #[test]
+    fn moved_past_tells_whether_the_watch_has_brought_news_since_a_409() {
+        let mut c = Cache::default();
+        let k = MappingKey::new("ns", "com.X");
+        // AlreadyExists: news once the name is taken.
+        assert!(!c.moved_past(&k, "x", None));
+        c.apply(obj("ns", "x", "com.X", &["a"], "1"));
+        assert!(c.moved_past(&k, "x", None));
+        // Conflict on version 1: news once another version (or none) is cached.
+        assert!(!c.moved_past(&k, "x", Some("1")));
+        c.apply(obj("ns", "x", "com.X", &["a", "b"], "2"));
+        assert!(c.moved_past(&k, "x", Some("1")));
+        c.remove("ns", "x", None);
+        assert!(c.moved_past(&k, "x", Some("2")));
     }
 
     #[test]
