@@ -11,6 +11,7 @@
 //! * [`request`]: header checks, body decoding and validation, rejections;
 //! * [`policy`]: namespace enforcement (`trust`, `node`, `peer`);
 //! * [`engine`]: one worker's debouncer, batches in flight and held (durable) replies;
+//! * [`shared`]: the Envoy-wide outbox in shared data and the lease of the one sender;
 //! * [`config`]: the JSON configuration (serde) and its defaults;
 //! * [`metrics`]: metric names and the mapping of outcomes to them;
 //! * [`clock`]: a monotonic clock from the host's wall clock;
@@ -32,6 +33,7 @@ pub mod request {
     pub use snp_core::request::*;
 }
 pub mod root;
+pub mod shared;
 pub mod stream;
 
 #[cfg(test)]
@@ -39,6 +41,6 @@ mod lifecycle_tests;
 #[cfg(test)]
 mod mock;
 
-pub use host::{Action, Host};
+pub use host::{Action, Host, SharedSetError};
 pub use root::Root;
 pub use stream::Stream;
