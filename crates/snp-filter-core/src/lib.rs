@@ -40,6 +40,8 @@ pub mod stream;
 mod lifecycle_tests;
 #[cfg(test)]
 mod mock;
+#[cfg(test)]
+mod workers_tests;
 
 pub use host::{Action, Host, SharedSetError};
 pub use root::Root;

@@ -228,6 +228,8 @@ impl<H: Host> Root<H> {
         let now = self.worker.as_ref().map(|w| w.now(&*self.host));
         let deadline = drain_deadline(self.plugin.as_ref().map(|p| &p.cfg));
         self.draining = Some(now.unwrap_or(Instant::ZERO) + deadline);
+        // Another configuration's workers (a replaced configuration) take over at once.
+        self.release_lease();
         // A stopping worker sends its own mappings, lease or not: what it handed over is
         // merged back and goes at once. One last attempt matters more than the backoff.
         self.reclaim(now.unwrap_or(Instant::ZERO));
@@ -417,6 +419,10 @@ impl<H: Host> Root<H> {
         let Some(outbox) = &plugin.outbox else {
             return;
         };
+        // A stopping worker gave the lease up and sends only its own mappings.
+        if self.draining.is_some() {
+            return;
+        }
         let host = &*Rc::clone(&self.host);
         let now_ms = u64::try_from(host.wall_clock_nanos() / 1_000_000).unwrap_or(u64::MAX);
         let was = self.relay.sender;
@@ -582,9 +588,20 @@ impl<H: Host> Root<H> {
         // Batch ids must be unique per sender: each worker VM adds the nanosecond it was
         // configured at.
         let nanos = host.wall_clock_nanos();
-        let source = format!("{source}/{nanos:x}-{}", self.id);
-        if self.relay.holder.is_empty() {
-            self.relay.holder = source.clone();
+        let mut source = format!("{source}/{nanos:x}-{}", self.id);
+        let outbox = cfg.shared_batch.then(|| {
+            let o = Outbox::new(
+                u64::try_from(cfg.shared_lease.as_millis()).unwrap_or(u64::MAX),
+                &cfg.debounce,
+            );
+            o.ensure(host);
+            o
+        });
+        if let Some(o) = &outbox {
+            if self.relay.holder.is_empty() {
+                source = format!("{source}-w{}", o.register(host));
+                self.relay.holder = source.clone();
+            }
         }
         let mut engine = Engine::new(
             cfg.debounce.clone(),
@@ -627,14 +644,6 @@ impl<H: Host> Root<H> {
                 cfg.shim_cluster
             ),
         );
-        let outbox = cfg.shared_batch.then(|| {
-            let o = Outbox::new(
-                u64::try_from(cfg.shared_lease.as_millis()).unwrap_or(u64::MAX),
-                &cfg.debounce,
-            );
-            o.ensure(host);
-            o
-        });
         self.plugin = Some(Rc::new(Plugin {
             cfg,
             metrics: Metrics::define(host),

@@ -177,6 +177,12 @@ enum UpdateError {
     Busy,
 }
 
+/// What leaves one shard: stored `(key, apps)`, and rejected keys.
+type SettleShard<'a> = (
+    Vec<(&'a MappingKey, Vec<&'a str>)>,
+    Vec<(&'a MappingKey, &'a ParkedKey)>,
+);
+
 /// What a write to the outbox cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Written {
@@ -231,6 +237,27 @@ impl Outbox {
 
     fn lease_key(&self) -> String {
         format!("{}lease", self.prefix)
+    }
+
+    /// A number no other VM of this `vm_id` got (a counter in the shared data), so that
+    /// two VMs started at the same instant still tell their lease apart.
+    pub fn register(&self, host: &impl Host) -> u64 {
+        let key = format!("{}workers", self.prefix);
+        for _ in 0..CAS_TRIES {
+            let (n, cas) = match host.shared_get(&key) {
+                Some((v, cas)) => (String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0), cas),
+                None => (0, CREATE_CAS),
+            };
+            let next = n.wrapping_add(1);
+            if host
+                .shared_set(&key, next.to_string().as_bytes(), cas)
+                .is_ok()
+            {
+                return next;
+            }
+        }
+        // Contended beyond reason: the wall clock still tells VMs apart, almost surely.
+        0
     }
 
     /// Creates the keys that are absent, never overwriting one another worker wrote.
@@ -365,8 +392,7 @@ impl Outbox {
         stored: &Mappings,
         rejected: &[(MappingKey, ParkedKey)],
     ) -> Written {
-        let mut by_shard: BTreeMap<usize, (Vec<(&MappingKey, Vec<&str>)>, Vec<_>)> =
-            BTreeMap::new();
+        let mut by_shard: BTreeMap<usize, SettleShard<'_>> = BTreeMap::new();
         for (k, apps) in stored.iter() {
             by_shard
                 .entry(shard_of(k))
