@@ -669,8 +669,8 @@ impl<H: Host> Root<H> {
         if let Some(new) = engine {
             self.worker = Some(Rc::new(Worker::new(new)));
         }
-        // The first worker configured sends from the start.
-        self.lead();
+        // The lease is taken on the tick, not here: Envoy also configures the plugin in VMs
+        // on its main thread, which never tick and would hold the lease for nothing.
         Ok(())
     }
 
@@ -772,10 +772,13 @@ impl<H: Host> Root<H> {
         let Ok(e) = worker.engine.try_borrow() else {
             return;
         };
+        // With the shared outbox, the sender's engine holds every worker's pending and
+        // parked keys: the others' copies are not counted again.
+        let whole = plugin.outbox.is_none() || self.relay.sender;
         let values = [
-            e.pending_keys() as u64,
+            if whole { e.pending_keys() as u64 } else { 0 },
             e.held() as u64,
-            e.parked_keys() as u64,
+            if whole { e.parked_keys() as u64 } else { 0 },
             u64::from(self.relay.sender),
         ];
         drop(e);
