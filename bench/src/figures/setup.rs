@@ -139,6 +139,31 @@ impl Envoy {
         up: Upstreams,
         bootstrap_wasm: Option<(String, String)>,
     ) -> Result<Self> {
+        Self::start_with(
+            env,
+            name,
+            filter,
+            nofilter,
+            concurrency,
+            up,
+            bootstrap_wasm,
+            serde_json::Map::new(),
+        )
+        .await
+    }
+
+    /// Like [`Envoy::start`], with `settings` over the filter's configuration.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_with(
+        env: &Env,
+        name: &str,
+        filter: Filter,
+        nofilter: bool,
+        concurrency: usize,
+        up: Upstreams,
+        bootstrap_wasm: Option<(String, String)>,
+        settings: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self> {
         let spec = EnvoySpec {
             admin_port: free_port()?,
             apps_port: free_port()?,
@@ -151,6 +176,7 @@ impl Envoy {
             bootstrap_wasm,
             unscoped: filter == Filter::Everywhere,
             ack_h2: filter == Filter::AckH2,
+            filter_settings: settings,
         };
         let envoy =
             EnvoyProcess::start(&env.envoy, &env.root, &env.dir, name, &spec, concurrency).await?;
