@@ -1,6 +1,7 @@
 //! The logic of snp's proxy-wasm filter, host-agnostic: it answers service-name-mapping
-//! registrations inside Envoy, debounces and merges them per worker with `snp-core`, and
-//! forwards batches to the shim's `snp.v1.MappingService/PushMappings`.
+//! registrations inside Envoy, debounces and merges them with `snp-core`, and forwards
+//! batches to the shim's `snp.v1.MappingService/PushMappings`: one sender per Envoy, which
+//! takes every worker's mappings from Envoy's shared data ([`shared`]).
 //!
 //! Everything talks to Envoy through the [`host::Host`] trait, so the whole filter runs
 //! natively under a mock host in tests, and `filter/` (the `.wasm`) is only the proxy-wasm

@@ -3,7 +3,10 @@
 //! the plugin.
 //!
 //! One root context runs per plugin configuration and Envoy worker (one VM per worker), so
-//! each worker has its own [`Engine`]. Streams share it (`Worker`).
+//! each worker has its own [`Engine`]. Streams share it (`Worker`). With the shared outbox
+//! ([`crate::shared`]) only the lease holder sends: the others' batches are "handed" (their
+//! mappings went to the outbox when answered) and complete once the outbox shows them
+//! stored or parked.
 
 use core::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -61,7 +64,20 @@ struct Relay {
     next_token: u32,
     /// Version of each shard when the sender last took from it (unchanged: skipped).
     seen: [u32; SHARDS],
+    /// Wall-clock ms before which the lease need not be looked at.
+    lease_until: u64,
+    /// The sender reads every shard at its next tick, flag or not.
+    retake: bool,
+    /// Ticks as the sender.
+    ticks: u64,
+    /// The outbox's `settled` value when this worker last looked at its handed batches.
+    settled: Option<Vec<u8>>,
+    /// A batch was handed since: look at the shards whatever `settled` says.
+    recheck: bool,
 }
+
+/// The sender reads every shard this often (ticks) even if no worker flagged an addition.
+const FULL_READ_TICKS: u64 = 20;
 
 /// One worker's engine and the monotonic clock it runs on, shared by the root context and
 /// its streams.
@@ -426,9 +442,18 @@ impl<H: Host> Root<H> {
         let host = &*Rc::clone(&self.host);
         let now_ms = u64::try_from(host.wall_clock_nanos() / 1_000_000).unwrap_or(u64::MAX);
         let was = self.relay.sender;
-        match outbox.lease_step(host, &self.relay.holder, now_ms) {
-            LeaseState::Held { taken } => {
+        // The lease is looked at only when it may change hands: at renewal time for the
+        // sender, when it may expire for the others.
+        let state = if now_ms < self.relay.lease_until {
+            None
+        } else {
+            Some(outbox.lease_step(host, &self.relay.holder, now_ms))
+        };
+        match state {
+            None => {}
+            Some(LeaseState::Held { taken, until }) => {
                 self.relay.sender = true;
+                self.relay.lease_until = until;
                 if taken {
                     plugin.metrics.inc(host, Counter::SharedLeaseTaken);
                     host.log(
@@ -440,13 +465,25 @@ impl<H: Host> Root<H> {
                     );
                 }
             }
-            LeaseState::Other => self.relay.sender = false,
+            Some(LeaseState::Other { until }) => {
+                self.relay.sender = false;
+                self.relay.lease_until = until;
+            }
         }
         let now = worker.now(host);
         if self.relay.sender && !was {
             self.reclaim(now);
+            self.relay.retake = true;
         }
         if !self.relay.sender {
+            return;
+        }
+        // The shards are read when a worker added something, or when something could not
+        // be taken last time, and once a lease period anyway.
+        self.relay.ticks = self.relay.ticks.wrapping_add(1);
+        let periodic = self.relay.ticks.is_multiple_of(FULL_READ_TICKS);
+        let dirty = outbox.take_dirty(host);
+        if !(dirty || periodic || core::mem::take(&mut self.relay.retake)) {
             return;
         }
         for i in 0..SHARDS {
@@ -460,6 +497,9 @@ impl<H: Host> Root<H> {
             if let Some(seen) = self.relay.seen.get_mut(i) {
                 // Look again next tick if something could not be taken or removed.
                 *seen = if full || !stale.is_empty() { 0 } else { cas };
+            }
+            if full || !stale.is_empty() {
+                self.relay.retake = true;
             }
             plugin.metrics.add(host, Counter::SharedTaken, taken as u64);
             if !stale.is_empty() {
@@ -502,6 +542,12 @@ impl<H: Host> Root<H> {
             return;
         };
         let host = &*Rc::clone(&self.host);
+        // Only when mappings left the outbox since the last look, or a batch was handed.
+        let settled = outbox.settled(host);
+        if !core::mem::take(&mut self.relay.recheck) && settled == self.relay.settled {
+            return;
+        }
+        self.relay.settled = settled;
         let mut shards: BTreeMap<usize, Option<Shard>> = BTreeMap::new();
         let mut resolved = Vec::new();
         for (token, mappings) in &self.relay.handed {
@@ -727,6 +773,7 @@ impl<H: Host> Root<H> {
                 let token = HANDED_TOKEN_BASE | (self.relay.next_token & !HANDED_TOKEN_BASE);
                 e.sent(token, batch);
                 self.relay.handed.insert(token, mappings);
+                self.relay.recheck = true;
                 continue;
             }
             let mut metadata: Vec<(&str, &[u8])> = Vec::new();

@@ -13,6 +13,10 @@
 //! * `lease`: `<expiry wall-clock ms> <holder>`. The worker holding it sends; it renews it
 //!   on its tick. Another worker takes it by CAS once it has expired (the holder died, or
 //!   its VM was replaced), and then sends everything left in the outbox.
+//! * `dirty`: set by a worker after it added mappings, cleared by the sender before it reads
+//!   the shards, so the sender reads them only when something was added;
+//! * `settled`: a counter the sender moves when mappings leave the outbox, so a worker
+//!   waiting for its mappings reads the shards only then;
 //! * `outbox/<i>` for `i < SHARDS`: the mappings answered OK by some worker and not yet
 //!   stored by the shim (hashed by key), and the keys the shim rejected for good. A worker
 //!   adds a mapping it has never seen before it answers the call (one CAS, only for a new
@@ -212,9 +216,14 @@ pub enum LeaseState {
     Held {
         /// The lease changed hands to this worker now.
         taken: bool,
+        /// Wall-clock ms when to renew it (nobody can take it before).
+        until: u64,
     },
     /// Another worker holds it.
-    Other,
+    Other {
+        /// Wall-clock ms when it may expire: no need to look before.
+        until: u64,
+    },
 }
 
 impl Outbox {
@@ -237,6 +246,14 @@ impl Outbox {
 
     fn lease_key(&self) -> String {
         format!("{}lease", self.prefix)
+    }
+
+    fn dirty_key(&self) -> String {
+        format!("{}dirty", self.prefix)
+    }
+
+    fn settled_key(&self) -> String {
+        format!("{}settled", self.prefix)
     }
 
     /// A number no other VM of this `vm_id` got (a counter in the shared data), so that
@@ -268,9 +285,14 @@ impl Outbox {
                 let _ = host.shared_set(&key, &[], CREATE_CAS);
             }
         }
-        let key = self.lease_key();
-        if host.shared_get(&key).is_none() {
-            let _ = host.shared_set(&key, b"0 -", CREATE_CAS);
+        for (key, initial) in [
+            (self.lease_key(), &b"0 -"[..]),
+            (self.dirty_key(), b"1"),
+            (self.settled_key(), b"0"),
+        ] {
+            if host.shared_get(&key).is_none() {
+                let _ = host.shared_set(&key, initial, CREATE_CAS);
+            }
         }
     }
 
@@ -379,6 +401,9 @@ impl Outbox {
                 }
             }
         }
+        if total.pairs > 0 {
+            self.mark_dirty(host);
+        }
         Ok(total)
     }
 
@@ -441,27 +466,35 @@ impl Outbox {
                 total.conflicts += w.conflicts;
             }
         }
+        if total.pairs > 0 {
+            self.bump_settled(host);
+        }
         total
     }
 
     /// Removes pairs the sender found already stored (acknowledged recently) or joined to a
     /// parked key.
     pub fn forget(&self, host: &impl Host, i: usize, pairs: &[(MappingKey, String)]) -> Written {
-        self.update(host, i, |shard| {
-            let mut changed = 0;
-            for (k, a) in pairs {
-                if let Some(set) = shard.pending.get_mut(k) {
-                    if set.remove(a) {
-                        changed += 1;
-                    }
-                    if set.is_empty() {
-                        shard.pending.remove(k);
+        let w = self
+            .update(host, i, |shard| {
+                let mut changed = 0;
+                for (k, a) in pairs {
+                    if let Some(set) = shard.pending.get_mut(k) {
+                        if set.remove(a) {
+                            changed += 1;
+                        }
+                        if set.is_empty() {
+                            shard.pending.remove(k);
+                        }
                     }
                 }
-            }
-            Ok(changed)
-        })
-        .unwrap_or_default()
+                Ok(changed)
+            })
+            .unwrap_or_default();
+        if w.pairs > 0 {
+            self.bump_settled(host);
+        }
+        w
     }
 
     /// Takes, keeps or gives up the lease for worker `me` at wall-clock `now_ms`. The
@@ -477,16 +510,69 @@ impl Outbox {
         let expiry: u64 = expiry.parse().unwrap_or(0);
         let mine = holder == me;
         let free = expiry <= now_ms || expiry > now_ms.saturating_add(2 * self.lease_ms);
-        if mine && !free && expiry - now_ms > self.lease_ms / 2 {
-            return LeaseState::Held { taken: false };
+        let renew_at = |expiry: u64| expiry.saturating_sub(self.lease_ms / 2);
+        if mine && !free && now_ms < renew_at(expiry) {
+            return LeaseState::Held {
+                taken: false,
+                until: renew_at(expiry),
+            };
         }
         if !mine && !free {
-            return LeaseState::Other;
+            return LeaseState::Other {
+                until: expiry.min(now_ms.saturating_add(self.lease_ms)),
+            };
         }
-        let value = format!("{} {me}", now_ms.saturating_add(self.lease_ms));
+        let expiry = now_ms.saturating_add(self.lease_ms);
+        let value = format!("{expiry} {me}");
         match host.shared_set(&key, value.as_bytes(), cas) {
-            Ok(()) => LeaseState::Held { taken: !mine },
-            Err(_) => LeaseState::Other,
+            Ok(()) => LeaseState::Held {
+                taken: !mine,
+                until: renew_at(expiry),
+            },
+            // Someone else wrote it first: look again on the next tick.
+            Err(_) => LeaseState::Other { until: now_ms },
+        }
+    }
+
+    /// Tells the sender that the outbox has new mappings (after a worker added some).
+    fn mark_dirty(&self, host: &impl Host) {
+        let _ = host.shared_set(&self.dirty_key(), b"1", 0);
+    }
+
+    /// Whether workers added mappings since the sender last looked; clears the flag. The
+    /// flag is cleared before the shards are read, and a worker sets it after writing its
+    /// shard, so no addition goes unseen.
+    pub fn take_dirty(&self, host: &impl Host) -> bool {
+        let key = self.dirty_key();
+        match host.shared_get(&key) {
+            Some((v, cas)) if v.as_slice() != b"0" => {
+                let _ = host.shared_set(&key, b"0", cas);
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
+    /// A number that changes whenever mappings leave the outbox (stored, parked, or found
+    /// stored already): workers waiting for theirs look at the shards only when it moved.
+    pub fn settled(&self, host: &impl Host) -> Option<Vec<u8>> {
+        host.shared_get(&self.settled_key()).map(|(v, _)| v)
+    }
+
+    fn bump_settled(&self, host: &impl Host) {
+        let key = self.settled_key();
+        for _ in 0..CAS_TRIES {
+            let (n, cas) = match host.shared_get(&key) {
+                Some((v, cas)) => (String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0), cas),
+                None => (0, CREATE_CAS),
+            };
+            if host
+                .shared_set(&key, n.wrapping_add(1).to_string().as_bytes(), cas)
+                .is_ok()
+            {
+                return;
+            }
         }
     }
 
@@ -580,30 +666,49 @@ mod tests {
         o.ensure(&host);
         assert_eq!(
             o.lease_step(&host, "w1", 10_000),
-            LeaseState::Held { taken: true }
+            LeaseState::Held {
+                taken: true,
+                until: 10_500
+            }
         );
-        assert_eq!(o.lease_step(&host, "w2", 10_100), LeaseState::Other);
+        // Nobody needs to look again before it may expire.
+        assert_eq!(
+            o.lease_step(&host, "w2", 10_100),
+            LeaseState::Other { until: 11_000 }
+        );
         assert_eq!(
             o.lease_step(&host, "w1", 10_200),
-            LeaseState::Held { taken: false }
+            LeaseState::Held {
+                taken: false,
+                until: 10_500
+            }
         );
         // w1 renews past half its lease...
         assert_eq!(
             o.lease_step(&host, "w1", 10_600),
-            LeaseState::Held { taken: false }
+            LeaseState::Held {
+                taken: false,
+                until: 11_100
+            }
         );
-        assert_eq!(o.lease_step(&host, "w2", 11_500), LeaseState::Other);
+        assert_eq!(
+            o.lease_step(&host, "w2", 11_500),
+            LeaseState::Other { until: 11_600 }
+        );
         // ...and then stops (it died): w2 takes over once it expired.
-        assert_eq!(
+        assert!(matches!(
             o.lease_step(&host, "w2", 11_601),
-            LeaseState::Held { taken: true }
-        );
+            LeaseState::Held { taken: true, .. }
+        ));
         o.release(&host, "w1");
-        assert_eq!(o.lease_step(&host, "w1", 11_700), LeaseState::Other);
+        assert!(matches!(
+            o.lease_step(&host, "w1", 11_700),
+            LeaseState::Other { .. }
+        ));
         o.release(&host, "w2");
-        assert_eq!(
+        assert!(matches!(
             o.lease_step(&host, "w1", 11_800),
-            LeaseState::Held { taken: true }
-        );
+            LeaseState::Held { taken: true, .. }
+        ));
     }
 }
