@@ -268,10 +268,26 @@ pub async fn fig13(env: &Env) -> Result<Vec<Verdict>> {
             worst == 1 && shared.pushes.iter().all(|n| *n == 1),
         ));
     }
-    if let Some((workers, shared, own)) = results.last() {
-        let ratio = shared.cpu.as_secs_f64()
+    let ratio_of = |shared: &Side, own: &Side| {
+        shared.cpu.as_secs_f64()
             / shared.registrations.max(1) as f64
-            / (own.cpu.as_secs_f64() / own.registrations.max(1) as f64).max(f64::MIN_POSITIVE);
+            / (own.cpu.as_secs_f64() / own.registrations.max(1) as f64).max(f64::MIN_POSITIVE)
+    };
+    for (workers, shared, own) in results.iter().take(results.len().saturating_sub(1)) {
+        v.push(Verdict::info(
+            format!(
+                "13. Envoy CPU per registration, shared outbox / per worker ({workers} worker(s))"
+            ),
+            format!(
+                "{:.3} ({} / {})",
+                ratio_of(shared, own),
+                fmt_dur(shared.cpu_per_registration()),
+                fmt_dur(own.cpu_per_registration())
+            ),
+        ));
+    }
+    if let Some((workers, shared, own)) = results.last() {
+        let ratio = ratio_of(shared, own);
         v.push(Verdict::check(
             format!(
                 "13. Envoy CPU per registration, shared outbox / per worker ({workers} workers)"

@@ -471,12 +471,13 @@ impl<H: Host> Root<H> {
             }
         }
         let now = worker.now(host);
-        if self.relay.sender && !was {
-            self.reclaim(now);
-            self.relay.retake = true;
-        }
         if !self.relay.sender {
             return;
+        }
+        let became = !was;
+        if became {
+            self.relay.seen = [0; SHARDS];
+            self.relay.retake = true;
         }
         // The shards are read when a worker added something, or when something could not
         // be taken last time, and once a lease period anyway.
@@ -509,10 +510,16 @@ impl<H: Host> Root<H> {
                     .add(host, Counter::SharedConflicts, w.conflicts as u64);
             }
         }
+        if became {
+            // After what the others left (the previous sender may have died with it in
+            // flight): this worker's own handed mappings and all of that go at once, in one
+            // batch.
+            self.reclaim(now);
+        }
     }
 
     /// This worker sends from now on: its handed batches are merged back into its pending
-    /// set and go with its next batch.
+    /// set, and everything pending goes at the next poll.
     fn reclaim(&mut self, now: Instant) {
         if self.relay.handed.is_empty() {
             return;

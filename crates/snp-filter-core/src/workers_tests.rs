@@ -118,6 +118,20 @@ impl Proxy {
         }
     }
 
+    /// `ms` of time in which worker `stalled` does not tick (its thread is busy).
+    fn run_stalled(&mut self, ms: u64, stalled: usize) {
+        for _ in 0..ms / 50 {
+            self.advance(50);
+            for (i, vm) in self.vms.iter_mut().enumerate() {
+                if let (Some(vm), true) = (vm, i != stalled) {
+                    vm.host.state.borrow_mut().effective = ROOT;
+                    vm.root.on_tick();
+                }
+            }
+            self.collect();
+        }
+    }
+
     /// A registration on worker `i`: its stream id and what the filter answered.
     fn call(&mut self, i: usize, ns: &str, app: &str, ifaces: &[&str]) -> (u32, Action) {
         let body = frame::encode(
@@ -496,4 +510,40 @@ fn a_stopping_envoy_flushes_every_workers_mappings() {
         assert_eq!(vm.host.state.borrow().done, 1);
     }
     assert_eq!(p.outbox_entries(), 0);
+}
+
+#[test]
+fn a_stalled_sender_loses_the_lease_and_steps_back_without_loss() {
+    let mut p = Proxy::new(4, r#"{"retry_jitter": 0}"#);
+    let first = spread(&mut p, 8, 0);
+    p.run(1500);
+    assert_eq!(p.pushes.len(), 1);
+    let old_sender = p.pushes[0].source.clone();
+    p.shim_answers(&[]);
+    // Worker 0, the sender, stops ticking for longer than its lease.
+    let second = spread(&mut p, 8, 50);
+    p.run_stalled(2500, 0);
+    assert_eq!(
+        p.pushes.len(),
+        2,
+        "another worker sent in its place, in one batch"
+    );
+    assert_eq!(p.metric("snp.shared.lease_taken"), 2);
+    p.shim_answers(&[]);
+    // Worker 0 ticks again: it sees the lease is gone and sends nothing of its own.
+    p.run(1500);
+    assert_eq!(p.pushes.len(), 2);
+    assert_eq!(
+        p.pushes.iter().filter(|r| r.source == old_sender).count(),
+        1
+    );
+    assert_eq!(p.metric("snp.shared.senders"), 1);
+    let all: BTreeSet<Pair> = first.union(&second).cloned().collect();
+    assert_eq!(p.sent(), all);
+    assert_eq!(p.outbox_entries(), 0);
+    // Every worker's handed batch completed from the outbox: each stops at once.
+    for vm in p.vms.iter_mut().flatten() {
+        vm.host.state.borrow_mut().effective = ROOT;
+        assert!(vm.root.on_done(), "{:?}", vm.host.state.borrow().logs);
+    }
 }
