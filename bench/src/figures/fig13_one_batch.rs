@@ -178,25 +178,13 @@ pub async fn fig13(env: &Env) -> Result<Vec<Verdict>> {
         let mut shared_envoy = Envoy::start_with(
             env,
             &format!("fig13-shared-{workers}"),
-            Filter::On,
-            false,
             workers,
             up,
-            None,
             windows(),
         )
         .await?;
-        let mut own_envoy = Envoy::start_with(
-            env,
-            &format!("fig13-perworker-{workers}"),
-            Filter::On,
-            false,
-            workers,
-            up,
-            None,
-            off,
-        )
-        .await?;
+        let mut own_envoy =
+            Envoy::start_with(env, &format!("fig13-perworker-{workers}"), workers, up, off).await?;
         let (mut shared, mut own) = (Side::default(), Side::default());
         for b in 0..bursts {
             let seed = b as u64 + 1;

@@ -168,27 +168,19 @@ impl Proxy {
         (id, a)
     }
 
+    /// What the host knows of stream `id` of worker `i`.
+    fn stream<T>(&self, i: usize, id: u32, f: impl FnOnce(&MockStream) -> T) -> T {
+        let vm = self.vms[i].as_ref().expect("running");
+        let st = vm.host.state.borrow();
+        f(&st.streams[&id])
+    }
+
     fn reply(&self, i: usize, id: u32) -> Option<Reply> {
-        self.vms[i]
-            .as_ref()
-            .expect("running")
-            .host
-            .state
-            .borrow()
-            .streams[&id]
-            .reply
-            .clone()
+        self.stream(i, id, |s| s.reply.clone())
     }
 
     fn resumed(&self, i: usize, id: u32) -> bool {
-        self.vms[i]
-            .as_ref()
-            .expect("running")
-            .host
-            .state
-            .borrow()
-            .streams[&id]
-            .resumed
+        self.stream(i, id, |s| s.resumed)
     }
 
     /// Records the requests sent since the last look.
@@ -267,15 +259,7 @@ impl Proxy {
 
     /// Every (namespace, interface, app) sent so far.
     fn sent(&self) -> BTreeSet<Pair> {
-        self.pushes
-            .iter()
-            .flat_map(|r| r.mappings.iter())
-            .flat_map(|m| {
-                m.application_names
-                    .iter()
-                    .map(|a| (m.namespace.clone(), m.interface_name.clone(), a.clone()))
-            })
-            .collect()
+        self.pushes.iter().flat_map(pairs_of).collect()
     }
 
     /// Pairs left in the shared outbox.
@@ -295,6 +279,18 @@ impl Proxy {
             .map(|vm| vm.host.metric(name))
             .sum()
     }
+}
+
+/// The (namespace, interface, app) of a request.
+fn pairs_of(req: &PushMappingsRequest) -> BTreeSet<Pair> {
+    req.mappings
+        .iter()
+        .flat_map(|m| {
+            m.application_names
+                .iter()
+                .map(|a| (m.namespace.clone(), m.interface_name.clone(), a.clone()))
+        })
+        .collect()
 }
 
 fn pair(ns: &str, iface: &str, app: &str) -> Pair {
@@ -322,16 +318,7 @@ fn four_workers_send_one_batch_per_window() {
         let want = spread(&mut p, 40, window * 100);
         p.run(1500);
         assert_eq!(p.pushes.len(), window + 1, "one batch for the whole Envoy");
-        let last = p.pushes.last().unwrap();
-        let got: BTreeSet<Pair> = last
-            .mappings
-            .iter()
-            .flat_map(|m| {
-                m.application_names
-                    .iter()
-                    .map(|a| (m.namespace.clone(), m.interface_name.clone(), a.clone()))
-            })
-            .collect();
+        let got = pairs_of(p.pushes.last().unwrap());
         assert_eq!(got, want, "every worker's mappings, merged");
         p.shim_answers(&[]);
         p.run(100);
@@ -399,15 +386,7 @@ fn the_senders_death_mid_flight_loses_nothing() {
     }
     p.run(2500);
     assert_eq!(p.pushes.len(), 2, "one new sender, one batch");
-    let resent: BTreeSet<Pair> = p.pushes[1]
-        .mappings
-        .iter()
-        .flat_map(|m| {
-            m.application_names
-                .iter()
-                .map(|a| (m.namespace.clone(), m.interface_name.clone(), a.clone()))
-        })
-        .collect();
+    let resent = pairs_of(&p.pushes[1]);
     let all: BTreeSet<Pair> = want.union(&more).cloned().collect();
     assert_eq!(resent, all, "the dead sender's batch and the new mappings");
     assert_eq!(p.metric("snp.shared.senders"), 1);
