@@ -565,8 +565,11 @@ impl<H: Host> Root<H> {
                 let shard = shards
                     .entry(i)
                     .or_insert_with(|| outbox.read(host, i).map(|(s, _)| s));
-                // A shard that cannot be read proves nothing: keep waiting.
-                let Some(shard) = shard else { break };
+                // A shard that cannot be read proves nothing: keep waiting, and look again.
+                let Some(shard) = shard else {
+                    self.relay.recheck = true;
+                    break;
+                };
                 if let Some(p) = shard.parked(&key) {
                     results.push(MappingResult {
                         status: ResultStatus::Rejected as i32,
