@@ -596,6 +596,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_batch_per_envoy_is_the_default_and_can_be_turned_off() {
+        let c = Config::parse(b"{}").unwrap();
+        assert!(c.shared_batch);
+        assert_eq!(c.shared_lease, Duration::from_secs(1));
+        let off = Config::parse(br#"{"shared_batch": false}"#).unwrap();
+        assert!(!off.shared_batch);
+        // The lease outlasts four ticks, whatever is asked.
+        let short = Config::parse(br#"{"tick_ms": 100, "shared_lease_ms": 50}"#).unwrap();
+        assert_eq!(short.shared_lease, Duration::from_millis(400));
+        assert!(Config::parse(br#"{"shared_batch": "yes"}"#).is_err());
+        assert!(Config::parse(br#"{"shared_lease_ms": 0}"#).is_err());
+    }
+
+    #[test]
     fn empty_means_defaults_matching_the_seed() {
         let c = Config::parse(b"").unwrap();
         assert_eq!(c, Config::default());
