@@ -526,3 +526,22 @@ fn a_stalled_sender_loses_the_lease_and_steps_back_without_loss() {
         assert!(vm.root.on_done(), "{:?}", vm.host.state.borrow().logs);
     }
 }
+
+#[test]
+fn a_mapping_stored_already_is_answered_from_the_senders_memory_without_a_batch() {
+    let mut p = Proxy::new(4, r#"{"ack_mode": "durable", "retry_jitter": 0}"#);
+    let (first, _) = p.call(1, "default", "a", &["x.A"]);
+    p.run(1500);
+    p.shim_answers(&[]);
+    p.run(100);
+    assert!(p.resumed(1, first));
+    assert_eq!(p.pushes.len(), 1);
+    // Worker 3 never saw it: it hands it over and holds its caller...
+    let (again, a) = p.call(3, "default", "a", &["x.A"]);
+    assert_eq!(a, Action::Pause);
+    p.run(1500);
+    // ...and the sender, which the shim told it is stored, releases it without a batch.
+    assert!(p.resumed(3, again));
+    assert_eq!(p.pushes.len(), 1);
+    assert_eq!(p.outbox_entries(), 0);
+}
