@@ -66,7 +66,7 @@ struct Relay {
     seen: [u32; SHARDS],
     /// Wall-clock ms before which the lease need not be looked at.
     lease_until: u64,
-    /// The sender reads every shard at its next tick, flag or not.
+    /// The sender reads every shard at its next tick, flag or not (it just took the lease).
     retake: bool,
     /// Ticks as the sender.
     ticks: u64,
@@ -479,8 +479,8 @@ impl<H: Host> Root<H> {
             self.relay.seen = [0; SHARDS];
             self.relay.retake = true;
         }
-        // The shards are read when a worker added something, or when something could not
-        // be taken last time, and once a lease period anyway.
+        // The shards are read when a worker added something, when this worker just took the
+        // lease, and once a lease period anyway.
         self.relay.ticks = self.relay.ticks.wrapping_add(1);
         let periodic = self.relay.ticks.is_multiple_of(FULL_READ_TICKS);
         let dirty = outbox.take_dirty(host);
@@ -496,11 +496,10 @@ impl<H: Host> Root<H> {
             }
             let (taken, stale, full) = take_shard(&worker, now, &shard);
             if let Some(seen) = self.relay.seen.get_mut(i) {
-                // Look again next tick if something could not be taken or removed.
+                // What could not be taken (the engine is full) or removed is looked at
+                // again with the next addition or the periodic read, not on every tick: a
+                // full outbox during a shim outage must not be decoded 20 times a second.
                 *seen = if full || !stale.is_empty() { 0 } else { cas };
-            }
-            if full || !stale.is_empty() {
-                self.relay.retake = true;
             }
             plugin.metrics.add(host, Counter::SharedTaken, taken as u64);
             if !stale.is_empty() {
