@@ -16,7 +16,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{self as pw, BufferType, ContextType, MapType, MetricType};
 use snp_filter_core::host::{Buffer, GrpcCall, LogLevel, Map, MetricKind};
 use snp_filter_core::request::Code;
-use snp_filter_core::{Action, Host, Root, Stream};
+use snp_filter_core::{Action, Host, Root, SharedSetError, Stream};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(pw::LogLevel::Info);
@@ -165,6 +165,24 @@ impl Host for Envoy {
 
     fn done(&self) {
         let _ = hc::done();
+    }
+
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        // Ok or NotFound are the only statuses Envoy returns for a valid key; a value
+        // written empty comes back as no bytes with its cas.
+        match hc::get_shared_data(key) {
+            Ok((value, Some(cas))) => Some((value.unwrap_or_default(), cas)),
+            _ => None,
+        }
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedSetError> {
+        let cas = (cas != 0).then_some(cas);
+        match hc::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(pw::Status::CasMismatch) => Err(SharedSetError::CasMismatch),
+            Err(_) => Err(SharedSetError::Refused),
+        }
     }
 }
 

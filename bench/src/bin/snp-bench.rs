@@ -35,6 +35,8 @@ enum Figure {
     Fig11,
     /// One shim, large: 100,000 keys and 1,000,000 registrations.
     Fig12,
+    /// One batch per Envoy: batches per window with 1, 2 and 4 Envoy workers.
+    Fig13,
 }
 
 /// Runs snp's benchmark figures and prints their tables.
@@ -175,6 +177,7 @@ fn main() -> ExitCode {
             Figure::Fig9,
             Figure::Fig11,
             Figure::Fig12,
+            Figure::Fig13,
         ];
     }
     figs.sort();
@@ -196,7 +199,13 @@ fn main() -> ExitCode {
         (
             "the filter (scripts/build-filter.sh)",
             &env.filter_wasm,
-            any(&[Figure::Fig1, Figure::Fig2, Figure::Fig5, Figure::Fig6]),
+            any(&[
+                Figure::Fig1,
+                Figure::Fig2,
+                Figure::Fig5,
+                Figure::Fig6,
+                Figure::Fig13,
+            ]),
         ),
         (
             "the wasm offer benchmark (cargo build --release --target wasm32-wasip1 -p snp-bench-wasm)",
@@ -269,6 +278,7 @@ fn main() -> ExitCode {
                 Figure::Fig10 => figures::fig10(&env).await,
                 Figure::Fig11 => figures::fig11(&env).await,
                 Figure::Fig12 => figures::fig12(&env).await,
+                Figure::Fig13 => figures::fig13(&env).await,
                 Figure::All => Ok(vec![]),
             }
         });

@@ -6,7 +6,7 @@
 //! Comparisons are ratios of two set-ups measured in the same run, alternated A/B/A/B
 //! (`rounds` times, `round` each) so that drift of a noisy machine hits both sides alike.
 //!
-//! One module per figure ([`fig1_ack_latency`] ... [`fig12_large`]); what they share is
+//! One module per figure ([`fig1_ack_latency`] ... [`fig13_one_batch`]); what they share is
 //! here (the work environment, verdicts, printing), in [`setup`] (the processes a figure
 //! starts) and in [`runs`] (load runs, A/B rotations and their tables).
 
@@ -18,6 +18,7 @@ use crate::table::{verdict, Table};
 pub mod fig10_outage;
 pub mod fig11_cluster;
 pub mod fig12_large;
+pub mod fig13_one_batch;
 pub mod fig1_ack_latency;
 pub mod fig2_other_traffic;
 pub mod fig3_write_amplification;
@@ -33,6 +34,7 @@ pub mod setup;
 pub use fig10_outage::fig10;
 pub use fig11_cluster::fig11;
 pub use fig12_large::fig12;
+pub use fig13_one_batch::fig13;
 pub use fig1_ack_latency::fig1;
 pub use fig2_other_traffic::fig2;
 pub use fig3_write_amplification::fig3;

@@ -139,23 +139,48 @@ impl Envoy {
         up: Upstreams,
         bootstrap_wasm: Option<(String, String)>,
     ) -> Result<Self> {
-        let spec = EnvoySpec {
-            admin_port: free_port()?,
-            apps_port: free_port()?,
-            filter: filter != Filter::Off,
-            nofilter_port: if nofilter { Some(free_port()?) } else { None },
-            filter_wasm: env.filter_wasm.display().to_string(),
-            shim_port: up.shim,
-            app_grpc_port: up.app_grpc,
-            app_http_port: free_port()?,
-            bootstrap_wasm,
-            unscoped: filter == Filter::Everywhere,
-            ack_h2: filter == Filter::AckH2,
-        };
+        let mut spec = spec(env, filter, up)?;
+        spec.nofilter_port = if nofilter { Some(free_port()?) } else { None };
+        spec.bootstrap_wasm = bootstrap_wasm;
+        Self::run(env, name, &spec, concurrency).await
+    }
+
+    /// Starts Envoy with the filter as shipped and `settings` over its configuration.
+    pub async fn start_with(
+        env: &Env,
+        name: &str,
+        concurrency: usize,
+        up: Upstreams,
+        settings: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self> {
+        let mut spec = spec(env, Filter::On, up)?;
+        spec.filter_settings = settings;
+        Self::run(env, name, &spec, concurrency).await
+    }
+
+    async fn run(env: &Env, name: &str, spec: &EnvoySpec, concurrency: usize) -> Result<Self> {
         let envoy =
-            EnvoyProcess::start(&env.envoy, &env.root, &env.dir, name, &spec, concurrency).await?;
+            EnvoyProcess::start(&env.envoy, &env.root, &env.dir, name, spec, concurrency).await?;
         Ok(Self { envoy, concurrency })
     }
+}
+
+/// The configuration of an Envoy with `filter`, on free ports, without extras.
+fn spec(env: &Env, filter: Filter, up: Upstreams) -> Result<EnvoySpec> {
+    Ok(EnvoySpec {
+        admin_port: free_port()?,
+        apps_port: free_port()?,
+        filter: filter != Filter::Off,
+        nofilter_port: None,
+        filter_wasm: env.filter_wasm.display().to_string(),
+        shim_port: up.shim,
+        app_grpc_port: up.app_grpc,
+        app_http_port: free_port()?,
+        bootstrap_wasm: None,
+        unscoped: filter == Filter::Everywhere,
+        ack_h2: filter == Filter::AckH2,
+        filter_settings: serde_json::Map::new(),
+    })
 }
 
 /// A real API server (`scripts/k8s-apiserver.sh`), stopped when dropped.

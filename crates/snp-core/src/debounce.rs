@@ -882,6 +882,16 @@ impl Debouncer {
             || self.flying.get(key).is_some_and(|a| a.contains(app))
     }
 
+    /// Whether `key <- app` was acknowledged within `suppress_acked_for` of `now` (a repeat
+    /// of it is absorbed).
+    pub fn is_acknowledged(&self, now: Instant, key: &MappingKey, app: &str) -> bool {
+        let key = KeyRef {
+            namespace: &key.namespace,
+            interface: &key.interface,
+        };
+        self.is_acked(now, &key, app)
+    }
+
     /// The parked record of `key`, if it is parked.
     pub fn parked(&self, key: &MappingKey) -> Option<&Parked> {
         self.parked.get(key)

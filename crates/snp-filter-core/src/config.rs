@@ -127,6 +127,8 @@ struct Raw {
     max_interfaces: u64,
     max_push_bytes: u64,
     max_push_apps_per_key: u64,
+    shared_batch: bool,
+    shared_lease_ms: u64,
 }
 
 /// An optional key that, when present, must hold a value (not `null`).
@@ -188,6 +190,8 @@ impl Default for Raw {
             max_interfaces: n(l.max_interfaces),
             max_push_bytes: n(c.max_push_bytes),
             max_push_apps_per_key: n(c.max_push_apps_per_key),
+            shared_batch: c.shared_batch,
+            shared_lease_ms: ms(c.shared_lease),
         }
     }
 }
@@ -244,6 +248,13 @@ pub struct Config {
     /// request after another, so the shim never refuses a mapping for its size and no
     /// application is lost.
     pub max_push_apps_per_key: usize,
+    /// One batch per Envoy (default on): every worker's VM adds the mappings it answers to
+    /// an outbox in Envoy's shared data, and the one worker holding a lease there sends
+    /// them. Off: each worker sends its own batches (N workers, N batches per window).
+    pub shared_batch: bool,
+    /// How long the sending worker's lease lasts without renewal (default 1 s; four ticks
+    /// if that is longer): how soon another worker sends in its place if it dies.
+    pub shared_lease: Duration,
 }
 
 /// The shim's defaults that bound what the filter may send: a default shim rejects a
@@ -308,6 +319,8 @@ impl Default for Config {
             limits: Limits::default(),
             max_push_bytes: crate::engine::SHIM_MAX_MESSAGE_BYTES,
             max_push_apps_per_key: DEFAULT_PUSH_APPS_PER_KEY,
+            shared_batch: true,
+            shared_lease: Duration::from_secs(1),
         }
     }
 }
@@ -527,6 +540,9 @@ impl Config {
             SHIM_DEFAULT_MAX_APPS_PER_KEY,
             "--max-apps-per-key",
         )?;
+        let tick = millis("tick_ms", raw.tick_ms, 1)?;
+        // The sending worker renews its lease on its tick: it lasts four ticks at least.
+        let shared_lease = millis("shared_lease_ms", raw.shared_lease_ms, 1)?.max(tick * 4);
         Ok(Self {
             paths,
             max_body_bytes,
@@ -542,11 +558,13 @@ impl Config {
             source: raw.source,
             ack_header,
             ack_response_header,
-            tick: millis("tick_ms", raw.tick_ms, 1)?,
+            tick,
             debounce,
             limits,
             max_push_bytes,
             max_push_apps_per_key,
+            shared_batch: raw.shared_batch,
+            shared_lease,
         })
     }
 
@@ -576,6 +594,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_batch_per_envoy_is_the_default_and_can_be_turned_off() {
+        let c = Config::parse(b"{}").unwrap();
+        assert!(c.shared_batch);
+        assert_eq!(c.shared_lease, Duration::from_secs(1));
+        let off = Config::parse(br#"{"shared_batch": false}"#).unwrap();
+        assert!(!off.shared_batch);
+        // The lease outlasts four ticks, whatever is asked.
+        let short = Config::parse(br#"{"tick_ms": 100, "shared_lease_ms": 50}"#).unwrap();
+        assert_eq!(short.shared_lease, Duration::from_millis(400));
+        assert!(Config::parse(br#"{"shared_batch": "yes"}"#).is_err());
+        assert!(Config::parse(br#"{"shared_lease_ms": 0}"#).is_err());
+    }
 
     #[test]
     fn empty_means_defaults_matching_the_seed() {

@@ -9,7 +9,7 @@ use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use prost::Message;
-use snp_core::debounce::{BatchId, KeyResult, Parked};
+use snp_core::debounce::{BatchId, KeyResult, Offered, Parked};
 use snp_core::{
     DebounceConfig, Debouncer, Instant, MappingKey, Mappings, OfferError, Registration,
 };
@@ -71,6 +71,8 @@ pub struct Completed {
     pub failed: Vec<(u32, Rejection)>,
     /// Mappings the shim rejected (dropped from the pending set, parked).
     pub rejected: Vec<RejectedKey>,
+    /// Mappings the shim now holds (they leave the shared outbox).
+    pub stored: Mappings,
 }
 
 #[derive(Debug, Clone)]
@@ -385,6 +387,41 @@ impl Engine {
         Ok(Accepted::Hold)
     }
 
+    /// The keys of `reg` whose mapping this worker has not seen: not acknowledged
+    /// recently, not pending or in flight, not parked. Only those cost a write to the
+    /// shared outbox; repeats are answered from this worker's memory.
+    pub fn fresh_keys(&self, now: Instant, reg: &Registration) -> Vec<MappingKey> {
+        reg.interfaces
+            .iter()
+            .map(|i| MappingKey::new(reg.namespace.as_str(), i.as_str()))
+            .filter(|k| {
+                !self.debouncer.is_pending(k, &reg.application)
+                    && !self.debouncer.is_acknowledged(now, k, &reg.application)
+                    && self.debouncer.parked(k).is_none()
+            })
+            .collect()
+    }
+
+    /// Takes `key <- app` from the shared outbox into this (sending) worker's batches.
+    /// Only a pair not already pending here starts or extends a burst.
+    pub fn take(
+        &mut self,
+        now: Instant,
+        key: &MappingKey,
+        app: &str,
+    ) -> Result<Offered, OfferError> {
+        if self.debouncer.is_pending(key, app) {
+            return Ok(Offered::InFlight);
+        }
+        self.debouncer
+            .offer(now, &key.namespace, &key.interface, app)
+    }
+
+    /// Tokens of the batches in flight.
+    pub fn in_flight_tokens(&self) -> Vec<u32> {
+        self.in_flight.keys().copied().collect()
+    }
+
     /// The next batch due at `now`, if any. Report it with [`Engine::sent`] or
     /// [`Engine::send_failed`].
     /// A batch too large for one request comes as several parts, each its own call; the
@@ -536,6 +573,7 @@ impl Engine {
             released,
             failed,
             rejected,
+            stored: done.stored,
         }
     }
 

@@ -79,6 +79,15 @@ pub struct GrpcCall<'a> {
     pub timeout: Duration,
 }
 
+/// Why a write to shared data was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedSetError {
+    /// The value changed since it was read (its `cas` is stale): read it again.
+    CasMismatch,
+    /// The host refused the write for another reason.
+    Refused,
+}
+
 /// The host as the filter sees it.
 pub trait Host {
     /// Writes a log line.
@@ -151,4 +160,14 @@ pub trait Host {
 
     /// Tells the host a draining root context has finished.
     fn done(&self);
+
+    /// A value of the host's shared data and its version (`cas`), `None` if the key is
+    /// absent. Envoy keeps shared data per `vm_id` in the process, outside any VM: every
+    /// worker's VM of that `vm_id` reads the same store, and a VM that dies or restarts
+    /// loses none of it.
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+
+    /// Writes a value of the shared data if its version is still `cas` (0: whatever it
+    /// is). As in proxy-wasm-cpp-host, a key that is absent is written whatever `cas` says.
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedSetError>;
 }

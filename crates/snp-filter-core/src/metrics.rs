@@ -41,11 +41,20 @@ pub enum Counter {
     /// EnvoyFilter), only the routes' superset for path spellings brings such requests
     /// here: other traffic that does not enter the filter is not counted.
     RequestsPassed,
+    /// `(key, app)` pairs a worker added to the Envoy-wide shared outbox (new mappings).
+    SharedHanded,
+    /// Pairs the sending worker took from the shared outbox that it had not seen itself
+    /// (other workers' mappings merged into its batches).
+    SharedTaken,
+    /// Times a worker took the sending lease (first start, or after the sender died).
+    SharedLeaseTaken,
+    /// Shared-data writes that lost a compare-and-swap race and were retried.
+    SharedConflicts,
 }
 
 impl Counter {
     /// Every counter, in definition order.
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 19] = [
         Counter::RegistrationsOk,
         Counter::RegistrationsInvalid,
         Counter::RegistrationsUnimplemented,
@@ -61,6 +70,10 @@ impl Counter {
         Counter::MappingsRejected,
         Counter::RegistrationsRejected,
         Counter::RequestsPassed,
+        Counter::SharedHanded,
+        Counter::SharedTaken,
+        Counter::SharedLeaseTaken,
+        Counter::SharedConflicts,
     ];
 
     /// The metric name.
@@ -81,6 +94,10 @@ impl Counter {
             Self::MappingsRejected => "snp.mappings.rejected",
             Self::RegistrationsRejected => "snp.registrations.rejected",
             Self::RequestsPassed => "snp.requests.passed",
+            Self::SharedHanded => "snp.shared.handed",
+            Self::SharedTaken => "snp.shared.taken",
+            Self::SharedLeaseTaken => "snp.shared.lease_taken",
+            Self::SharedConflicts => "snp.shared.cas_conflicts",
         }
     }
 
@@ -106,11 +123,18 @@ pub enum Gauge {
     HeldReplies,
     /// Keys the shim rejected for good, parked (not resent until their slow probe).
     ParkedKeys,
+    /// Workers that hold the sending lease (1 with the shared outbox, else 0).
+    SharedSenders,
 }
 
 impl Gauge {
     /// Every gauge.
-    pub const ALL: [Gauge; 3] = [Gauge::PendingKeys, Gauge::HeldReplies, Gauge::ParkedKeys];
+    pub const ALL: [Gauge; 4] = [
+        Gauge::PendingKeys,
+        Gauge::HeldReplies,
+        Gauge::ParkedKeys,
+        Gauge::SharedSenders,
+    ];
 
     /// The metric name.
     pub fn name(self) -> &'static str {
@@ -118,6 +142,7 @@ impl Gauge {
             Self::PendingKeys => "snp.pending_keys",
             Self::HeldReplies => "snp.held_replies",
             Self::ParkedKeys => "snp.parked_keys",
+            Self::SharedSenders => "snp.shared.senders",
         }
     }
 }

@@ -5,8 +5,9 @@
 use core::cell::RefCell;
 use core::time::Duration;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
-use crate::host::{Buffer, GrpcCall, Host, LogLevel, Map, MetricKind};
+use crate::host::{Buffer, GrpcCall, Host, LogLevel, Map, MetricKind, SharedSetError};
 use crate::request::Code;
 
 /// A local reply sent to a stream.
@@ -68,14 +69,68 @@ pub struct State {
     pub done: u32,
 }
 
+/// Envoy's shared data of one `vm_id`, as proxy-wasm-cpp-host keeps it: one store for
+/// every worker's VM, outliving any of them; versions (`cas`) come from one counter, a set
+/// with a stale non-zero `cas` fails, and a set of an absent key succeeds whatever `cas`.
+#[derive(Debug)]
+pub struct SharedStore {
+    pub data: BTreeMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+    /// Writes refused for a stale `cas`.
+    pub mismatches: u64,
+    /// Successful writes.
+    pub writes: u64,
+}
+
+impl Default for SharedStore {
+    fn default() -> Self {
+        Self {
+            data: BTreeMap::new(),
+            next_cas: 1,
+            mismatches: 0,
+            writes: 0,
+        }
+    }
+}
+
+impl SharedStore {
+    pub fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.data.get(key).cloned()
+    }
+
+    pub fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedSetError> {
+        let next = self.next_cas;
+        if let Some((_, current)) = self.data.get(key) {
+            if cas != 0 && cas != *current {
+                self.mismatches += 1;
+                return Err(SharedSetError::CasMismatch);
+            }
+        }
+        self.next_cas = self.next_cas.wrapping_add(1).max(1);
+        self.writes += 1;
+        self.data.insert(key.to_owned(), (value.to_vec(), next));
+        Ok(())
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct MockHost {
     pub state: RefCell<State>,
+    /// The shared data this VM sees (shared with other mock VMs of one "Envoy").
+    pub shared: Rc<RefCell<SharedStore>>,
 }
 
 impl MockHost {
     pub fn new(root_id: u32) -> Self {
-        let host = Self::default();
+        Self::with_shared(root_id, Rc::default())
+    }
+
+    /// A VM of an Envoy whose workers share `shared`.
+    pub fn with_shared(root_id: u32, shared: Rc<RefCell<SharedStore>>) -> Self {
+        let host = Self {
+            shared,
+            ..Self::default()
+        };
         {
             let mut s = host.state.borrow_mut();
             s.root_id = root_id;
@@ -323,5 +378,13 @@ impl Host for MockHost {
 
     fn done(&self) {
         self.state.borrow_mut().done += 1;
+    }
+
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.shared.borrow().get(key)
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedSetError> {
+        self.shared.borrow_mut().set(key, value, cas)
     }
 }

@@ -3,20 +3,29 @@
 //! the plugin.
 //!
 //! One root context runs per plugin configuration and Envoy worker (one VM per worker), so
-//! each worker has its own [`Engine`]. Streams share it (`Worker`).
+//! each worker has its own [`Engine`]. Streams share it (`Worker`). With the shared outbox
+//! ([`crate::shared`]) only the lease holder sends: the others' batches are "handed" (their
+//! mappings went to the outbox when answered) and complete once the outbox shows them
+//! stored or parked.
 
 use core::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use snp_core::Instant;
+use prost::Message;
+use snp_core::debounce::Offered;
+use snp_core::{Instant, MappingKey};
+use snp_proto::api::mapping_result::Status as ResultStatus;
+use snp_proto::api::{Mapping, MappingResult, PushMappingsRequest, PushMappingsResponse};
 
 use crate::clock::MonoClock;
 use crate::config::{Config, NamespacePolicy, SHIM_ACK_TIMEOUT_MS};
-use crate::engine::Engine;
+use crate::engine::{Completed, Engine};
 use crate::host::{GrpcCall, Host, LogLevel};
 use crate::metrics::{Counter, Gauge, GaugeShare, Metrics};
 use crate::policy::node_namespace;
 use crate::request::{Code, Reason, Rejection};
+use crate::shared::{shard_of, LeaseState, Outbox, ParkedKey, Shard, SHARDS};
 use crate::stream::{mark_for_ack, reply_rejection, Stream};
 
 /// The shim's batch API.
@@ -33,7 +42,42 @@ pub(crate) struct Plugin {
     pub(crate) node_ns: Option<String>,
     /// `authorization` of every batch: from `auth_token`, or the VM's `auth_token_env`.
     pub(crate) bearer: Option<String>,
+    /// The Envoy-wide outbox (`shared_batch`), if on.
+    pub(crate) outbox: Option<Outbox>,
 }
+
+/// Tokens of batches handed to the shared outbox rather than sent: above any callout token
+/// Envoy hands out.
+const HANDED_TOKEN_BASE: u32 = 0x8000_0000;
+
+/// This worker's part in the Envoy-wide outbox.
+#[derive(Debug, Default)]
+struct Relay {
+    /// This worker holds the lease: it sends for the whole Envoy.
+    sender: bool,
+    /// Who this worker is in the lease (its batch source, unique per VM).
+    holder: String,
+    /// Batches of this worker not sent but handed over: their mappings went to the outbox
+    /// when their calls were answered. Each completes once the sender has them stored (or
+    /// the shim rejected them for good), as the outbox shows.
+    handed: BTreeMap<u32, Vec<Mapping>>,
+    next_token: u32,
+    /// Version of each shard when the sender last took from it (unchanged: skipped).
+    seen: [u32; SHARDS],
+    /// Wall-clock ms before which the lease need not be looked at.
+    lease_until: u64,
+    /// The sender reads every shard at its next tick, flag or not (it just took the lease).
+    retake: bool,
+    /// Ticks as the sender.
+    ticks: u64,
+    /// The outbox's `settled` value when this worker last looked at its handed batches.
+    settled: Option<Vec<u8>>,
+    /// A batch was handed since: look at the shards whatever `settled` says.
+    recheck: bool,
+}
+
+/// The sender reads every shard this often (ticks) even if no worker flagged an addition.
+const FULL_READ_TICKS: u64 = 20;
 
 /// One worker's engine and the monotonic clock it runs on, shared by the root context and
 /// its streams.
@@ -81,7 +125,8 @@ pub struct Root<H: Host> {
     host: Rc<H>,
     plugin: Option<Rc<Plugin>>,
     worker: Option<Rc<Worker>>,
-    shares: [GaugeShare; 3],
+    shares: [GaugeShare; 4],
+    relay: Relay,
     /// Envoy asked this root context to finish (its configuration was replaced or
     /// removed, or Envoy is stopping): flush what is pending and report `done` once the
     /// shim has it all, or at this deadline.
@@ -148,7 +193,8 @@ impl<H: Host> Root<H> {
             host,
             plugin: None,
             worker: None,
-            shares: [GaugeShare::default(); 3],
+            shares: [GaugeShare::default(); 4],
+            relay: Relay::default(),
             draining: None,
         }
     }
@@ -177,7 +223,9 @@ impl<H: Host> Root<H> {
     /// The periodic tick.
     pub fn on_tick(&mut self) {
         self.drain_step();
+        self.lead();
         self.drive();
+        self.resolve_handed();
         self.drain_step();
     }
 
@@ -186,6 +234,7 @@ impl<H: Host> Root<H> {
     /// is pending or in flight, or after one push timeout.
     pub fn on_done(&mut self) -> bool {
         if self.is_idle() {
+            self.release_lease();
             return true;
         }
         self.host.log(
@@ -195,7 +244,11 @@ impl<H: Host> Root<H> {
         let now = self.worker.as_ref().map(|w| w.now(&*self.host));
         let deadline = drain_deadline(self.plugin.as_ref().map(|p| &p.cfg));
         self.draining = Some(now.unwrap_or(Instant::ZERO) + deadline);
-        // One last attempt matters more than the backoff.
+        // Another configuration's workers (a replaced configuration) take over at once.
+        self.release_lease();
+        // A stopping worker sends its own mappings, lease or not: what it handed over is
+        // merged back and goes at once. One last attempt matters more than the backoff.
+        self.reclaim(now.unwrap_or(Instant::ZERO));
         if let Some(Ok(mut e)) = self.worker.as_ref().map(|w| w.engine.try_borrow_mut()) {
             e.reset_backoff();
         }
@@ -222,6 +275,73 @@ impl<H: Host> Root<H> {
             Err(_) => None,
         };
         let Some(done) = done else { return };
+        if let Some(outbox) = &plugin.outbox {
+            // The shim has these now (or refused them for good): they leave the outbox.
+            let rejected: Vec<(MappingKey, ParkedKey)> = done
+                .rejected
+                .iter()
+                .map(|r| {
+                    (
+                        r.key.clone(),
+                        ParkedKey {
+                            reason: r.reason.clone(),
+                            message: r.message.clone(),
+                        },
+                    )
+                })
+                .collect();
+            let w = outbox.settle(host, &done.stored, &rejected);
+            plugin
+                .metrics
+                .add(host, Counter::SharedConflicts, w.conflicts as u64);
+        }
+        self.apply(&plugin, &worker, now, done, Some(status));
+        // Workers' handed batches the sender just completed, including its own.
+        self.resolve_handed();
+    }
+
+    /// Acts on a completed batch: counts it (`status`: a real callout's gRPC status;
+    /// `None`: a handed batch, counted by the sender), sends what is due, answers held
+    /// streams.
+    fn apply(
+        &mut self,
+        plugin: &Rc<Plugin>,
+        worker: &Rc<Worker>,
+        now: Instant,
+        done: Completed,
+        status: Option<u32>,
+    ) {
+        let host = &*Rc::clone(&self.host);
+        if let Some(status) = status {
+            self.count(plugin, &done, status);
+        }
+        // More may be due at once (a capped batch's rest, registrations that came in
+        // while this one was in flight): send before switching to held streams.
+        self.send_due(plugin, worker, now);
+        let mut switched = false;
+        for ctx in done.released {
+            if host.set_effective_context(ctx) {
+                switched = true;
+                mark_for_ack(host, &plugin.cfg);
+                host.resume_request();
+                plugin.metrics.inc(host, Counter::RegistrationsOk);
+            }
+        }
+        for (ctx, r) in &done.failed {
+            if host.set_effective_context(*ctx) {
+                switched = true;
+                reply_rejection(host, plugin, r);
+            }
+        }
+        if switched {
+            host.set_effective_context(self.id);
+        }
+        self.update_gauges(plugin, worker);
+        self.drain_step();
+    }
+
+    fn count(&self, plugin: &Plugin, done: &Completed, status: u32) {
+        let host = &*self.host;
         for r in &done.rejected {
             plugin.metrics.inc(host, Counter::MappingsRejected);
             // Once per key: a parked key probed and refused again is only a debug line.
@@ -253,29 +373,6 @@ impl<H: Host> Root<H> {
                 ),
             );
         }
-        // More may be due at once (a capped batch's rest, registrations that came in
-        // while this one was in flight): send before switching to held streams.
-        self.send_due(&plugin, &worker, now);
-        let mut switched = false;
-        for ctx in done.released {
-            if host.set_effective_context(ctx) {
-                switched = true;
-                mark_for_ack(host, &plugin.cfg);
-                host.resume_request();
-                plugin.metrics.inc(host, Counter::RegistrationsOk);
-            }
-        }
-        for (ctx, r) in &done.failed {
-            if host.set_effective_context(*ctx) {
-                switched = true;
-                reply_rejection(host, &plugin, r);
-            }
-        }
-        if switched {
-            host.set_effective_context(self.id);
-        }
-        self.update_gauges(&plugin, &worker);
-        self.drain_step();
     }
 
     fn is_idle(&self) -> bool {
@@ -308,7 +405,207 @@ impl<H: Host> Root<H> {
         }
         if late || self.is_idle() {
             self.draining = None;
+            self.release_lease();
             self.host.done();
+        }
+    }
+
+    fn release_lease(&mut self) {
+        if let (Some(outbox), true) = (
+            self.plugin.as_ref().and_then(|p| p.outbox.as_ref()),
+            self.relay.sender,
+        ) {
+            outbox.release(&*self.host, &self.relay.holder);
+        }
+        self.relay.sender = false;
+    }
+
+    /// Whether this worker sends its batches itself: without the shared outbox, as the
+    /// lease holder, or while stopping.
+    fn sends(&self, plugin: &Plugin) -> bool {
+        plugin.outbox.is_none() || self.relay.sender || self.draining.is_some()
+    }
+
+    /// Takes or renews the lease; as the sender, takes what other workers added to the
+    /// outbox into its own batches.
+    fn lead(&mut self) {
+        let (Some(plugin), Some(worker)) = (self.plugin.clone(), self.worker.clone()) else {
+            return;
+        };
+        let Some(outbox) = &plugin.outbox else {
+            return;
+        };
+        // A stopping worker gave the lease up and sends only its own mappings.
+        if self.draining.is_some() {
+            return;
+        }
+        let host = &*Rc::clone(&self.host);
+        let now_ms = u64::try_from(host.wall_clock_nanos() / 1_000_000).unwrap_or(u64::MAX);
+        let was = self.relay.sender;
+        // The lease is looked at only when it may change hands: at renewal time for the
+        // sender, when it may expire for the others.
+        let state = if now_ms < self.relay.lease_until {
+            None
+        } else {
+            Some(outbox.lease_step(host, &self.relay.holder, now_ms))
+        };
+        match state {
+            None => {}
+            Some(LeaseState::Held { taken, until }) => {
+                self.relay.sender = true;
+                self.relay.lease_until = until;
+                if taken {
+                    plugin.metrics.inc(host, Counter::SharedLeaseTaken);
+                    host.log(
+                        LogLevel::Info,
+                        &format!(
+                            "this worker ({}) now sends the batches of every worker of this Envoy",
+                            self.relay.holder
+                        ),
+                    );
+                }
+            }
+            Some(LeaseState::Other { until }) => {
+                self.relay.sender = false;
+                self.relay.lease_until = until;
+            }
+        }
+        let now = worker.now(host);
+        if !self.relay.sender {
+            return;
+        }
+        let became = !was;
+        if became {
+            self.relay.seen = [0; SHARDS];
+            self.relay.retake = true;
+        }
+        // The shards are read when a worker added something, when this worker just took the
+        // lease, and once a lease period anyway.
+        self.relay.ticks = self.relay.ticks.wrapping_add(1);
+        let periodic = self.relay.ticks.is_multiple_of(FULL_READ_TICKS);
+        let dirty = outbox.take_dirty(host);
+        if !(dirty || periodic || core::mem::take(&mut self.relay.retake)) {
+            return;
+        }
+        for i in 0..SHARDS {
+            let Some((shard, cas)) = outbox.read(host, i) else {
+                continue;
+            };
+            if cas == self.relay.seen.get(i).copied().unwrap_or(0) {
+                continue;
+            }
+            let (taken, stale, full) = take_shard(&worker, now, &shard);
+            if let Some(seen) = self.relay.seen.get_mut(i) {
+                // What could not be taken (the engine is full) or removed is looked at
+                // again with the next addition or the periodic read, not on every tick: a
+                // full outbox during a shim outage must not be decoded 20 times a second.
+                *seen = if full || !stale.is_empty() { 0 } else { cas };
+            }
+            plugin.metrics.add(host, Counter::SharedTaken, taken as u64);
+            if !stale.is_empty() {
+                let w = outbox.forget(host, i, &stale);
+                plugin
+                    .metrics
+                    .add(host, Counter::SharedConflicts, w.conflicts as u64);
+            }
+        }
+        if became {
+            // After what the others left (the previous sender may have died with it in
+            // flight): this worker's own handed mappings and all of that go at once, in one
+            // batch.
+            self.reclaim(now);
+        }
+    }
+
+    /// This worker sends from now on: its handed batches are merged back into its pending
+    /// set, and everything pending goes at the next poll.
+    fn reclaim(&mut self, now: Instant) {
+        if self.relay.handed.is_empty() {
+            return;
+        }
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let Ok(mut e) = worker.engine.try_borrow_mut() else {
+            return;
+        };
+        for token in core::mem::take(&mut self.relay.handed).into_keys() {
+            let _ = e.completed(now, token, false, &[]);
+        }
+        e.reset_backoff();
+    }
+
+    /// Completes the handed batches whose every mapping has left the outbox: stored by the
+    /// sender, or parked there after the shim rejected its key.
+    fn resolve_handed(&mut self) {
+        if self.relay.handed.is_empty() {
+            return;
+        }
+        let (Some(plugin), Some(worker)) = (self.plugin.clone(), self.worker.clone()) else {
+            return;
+        };
+        let Some(outbox) = &plugin.outbox else {
+            return;
+        };
+        let host = &*Rc::clone(&self.host);
+        // Only when mappings left the outbox since the last look, or a batch was handed.
+        let settled = outbox.settled(host);
+        if !core::mem::take(&mut self.relay.recheck) && settled == self.relay.settled {
+            return;
+        }
+        self.relay.settled = settled;
+        let mut shards: BTreeMap<usize, Option<Shard>> = BTreeMap::new();
+        let mut resolved = Vec::new();
+        for (token, mappings) in &self.relay.handed {
+            let mut results = Vec::with_capacity(mappings.len());
+            for m in mappings {
+                let key = MappingKey::new(m.namespace.as_str(), m.interface_name.as_str());
+                let i = shard_of(&key);
+                let shard = shards
+                    .entry(i)
+                    .or_insert_with(|| outbox.read(host, i).map(|(s, _)| s));
+                // A shard that cannot be read proves nothing: keep waiting, and look again.
+                let Some(shard) = shard else {
+                    self.relay.recheck = true;
+                    break;
+                };
+                if let Some(p) = shard.parked(&key) {
+                    results.push(MappingResult {
+                        status: ResultStatus::Rejected as i32,
+                        reason: p.reason.clone(),
+                        message: p.message.clone(),
+                    });
+                } else if m.application_names.iter().any(|a| shard.holds(&key, a)) {
+                    break;
+                } else {
+                    results.push(MappingResult {
+                        status: ResultStatus::Stored as i32,
+                        ..MappingResult::default()
+                    });
+                }
+            }
+            if results.len() == mappings.len() {
+                let body = PushMappingsResponse {
+                    results,
+                    ..PushMappingsResponse::default()
+                }
+                .encode_to_vec();
+                resolved.push((*token, body));
+            }
+        }
+        if resolved.is_empty() {
+            return;
+        }
+        let now = worker.now(host);
+        for (token, body) in resolved {
+            self.relay.handed.remove(&token);
+            let done = match worker.engine.try_borrow_mut() {
+                Ok(mut e) => e.completed(now, token, true, &body),
+                Err(_) => None,
+            };
+            if let Some(done) = done {
+                self.apply(&plugin, &worker, now, done, None);
+            }
         }
     }
 
@@ -346,7 +643,21 @@ impl<H: Host> Root<H> {
         // Batch ids must be unique per sender: each worker VM adds the nanosecond it was
         // configured at.
         let nanos = host.wall_clock_nanos();
-        let source = format!("{source}/{nanos:x}-{}", self.id);
+        let mut source = format!("{source}/{nanos:x}-{}", self.id);
+        let outbox = cfg.shared_batch.then(|| {
+            let o = Outbox::new(
+                u64::try_from(cfg.shared_lease.as_millis()).unwrap_or(u64::MAX),
+                &cfg.debounce,
+            );
+            o.ensure(host);
+            o
+        });
+        if let Some(o) = &outbox {
+            if self.relay.holder.is_empty() {
+                source = format!("{source}-w{}", o.register(host));
+                self.relay.holder = source.clone();
+            }
+        }
         let mut engine = Engine::new(
             cfg.debounce.clone(),
             cfg.ack_mode,
@@ -393,6 +704,7 @@ impl<H: Host> Root<H> {
             metrics: Metrics::define(host),
             node_ns,
             bearer,
+            outbox,
         }));
         if !self.is_idle() {
             host.log(
@@ -412,6 +724,8 @@ impl<H: Host> Root<H> {
         if let Some(new) = engine {
             self.worker = Some(Rc::new(Worker::new(new)));
         }
+        // The lease is taken on the tick, not here: Envoy also configures the plugin in VMs
+        // on its main thread, which never tick and would hold the lease for nothing.
         Ok(())
     }
 
@@ -420,7 +734,7 @@ impl<H: Host> Root<H> {
         let (Some(plugin), Some(worker)) = (self.plugin.clone(), self.worker.clone()) else {
             return;
         };
-        let host = &*self.host;
+        let host = &*Rc::clone(&self.host);
         let now = worker.now(host);
         let expired = match worker.engine.try_borrow_mut() {
             Ok(mut e) => e.expired(now),
@@ -447,10 +761,11 @@ impl<H: Host> Root<H> {
         self.update_gauges(&plugin, &worker);
     }
 
-    fn send_due(&self, plugin: &Plugin, worker: &Worker, now: Instant) {
-        let host = &*self.host;
+    fn send_due(&mut self, plugin: &Plugin, worker: &Worker, now: Instant) {
+        let host = &*Rc::clone(&self.host);
         let cfg = &plugin.cfg;
         let bearer = plugin.bearer.as_deref();
+        let sends = self.sends(plugin);
         loop {
             let Ok(mut e) = worker.engine.try_borrow_mut() else {
                 return;
@@ -458,6 +773,18 @@ impl<H: Host> Root<H> {
             let Some(batch) = e.next_batch(now) else {
                 return;
             };
+            if !sends {
+                // Its mappings are in the outbox already: the sender sends them.
+                let mappings = PushMappingsRequest::decode(batch.payload.as_slice())
+                    .map(|r| r.mappings)
+                    .unwrap_or_default();
+                self.relay.next_token = self.relay.next_token.wrapping_add(1);
+                let token = HANDED_TOKEN_BASE | (self.relay.next_token & !HANDED_TOKEN_BASE);
+                e.sent(token, batch);
+                self.relay.handed.insert(token, mappings);
+                self.relay.recheck = true;
+                continue;
+            }
             let mut metadata: Vec<(&str, &[u8])> = Vec::new();
             if let Some(b) = bearer {
                 metadata.push(("authorization", b.as_bytes()));
@@ -501,10 +828,14 @@ impl<H: Host> Root<H> {
         let Ok(e) = worker.engine.try_borrow() else {
             return;
         };
+        // With the shared outbox, the sender's engine holds every worker's pending and
+        // parked keys: the others' copies are not counted again.
+        let whole = plugin.outbox.is_none() || self.relay.sender;
         let values = [
-            e.pending_keys() as u64,
+            if whole { e.pending_keys() as u64 } else { 0 },
             e.held() as u64,
-            e.parked_keys() as u64,
+            if whole { e.parked_keys() as u64 } else { 0 },
+            u64::from(self.relay.sender),
         ];
         drop(e);
         for (i, g) in Gauge::ALL.iter().enumerate() {
@@ -515,4 +846,31 @@ impl<H: Host> Root<H> {
             }
         }
     }
+}
+
+/// Takes a shard's mappings into the sender's engine: how many were new to it, the pairs
+/// to remove from the outbox (acknowledged already, or joined to a parked key), and
+/// whether the engine was full.
+fn take_shard(
+    worker: &Worker,
+    now: Instant,
+    shard: &Shard,
+) -> (usize, Vec<(MappingKey, String)>, bool) {
+    let mut taken = 0;
+    let mut stale = Vec::new();
+    let Ok(mut e) = worker.engine.try_borrow_mut() else {
+        return (0, stale, true);
+    };
+    let mut full = false;
+    for (k, apps) in &shard.pending {
+        for a in apps {
+            match e.take(now, k, a) {
+                Ok(Offered::Pending) => taken += 1,
+                Ok(Offered::Acknowledged | Offered::Parked) => stale.push((k.clone(), a.clone())),
+                Ok(Offered::InFlight) => {}
+                Err(_) => full = true,
+            }
+        }
+    }
+    (taken, stale, full)
 }

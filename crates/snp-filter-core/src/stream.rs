@@ -168,6 +168,28 @@ impl<H: Host> Stream<H> {
             Err(r) => return self.reject(&plugin, &r),
         }
         let now = worker.now(host);
+        if let Some(outbox) = &plugin.outbox {
+            // A mapping this worker has not seen goes to the Envoy-wide outbox before the
+            // call is answered: host-side, it outlives this VM. Repeats cost nothing here.
+            let fresh = worker
+                .engine
+                .try_borrow()
+                .map(|e| e.fresh_keys(now, &reg))
+                .unwrap_or_default();
+            if !fresh.is_empty() {
+                match outbox.hand(host, &fresh, &reg.application) {
+                    Ok(w) => {
+                        plugin
+                            .metrics
+                            .add(host, Counter::SharedHanded, w.pairs as u64);
+                        plugin
+                            .metrics
+                            .add(host, Counter::SharedConflicts, w.conflicts as u64);
+                    }
+                    Err(r) => return self.reject(&plugin, &r),
+                }
+            }
+        }
         let accepted = match worker.engine.try_borrow_mut() {
             Ok(mut e) => e.offer(now, self.id, &reg),
             Err(_) => Err(Rejection::new(

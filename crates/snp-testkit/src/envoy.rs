@@ -42,6 +42,9 @@ pub struct EnvoySpec {
     /// does so since the benchmarks measured it; kept so that configs derived from an
     /// older `envoy.yaml` (HTTP/1.1, a cluster without protocol options) can be compared.
     pub ack_h2: bool,
+    /// Keys set in the filter's JSON configuration over `envoy/envoy.yaml`'s (e.g.
+    /// `shared_batch`, the debounce windows).
+    pub filter_settings: serde_json::Map<String, Value>,
 }
 
 fn find<'a>(items: &'a mut Value, name: &str) -> Result<&'a mut Value> {
@@ -96,6 +99,14 @@ pub fn config(envoy_yaml: &str, spec: &EnvoySpec) -> Result<Value> {
             snp.as_object_mut()
                 .context("snp filter")?
                 .remove("disabled");
+        }
+        if !spec.filter_settings.is_empty() {
+            let value = &mut snp["typed_config"]["config"]["configuration"]["value"];
+            let mut conf: serde_json::Map<String, Value> =
+                serde_json::from_str(value.as_str().context("the filter's configuration")?)
+                    .context("the filter's configuration")?;
+            conf.extend(spec.filter_settings.clone());
+            *value = json!(serde_json::to_string(&conf)?);
         }
     }
     if let Some(port) = spec.nofilter_port {
@@ -286,6 +297,7 @@ mod tests {
             bootstrap_wasm: Some(("/x/b.wasm".into(), "3".into())),
             unscoped: false,
             ack_h2: false,
+            filter_settings: serde_json::Map::new(),
         }
     }
 
@@ -350,6 +362,24 @@ mod tests {
         )
         .unwrap();
         assert!(snp(&unscoped).get("disabled").is_none());
+        let mut settings = serde_json::Map::new();
+        settings.insert("shared_batch".into(), json!(false));
+        let tuned = config(
+            &text,
+            &EnvoySpec {
+                filter_settings: settings,
+                ..spec(true)
+            },
+        )
+        .unwrap();
+        let conf: Value = serde_json::from_str(
+            snp(&tuned)["typed_config"]["config"]["configuration"]["value"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(conf["shared_batch"], false);
+        assert_eq!(conf["shim_cluster"], "snp_shim", "the shipped keys stay");
         let c = config(&text, &spec(false)).unwrap();
         let apps = c["static_resources"]["listeners"]
             .as_array()
