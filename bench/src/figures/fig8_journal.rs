@@ -159,9 +159,10 @@ pub async fn fig8(env: &Env) -> Result<Vec<Verdict>> {
     );
     let mut verdicts = Vec::new();
     // A rollout repeats (the storm this project absorbs: after the first calls every
-    // mapping is known); "new" is the worst case, every call waits for an fdatasync, so at a
-    // given number of calls in flight its rate is bound by the disk's flush latency
-    // (Little's law): shown at the rollout's 64 in flight and at 512.
+    // mapping is known); "new" is the worst case, every call waits for an fdatasync: its rate
+    // is bound by the CPU of each journaled call on a quiet machine, and by the disk's flush
+    // latency (Little's law) when the flushes are slow. Shown at the rollout's 64 in flight
+    // and at 512, with the mean fdatasync to tell the two apart.
     for (fresh, name, concurrency) in [
         (false, "repeated", 64),
         (true, "new", 64),
