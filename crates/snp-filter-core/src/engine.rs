@@ -417,11 +417,6 @@ impl Engine {
             .offer(now, &key.namespace, &key.interface, app)
     }
 
-    /// Tokens of the batches in flight.
-    pub fn in_flight_tokens(&self) -> Vec<u32> {
-        self.in_flight.keys().copied().collect()
-    }
-
     /// The next batch due at `now`, if any. Report it with [`Engine::sent`] or
     /// [`Engine::send_failed`].
     /// A batch too large for one request comes as several parts, each its own call; the

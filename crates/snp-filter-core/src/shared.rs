@@ -151,6 +151,19 @@ impl Shard {
         self.pending.get(key).is_some_and(|a| a.contains(app))
     }
 
+    /// Removes `key <- app` if it waits here, and the key once none of its applications
+    /// is left; whether it was there.
+    fn remove_pair(&mut self, key: &MappingKey, app: &str) -> bool {
+        let Some(set) = self.pending.get_mut(key) else {
+            return false;
+        };
+        let removed = set.remove(app);
+        if set.is_empty() {
+            self.pending.remove(key);
+        }
+        removed
+    }
+
     /// `(key, app)` pairs waiting.
     pub fn entries(&self) -> usize {
         self.pending.values().map(BTreeSet::len).sum()
@@ -170,6 +183,25 @@ pub fn shard_of(key: &MappingKey) -> usize {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     usize::try_from(h % SHARDS as u64).unwrap_or(0)
+}
+
+/// Adds one to the decimal counter at `key` of the shared data by compare-and-swap (an
+/// absent key counts from 0): the new value, or `None` if other workers kept changing it.
+fn increment(host: &impl Host, key: &str) -> Option<u64> {
+    for _ in 0..CAS_TRIES {
+        let (n, cas) = match host.shared_get(key) {
+            Some((v, cas)) => (String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0), cas),
+            None => (0, CREATE_CAS),
+        };
+        let next = n.wrapping_add(1);
+        if host
+            .shared_set(key, next.to_string().as_bytes(), cas)
+            .is_ok()
+        {
+            return Some(next);
+        }
+    }
+    None
 }
 
 /// Why an update of the outbox failed.
@@ -202,7 +234,6 @@ const PREFIX: &str = "snp/";
 /// The outbox and lease, in the host's shared data.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    prefix: String,
     lease_ms: u64,
     max_keys: usize,
     max_apps: usize,
@@ -230,7 +261,6 @@ impl Outbox {
     /// The outbox, bounded by `debounce`'s key limits; the lease lasts `lease_ms`.
     pub fn new(lease_ms: u64, debounce: &DebounceConfig) -> Self {
         Self {
-            prefix: PREFIX.to_owned(),
             lease_ms,
             // Twice the engine's bounds: the outbox holds what is pending and what is in
             // flight, and the engine bounds each.
@@ -241,40 +271,27 @@ impl Outbox {
     }
 
     fn shard_key(&self, i: usize) -> String {
-        format!("{}outbox/{i}", self.prefix)
+        format!("{PREFIX}outbox/{i}")
     }
 
     fn lease_key(&self) -> String {
-        format!("{}lease", self.prefix)
+        format!("{PREFIX}lease")
     }
 
     fn dirty_key(&self) -> String {
-        format!("{}dirty", self.prefix)
+        format!("{PREFIX}dirty")
     }
 
     fn settled_key(&self) -> String {
-        format!("{}settled", self.prefix)
+        format!("{PREFIX}settled")
     }
 
     /// A number no other VM of this `vm_id` got (a counter in the shared data), so that
     /// two VMs started at the same instant still tell their lease apart.
     pub fn register(&self, host: &impl Host) -> u64 {
-        let key = format!("{}workers", self.prefix);
-        for _ in 0..CAS_TRIES {
-            let (n, cas) = match host.shared_get(&key) {
-                Some((v, cas)) => (String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0), cas),
-                None => (0, CREATE_CAS),
-            };
-            let next = n.wrapping_add(1);
-            if host
-                .shared_set(&key, next.to_string().as_bytes(), cas)
-                .is_ok()
-            {
-                return next;
-            }
-        }
-        // Contended beyond reason: the wall clock still tells VMs apart, almost surely.
-        0
+        // Contended beyond reason: 0, and the wall clock still tells VMs apart, almost
+        // surely.
+        increment(host, &format!("{PREFIX}workers")).unwrap_or(0)
     }
 
     /// Creates the keys that are absent, never overwriting one another worker wrote.
@@ -433,14 +450,9 @@ impl Outbox {
             let w = self.update(host, i, |shard| {
                 let mut changed = 0;
                 for (k, apps) in &stored {
-                    if let Some(set) = shard.pending.get_mut(*k) {
-                        for a in apps {
-                            if set.remove(*a) {
-                                changed += 1;
-                            }
-                        }
-                        if set.is_empty() {
-                            shard.pending.remove(*k);
+                    for a in apps {
+                        if shard.remove_pair(k, a) {
+                            changed += 1;
                         }
                     }
                     // Stored after a probe: no longer parked.
@@ -479,13 +491,8 @@ impl Outbox {
             .update(host, i, |shard| {
                 let mut changed = 0;
                 for (k, a) in pairs {
-                    if let Some(set) = shard.pending.get_mut(k) {
-                        if set.remove(a) {
-                            changed += 1;
-                        }
-                        if set.is_empty() {
-                            shard.pending.remove(k);
-                        }
+                    if shard.remove_pair(k, a) {
+                        changed += 1;
                     }
                 }
                 Ok(changed)
@@ -561,19 +568,7 @@ impl Outbox {
     }
 
     fn bump_settled(&self, host: &impl Host) {
-        let key = self.settled_key();
-        for _ in 0..CAS_TRIES {
-            let (n, cas) = match host.shared_get(&key) {
-                Some((v, cas)) => (String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0), cas),
-                None => (0, CREATE_CAS),
-            };
-            if host
-                .shared_set(&key, n.wrapping_add(1).to_string().as_bytes(), cas)
-                .is_ok()
-            {
-                return;
-            }
-        }
+        let _ = increment(host, &self.settled_key());
     }
 
     /// Gives up the lease if `me` holds it (a draining worker that is done), so another
